@@ -1,0 +1,123 @@
+"""Knobs named like Linux's sysctls (without the `net.ipv4.` prefix).
+
+`ustack serve --set KEY=VALUE` sets them; the last value given for a key wins.
+Where ustack differs from Linux the difference is written next to the knob.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _int_range(lo: int, hi: int):
+    def parse(text: str) -> int:
+        value = int(text.strip(), 0)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be in [{lo}, {hi}]")
+        return value
+
+    return parse
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    parts = text.replace(",", " ").split()
+    if len(parts) != 2:
+        raise ValueError('must be two ports, e.g. "32768 60999"')
+    lo, hi = int(parts[0]), int(parts[1])
+    if not 1 <= lo <= hi <= 65535:
+        raise ValueError("need 1 <= low <= high <= 65535")
+    return lo, hi
+
+
+@dataclass(slots=True)
+class Config:
+    # Maximum segment lifetime in seconds. TIME_WAIT lasts 2 * tcp_msl. Linux has no
+    # such knob (TIME_WAIT is a fixed 60 s); ours defaults to 30 so 2*MSL matches it.
+    tcp_msl: int = 30
+    # RTO floor in ms (Linux: tcp_rto_min_us = 200000, RFC 6298 2.4 would say 1 s).
+    tcp_rto_min_ms: int = 200
+    # 1 = timestamps with a random per-connection offset, 2 = without offset, 0 = off.
+    tcp_timestamps: int = 1
+    tcp_sack: int = 1
+    tcp_window_scaling: int = 1
+    # Orphaned FIN_WAIT_2 lifetime in seconds.
+    tcp_fin_timeout: int = 60
+    # 0 means 8, as in Linux's tcp_orphan_retries().
+    tcp_orphan_retries: int = 0
+    tcp_retries2: int = 15
+    tcp_syn_retries: int = 6
+    tcp_synack_retries: int = 5
+    tcp_keepalive_time: int = 7200
+    tcp_keepalive_intvl: int = 75
+    tcp_keepalive_probes: int = 9
+    # Per-stack challenge ACKs per second (RFC 5961 section 7). Linux >= 6.0 defaults to
+    # INT_MAX (disabled); ustack keeps the pre-6.0 value 1000 so the limit is observable.
+    tcp_challenge_ack_limit: int = 1000
+    # Per-connection rate limit (ms) of dup ACKs answering invalid segments.
+    tcp_invalid_ratelimit: int = 500
+    # RFC 1337: 0 = a RST in TIME_WAIT kills it (Linux default), 1 = ignore it.
+    tcp_rfc1337: int = 0
+    tcp_max_tw_buckets: int = 262144
+    # 0 never, 1 always (with timestamps, after tcp_tw_reuse_delay), 2 loopback peers only.
+    tcp_tw_reuse: int = 2
+    tcp_tw_reuse_delay: int = 1000
+    ip_local_port_range: tuple[int, int] = (32768, 60999)
+    tcp_max_syn_backlog: int = 256
+    somaxconn: int = 4096
+    # Receive buffer per connection in bytes; the advertised window follows what the
+    # application has not read yet.
+    tcp_rmem: int = 262144
+    tcp_wmem: int = 262144
+
+
+_PARSERS = {
+    "tcp_msl": _int_range(1, 3600),
+    "tcp_rto_min_ms": _int_range(1, 120000),
+    "tcp_timestamps": _int_range(0, 2),
+    "tcp_sack": _int_range(0, 1),
+    "tcp_window_scaling": _int_range(0, 1),
+    "tcp_fin_timeout": _int_range(1, 86400),
+    "tcp_orphan_retries": _int_range(0, 255),
+    "tcp_retries2": _int_range(1, 255),
+    "tcp_syn_retries": _int_range(1, 127),
+    "tcp_synack_retries": _int_range(1, 255),
+    "tcp_keepalive_time": _int_range(1, 32767),
+    "tcp_keepalive_intvl": _int_range(1, 32767),
+    "tcp_keepalive_probes": _int_range(1, 127),
+    "tcp_challenge_ack_limit": _int_range(1, 2**31 - 1),
+    "tcp_invalid_ratelimit": _int_range(0, 60000),
+    "tcp_rfc1337": _int_range(0, 1),
+    "tcp_max_tw_buckets": _int_range(0, 2**31 - 1),
+    "tcp_tw_reuse": _int_range(0, 2),
+    "tcp_tw_reuse_delay": _int_range(1, 60000),
+    "ip_local_port_range": _port_range,
+    "tcp_max_syn_backlog": _int_range(1, 1 << 20),
+    "somaxconn": _int_range(1, 1 << 20),
+    "tcp_rmem": _int_range(4096, 1 << 30),
+    "tcp_wmem": _int_range(4096, 1 << 30),
+}
+
+KNOBS: tuple[str, ...] = tuple(f.name for f in fields(Config))
+assert set(KNOBS) == set(_PARSERS)
+
+
+def apply_settings(config: Config, settings: list[str]) -> Config:
+    """Apply `KEY=VALUE` strings in order (the last one for a key wins)."""
+    for item in settings:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix("net.ipv4.")
+        if not sep or key not in _PARSERS:
+            raise ConfigError(
+                f"unknown knob {key!r}; valid knobs: {', '.join(KNOBS)}"
+            )
+        try:
+            setattr(config, key, _PARSERS[key](value))
+        except ValueError as exc:
+            raise ConfigError(
+                f"bad value {value!r} for {key}: {exc}; valid knobs: {', '.join(KNOBS)}"
+            ) from None
+    return config

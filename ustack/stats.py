@@ -1,0 +1,46 @@
+"""Counters named like Linux's MIBs, as `nstat` prints them (TcpExtTW, TcpOutRsts, ...).
+
+One `Stats` object per stack. The table, the shell and the TCBs increment it where the
+event happens; tools read it through the control socket.
+"""
+
+from __future__ import annotations
+
+# Order matters only for display: RFC 4022 MIB first, then the Linux extensions.
+NAMES: tuple[str, ...] = (
+    "IpInReceives", "IpInHdrErrors", "IpInAddrErrors", "IpInUnknownProtos", "IpInDelivers",
+    "IpOutRequests", "IpReasmFails",
+    "IcmpInMsgs", "IcmpInEchos", "IcmpOutMsgs", "IcmpOutEchoReps", "IcmpInErrors",
+    "TcpActiveOpens", "TcpPassiveOpens", "TcpAttemptFails", "TcpEstabResets", "TcpCurrEstab",
+    "TcpInSegs", "TcpOutSegs", "TcpRetransSegs", "TcpInErrs", "TcpOutRsts", "TcpInCsumErrors",
+    "TcpExtTW", "TcpExtTWRecycled", "TcpExtTWKilled", "TcpExtPAWSActive", "TcpExtPAWSEstab",
+    "TcpExtPAWSTimewait", "TcpExtTCPTimeWaitOverflow", "TcpExtTCPAbortOnClose",
+    "TcpExtTCPAbortOnData", "TcpExtTCPAbortOnLinger", "TcpExtTCPAbortOnTimeout",
+    "TcpExtTCPAbortOnMemory", "TcpExtTCPChallengeACK", "TcpExtTCPSYNChallenge",
+    "TcpExtTCPACKSkippedChallenge", "TcpExtTCPACKSkippedTimeWait", "TcpExtTCPACKSkippedSeq",
+    "TcpExtTCPACKSkippedPAWS", "TcpExtListenOverflows", "TcpExtListenDrops",
+    "TcpExtEmbryonicRsts", "TcpExtTCPTimeouts", "TcpExtTCPKeepAlive", "TcpExtTCPFastRetrans",
+    "TcpExtTCPSlowStartRetrans", "TcpExtTCPLostRetransmit", "TcpExtTCPFullUndo",
+    "TcpExtTCPOFOQueue", "TcpExtTCPOFODrop", "TcpExtTCPDupAcks", "TcpExtDelayedACKs",
+    "TcpExtTCPZeroWindowDrop", "TcpExtTCPWinProbe", "TcpExtTCPSackRecovery",
+    "TcpExtTCPRenoRecovery", "TcpExtTCPDSACKRecv", "TcpExtTCPBadOptions",
+    "UstackImpairDropped", "UstackImpairCorrupted", "UstackImpairDuplicated",
+    "UstackImpairReordered",
+)
+
+
+class Stats(dict[str, int]):
+    """A dict of counters that starts with every known name at 0.
+
+    `stats["TcpExtTW"] += 1` is the whole API; unknown names raise KeyError so a
+    typo is caught by the tests instead of silently creating a new counter.
+    """
+
+    def __init__(self) -> None:
+        super().__init__({name: 0 for name in NAMES})
+
+    def __missing__(self, key: str) -> int:
+        raise KeyError(f"unknown counter {key!r}")
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self)

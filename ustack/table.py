@@ -1,0 +1,318 @@
+"""The demultiplexer: every arriving TCP segment finds its TCB here (sans-IO).
+
+Lookup order is lwIP's and Linux's: established table, then TIME_WAIT records, then
+listeners by local port. The key is the 12 bytes at offset 12 of an IPv4 frame with a
+20-byte header (source address, destination address, source port, destination port),
+sliced once by the shell and used as-is: one dict lookup, flat from one connection to
+a million (benchmarks/bench_demux.py).
+
+The table also owns ephemeral port allocation (with TIME_WAIT reuse), the move of a TCB
+into a TIME_WAIT record, the shared timer heap, and RSTs for segments nobody owns.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import hashlib
+from collections.abc import Callable
+
+from .tcp.context import Context
+from .tcp.events import StateChanged
+from .tcp.state import State
+from .tcp.tcb import Tcb
+from .tcp.timewait import F_HAS_TS, TW_ACK, TW_SYN, TimeWaitTable, TwRecord
+from .timerq import TimerQueue
+from .wire.ip import ip_to_bytes, ip_to_str
+from .wire.tcp import ACK, RST, SYN, Segment
+
+Tx = tuple[bytes, bytes, Segment]  # (source address, destination address, segment)
+
+
+def make_key(remote_ip: bytes, local_ip: bytes, rport: int, lport: int) -> bytes:
+    """The demux key in the orientation of an *incoming* frame."""
+    return remote_ip + local_ip + rport.to_bytes(2, "big") + lport.to_bytes(2, "big")
+
+
+class Listener:
+    """A passive open (RFC 9293 3.10.1 with passive OPEN) with a bounded backlog."""
+
+    def __init__(self, ip: bytes, port: int, backlog: int, owner: object = None) -> None:
+        self.ip = ip  # b"\0\0\0\0" for any local address
+        self.port = port
+        self.backlog = backlog
+        self.owner = owner
+        self.half_open = 0
+        self.accept_queue: list[Tcb] = []
+        self.closed = False
+
+
+class TcpTable:
+    def __init__(self, ctx: Context, on_tcb_event: Callable[[Tcb], None] | None = None) -> None:
+        self.ctx = ctx
+        self.est: dict[bytes, Tcb] = {}
+        self.tw = TimeWaitTable(ctx)
+        self.listeners: dict[int, Listener] = {}
+        self.tx: list[Tx] = []
+        self.timers = TimerQueue()
+        # Called for each TCB that has events after a call into the table (the shell's
+        # hook into the application layer). Events stay on tcb.events for it to take.
+        self.on_tcb_event = on_tcb_event
+        self._perturb = 0
+
+    # ------------------------------------------------------------------ input
+
+    def input(self, key: bytes, seg: Segment, now: float) -> None:
+        """Route one segment whose key was sliced from the frame (RFC 9293 3.10.7)."""
+        tcb = self.est.get(key)
+        if tcb is not None:
+            tcb.handle_segment(seg, now)
+            self._after(tcb, now)
+            return
+        if key in self.tw.records:
+            verdict, arg = self.tw.process(key, seg, now)
+            if verdict == TW_ACK:
+                self._send_stateless(key, arg)
+                return
+            if verdict == TW_SYN:
+                listener = self._listener_for(key)
+                if listener is not None:
+                    # The SYN opens a new incarnation (RFC 6191); TIME_WAIT goes away.
+                    self.tw.remove(key)
+                    self.ctx.stats["TcpExtTWRecycled"] += 1
+                    self._passive_open(listener, key, seg, now, iss=arg)
+                else:
+                    # Client-side TIME_WAIT has no listener: answer as TIME_WAIT (LS 60).
+                    rec = self.tw.get(key)
+                    self._send_stateless(key, self.tw.ack_segment(key, rec, now))
+            return
+        listener = self._listener_for(key)
+        if listener is not None:
+            self._listener_input(listener, key, seg, now)
+            return
+        self._reset_unknown(key, seg)
+
+    def _listener_for(self, key: bytes) -> Listener | None:
+        lst = self.listeners.get((key[10] << 8) | key[11])
+        if lst is not None and (lst.ip == b"\0\0\0\0" or lst.ip == key[4:8]):
+            return lst
+        return None
+
+    def _listener_input(self, lst: Listener, key: bytes, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.2, LISTEN STATE (LS 3, 101)."""
+        flags = seg.flags
+        if flags & RST:
+            return
+        if flags & ACK:
+            self._reset_unknown(key, seg)
+            return
+        if not flags & SYN:
+            return
+        self._passive_open(lst, key, seg, now)
+
+    def _passive_open(self, lst: Listener, key: bytes, seg: Segment, now: float,
+                      iss: int | None = None) -> None:
+        stats = self.ctx.stats
+        if lst.closed or lst.half_open + len(lst.accept_queue) >= lst.backlog:
+            stats["TcpExtListenOverflows"] += 1
+            stats["TcpExtListenDrops"] += 1
+            return
+        tcb = self._new_tcb(key)
+        tcb.listener = lst
+        lst.half_open += 1
+        self.est[key] = tcb
+        tcb.open_passive(seg, now, iss=iss)
+        self._after(tcb, now)
+
+    def _new_tcb(self, key: bytes) -> Tcb:
+        local = (ip_to_str(key[4:8]), (key[10] << 8) | key[11])
+        remote = (ip_to_str(key[0:4]), (key[8] << 8) | key[9])
+        return Tcb(self.ctx, key, local, remote, self.tx)
+
+    def _reset_unknown(self, key: bytes, seg: Segment) -> None:
+        """RST for a segment no connection owns (RFC 9293 3.10.7.1, LS 19, 100)."""
+        flags = seg.flags
+        if flags & RST:
+            return  # never answer a RST with a RST
+        if flags & ACK:
+            rst = Segment(seg.dport, seg.sport, seg.ack, 0, RST)
+        else:
+            rst = Segment(seg.dport, seg.sport, 0, (seg.seq + seg.seg_len) & 0xFFFFFFFF,
+                          RST | ACK)
+        self._send_stateless(key, rst)
+
+    def _send_stateless(self, key: bytes, seg: Segment) -> None:
+        stats = self.ctx.stats
+        stats["TcpOutSegs"] += 1
+        if seg.flags & RST:
+            stats["TcpOutRsts"] += 1
+        self.tx.append((key[4:8], key[0:4], seg))
+
+    # ------------------------------------------------------------------ after any call
+
+    def _after(self, tcb: Tcb, now: float) -> None:
+        """Bookkeeping after the core touched a TCB: listener queues, TIME_WAIT, timers."""
+        if tcb.events:
+            for ev in tcb.events:
+                if type(ev) is StateChanged:
+                    self._on_state(tcb, ev, now)
+            if self.on_tcb_event is not None:
+                self.on_tcb_event(tcb)
+            tcb.events.clear()
+        if tcb.state != State.CLOSED and tcb.state != State.TIME_WAIT:
+            self.timers.schedule(tcb)
+
+    def _on_state(self, tcb: Tcb, ev: StateChanged, now: float) -> None:
+        lst = tcb.listener
+        if lst is not None and ev.old == State.SYN_RECEIVED:
+            lst.half_open -= 1
+            if ev.new != State.CLOSED and tcb.owner is None:
+                lst.accept_queue.append(tcb)
+        if ev.new == State.TIME_WAIT:
+            self._to_time_wait(tcb, now)
+        elif ev.new == State.CLOSED:
+            if self.est.get(tcb.key) is tcb:
+                del self.est[tcb.key]
+            if lst is not None and tcb in lst.accept_queue:
+                lst.accept_queue.remove(tcb)
+
+    def _to_time_wait(self, tcb: Tcb, now: float) -> None:
+        """Swap the full TCB for a compact record (Linux tcp_time_wait(), LS 51)."""
+        if self.est.get(tcb.key) is tcb:
+            del self.est[tcb.key]
+        tcb.close_at = tcb.deadline = None  # the record's bucket now keeps the time
+        wnd_field = min(tcb._rcv_window() >> tcb.rcv_wscale, 65535)
+        rec = TwRecord(tcb.snd_nxt, tcb.rcv_nxt, tcb.ts_recent, tcb.ts_offset, wnd_field,
+                       tcb.rcv_wscale, F_HAS_TS if tcb.ts_ok else 0,
+                       tcb.ts_recent_stamp, now + 2 * self.ctx.config.tcp_msl, 0.0, now)
+        # On overflow the TCB just goes: the last ACK was already sent (LS 64).
+        self.tw.insert(tcb.key, rec, now)
+
+    # ------------------------------------------------------------------ user calls
+
+    def listen(self, ip: str, port: int, backlog: int = 128, owner: object = None) -> Listener:
+        if port in self.listeners:
+            raise OSError(E.EADDRINUSE, "Address already in use")
+        backlog = max(1, min(backlog, self.ctx.config.somaxconn,
+                             self.ctx.config.tcp_max_syn_backlog))
+        lst = Listener(ip_to_bytes(ip or "0.0.0.0"), port, backlog, owner)
+        self.listeners[port] = lst
+        return lst
+
+    def unlisten(self, lst: Listener, now: float) -> None:
+        """close() on a listener: children not yet accepted are reset (LS 34)."""
+        lst.closed = True
+        if self.listeners.get(lst.port) is lst:
+            del self.listeners[lst.port]
+        for tcb in list(lst.accept_queue):
+            self.call(tcb, now, tcb.abort, now)
+        lst.accept_queue.clear()
+
+    def connect(self, local_ip: str, remote_ip: str, rport: int, now: float,
+                owner: object = None, lport: int | None = None) -> Tcb:
+        """An active open from an ephemeral port (RFC 6056 style; LS 80-83)."""
+        lip, rip = ip_to_bytes(local_ip), ip_to_bytes(remote_ip)
+        rec = None
+        if lport is None:
+            lport, rec = self._pick_port(lip, rip, rport, now)
+        else:
+            key = make_key(rip, lip, rport, lport)
+            if key in self.est:
+                raise OSError(E.EADDRINUSE, "Address already in use")
+            rec = self.tw.get(key)
+        key = make_key(rip, lip, rport, lport)
+        tcb = self._new_tcb(key)
+        tcb.owner = owner
+        iss = None
+        if rec is not None:
+            # tcp_tw_reuse: take over the TIME_WAIT tuple (LS 72): ISN above its SND.NXT,
+            # TS.Recent inherited so our SYN echoes it.
+            self.tw.remove(key)
+            self.ctx.stats["TcpExtTWRecycled"] += 1
+            iss = (rec.snd_nxt + 65537) & 0xFFFFFFFF
+            tcb.ts_recent = rec.ts_recent
+            tcb.ts_recent_stamp = rec.ts_recent_stamp
+        self.est[key] = tcb
+        tcb.open_active(now, iss=iss)
+        self._after(tcb, now)
+        return tcb
+
+    def _pick_port(self, lip: bytes, rip: bytes, rport: int, now: float
+                   ) -> tuple[int, TwRecord | None]:
+        lo, hi = self.ctx.config.ip_local_port_range
+        n = hi - lo + 1
+        h = hashlib.blake2b(lip + rip + rport.to_bytes(2, "big"), key=self.ctx.secret,
+                            digest_size=4).digest()
+        offset = (int.from_bytes(h, "big") + self._perturb) % n
+        loopback = rip[0] == 127
+        for i in range(n):
+            port = lo + (offset + i) % n
+            if port in self.listeners:
+                continue  # explicitly bound ports are not ephemeral candidates (LS 82)
+            key = make_key(rip, lip, rport, port)
+            if key in self.est:
+                continue
+            rec = self.tw.get(key)
+            if rec is not None and not self.tw.reusable(rec, loopback, now):
+                continue
+            # Like Linux, move the start for the next connect so successive connects to
+            # one destination do not probe the same ports again (LS 81).
+            self._perturb += i + 1 + self.ctx.rng.randrange(8)
+            return port, rec
+        raise OSError(E.EADDRNOTAVAIL, "Cannot assign requested address")
+
+    def call(self, tcb: Tcb, now: float, fn: Callable, *args):
+        """Run a user call on a TCB (send, recv, close ...) and do the bookkeeping."""
+        try:
+            return fn(*args)
+        finally:
+            self._after(tcb, now)
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float | None:
+        a = self.timers.next_deadline()
+        b = self.tw.next_expiry()
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return min(a, b)
+
+    def handle_timers(self, now: float) -> None:
+        for tcb in self.timers.pop_due(now):
+            if tcb.state == State.CLOSED:
+                continue
+            tcb.handle_timer(now)
+            self._after(tcb, now)
+        self.tw.expire(now)
+
+    # ------------------------------------------------------------------ views
+
+    def rows(self, now: float) -> list[dict]:
+        """One dict per connection for ss, the status page and the control socket."""
+        out = []
+        for lst in self.listeners.values():
+            out.append({"state": "LISTEN", "local": f"{ip_to_str(lst.ip)}:{lst.port}",
+                        "peer": "0.0.0.0:*", "recv_q": len(lst.accept_queue),
+                        "send_q": lst.backlog, "timer": "", "age": None})
+        for tcb in self.est.values():
+            t = tcb.timer_info(now)
+            out.append({
+                "state": tcb.state.ss_name,
+                "local": f"{tcb.local[0]}:{tcb.local[1]}",
+                "peer": f"{tcb.remote[0]}:{tcb.remote[1]}",
+                "recv_q": tcb.recv_queue, "send_q": tcb.send_queue,
+                "timer": f"{t[0]},{t[1]:.3f}s,{t[2]}" if t else "",
+                "age": round(now - tcb.created, 3),
+            })
+        for key in list(self.tw.records)[:10000]:
+            r = self.tw.get(key)
+            out.append({
+                "state": "TIME-WAIT",
+                "local": f"{ip_to_str(key[4:8])}:{(key[10] << 8) | key[11]}",
+                "peer": f"{ip_to_str(key[0:4])}:{(key[8] << 8) | key[9]}",
+                "recv_q": 0, "send_q": 0,
+                "timer": f"timewait,{max(r.expires - now, 0):.3f}s,0",
+                "age": round(now - r.entered, 3),
+            })
+        return out

@@ -1,0 +1,55 @@
+"""What every TCB of one stack shares: knobs, counters, secrets, stack-wide rate limits."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+from ..config import Config
+from ..stats import Stats
+
+
+class Context:
+    __slots__ = ("config", "stats", "secret", "rng", "_challenge_second", "_challenge_left")
+
+    def __init__(self, config: Config | None = None, stats: Stats | None = None,
+                 secret: bytes | None = None, seed: int | None = None) -> None:
+        self.config = config or Config()
+        self.stats = stats if stats is not None else Stats()
+        self.secret = secret or os.urandom(16)
+        self.rng = random.Random(seed)
+        self._challenge_second = -1
+        self._challenge_left = 0
+
+    def isn(self, key: bytes, now: float) -> int:
+        """RFC 6528 section 3: ISN = M + F(4-tuple, secret), M a 4-microsecond clock."""
+        f = int.from_bytes(hashlib.blake2b(key, key=self.secret, digest_size=4).digest(), "big")
+        return (int(now * 250_000) + f) & 0xFFFFFFFF
+
+    def ts_offset(self, key: bytes) -> int:
+        """Per-connection TSval offset (Linux secure_tcp_ts_off), 0 for tcp_timestamps=2.
+
+        Derived from the four-tuple, so a new incarnation on the same tuple continues
+        the old TSval clock and the peer's PAWS keeps working (LINUX-SPEC item 61).
+        """
+        if self.config.tcp_timestamps != 1:
+            return 0
+        h = hashlib.blake2b(key, key=self.secret, digest_size=8, person=b"ts-off").digest()
+        return int.from_bytes(h[:4], "big")
+
+    def challenge_ack_allowed(self, now: float) -> bool:
+        """Stack-wide challenge ACK budget per second (RFC 5961 section 7).
+
+        Like Linux 4.7+, the budget is randomised in [limit/2, 1.5*limit) each second so an
+        off-path attacker cannot count it exactly (CVE-2016-5696).
+        """
+        second = int(now)
+        if second != self._challenge_second:
+            self._challenge_second = second
+            limit = self.config.tcp_challenge_ack_limit
+            self._challenge_left = limit // 2 + self.rng.randrange(max(limit, 1))
+        if self._challenge_left > 0:
+            self._challenge_left -= 1
+            return True
+        return False

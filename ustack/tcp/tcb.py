@@ -1,0 +1,1110 @@
+"""The TCP state machine of one connection: sans-IO.
+
+Inputs: `handle_segment(seg, now)`, `handle_timer(now)` and the user calls (`send`, `recv`,
+`shutdown`, `close`, `abort`). Outputs, pulled by the caller: segments appended to
+`self.tx` (a list shared with the demultiplexer), events in `self.events`, and the next
+deadline in `self.deadline`. No sockets, no clock, no asyncio.
+
+Read RFC 9293 section 3.10 (event processing) alongside `_synchronized_input`; the
+comments cite it. Where the RFC leaves a choice, ustack does what Linux does and
+../shared/LINUX-SPEC.md item numbers are cited as "LS n".
+"""
+
+from __future__ import annotations
+
+import errno as E
+
+from .. import seq as sq
+from ..wire.tcp import ACK, FIN, PSH, RST, SYN, Segment, format_segment
+from .context import Context
+from .events import (
+    Connected,
+    ConnectionClosed,
+    DataReceived,
+    EofReceived,
+    SendSpaceAvailable,
+    StateChanged,
+)
+from .rto import RTO_INITIAL, RtoEstimator
+from .state import State
+
+MASK = 0xFFFFFFFF
+DEFAULT_MSS = 536  # RFC 9293 3.7.1: assumed when the peer sends no MSS option
+OUR_MSS = 1460  # TUN MTU 1500 - 40
+TS_OPT_LEN = 12
+DELACK = 0.040  # Linux TCP_DELACK_MIN, the issue's "at most 40 ms"
+QUICKACKS = 16  # Linux TCP_MAX_QUICKACKS: ACK every segment at the start
+IW_SEGMENTS = 10  # RFC 6928
+TCP_PAWS_24DAYS = 24 * 86400  # RFC 7323 5.5
+FIN_TIMEOUT_MAX = 120.0
+
+
+class Tcb:
+    """Transmission control block. Attributes follow RFC 9293's names (snd_una, rcv_nxt ...)."""
+
+    def __init__(self, ctx: Context, key: bytes, local: tuple[str, int], remote: tuple[str, int],
+                 tx: list[tuple[bytes, bytes, Segment]] | None = None) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.key = key  # remote ip, local ip, remote port, local port: as sliced from a frame
+        self.rip = key[0:4]
+        self.lip = key[4:8]
+        self.local = local
+        self.remote = remote
+        self.tx = tx if tx is not None else []
+        self.events: list = []
+        self.state = State.CLOSED
+        self.created = 0.0
+        self.owner = None  # the shell's transport, if any
+        self.listener = None  # for passive opens until accepted
+        # send sequence space (RFC 9293 3.3.1)
+        self.iss = 0
+        self.snd_una = 0
+        self.snd_nxt = 0
+        self.snd_max = 0  # highest sequence number sent, for go-back-N after an RTO
+        self.snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = 0
+        self.max_snd_wnd = 0
+        self.snd_wscale = 0  # shift applied to the peer's window field
+        self.sndbuf = bytearray()
+        self.buf_seq = 0  # sequence number of sndbuf[0]
+        self.fin_queued = False  # the application shut down its sending side
+        self.snd_cap = cfg.tcp_wmem
+        # receive sequence space
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rcv_wup = 0  # rcv_nxt when we last sent a window (Linux rcv_wup)
+        self.rcv_adv = 0  # right edge we advertised; never moves left (RFC 9293 3.8.6)
+        self.rcv_cap = cfg.tcp_rmem
+        self.rcv_wscale = 0
+        self.rcvbuf = bytearray()
+        self.ofo: dict[int, bytes] = {}  # out-of-order segments by sequence number
+        self.ofo_fin: int | None = None
+        self.fin_received = False
+        # options
+        self.mss = DEFAULT_MSS  # payload bytes per segment we send (options subtracted)
+        self.peer_mss = DEFAULT_MSS
+        self.ts_ok = False
+        self.ts_offset = 0
+        self.ts_recent = 0
+        self.ts_recent_stamp = 0.0
+        self.sack_ok = False
+        self.ws_ok = False
+        # timers: absolute times or None (smoltcp's "timers are data")
+        self.rto_at: float | None = None
+        self.delack_at: float | None = None
+        self.persist_at: float | None = None
+        self.keepalive_at: float | None = None
+        self.close_at: float | None = None  # FIN_WAIT_2 orphan timeout or TIME_WAIT expiry
+        self.linger_at: float | None = None
+        self.deadline: float | None = None
+        self._armed: float | None = None  # owned by TimerQueue
+        self.rtt = RtoEstimator(cfg.tcp_rto_min_ms / 1000)
+        self.retries = 0  # consecutive RTO expiries without progress
+        self.rtt_seq: int | None = None  # Karn: the segment being timed (RFC 6298 3)
+        self.rtt_time = 0.0
+        # congestion control (RFC 5681, RFC 6582)
+        self.cwnd = IW_SEGMENTS * OUR_MSS
+        self.ssthresh = 1 << 30
+        self.dupacks = 0
+        self.recover: int | None = None  # NewReno: snd_max at the start of recovery
+        self.last_send = 0.0
+        # ACK policy
+        self.ack_now = False
+        self.unacked_segs = 0
+        self.quickacks = QUICKACKS
+        self.last_oow_ack = -1e9  # per-socket rate limit of invalid-segment ACKs
+        # user state
+        self.orphan = False  # the application closed and went away (Linux SOCK_DEAD)
+        self.linger: float | None = None  # SO_LINGER seconds when on
+        self.nodelay = False
+        self.keepalive = False
+        self.keepidle = cfg.tcp_keepalive_time
+        self.keepintvl = cfg.tcp_keepalive_intvl
+        self.keepcnt = cfg.tcp_keepalive_probes
+        self.probes_out = 0
+        self.last_rcv = 0.0
+        self.error = 0
+        self.was_established = False
+
+    # ------------------------------------------------------------------ helpers
+
+    def __repr__(self) -> str:
+        return f"<Tcb {self.local[0]}:{self.local[1]} {self.remote[0]}:{self.remote[1]} {self.state.name}>"
+
+    def _set_state(self, new: State, cause: str) -> None:
+        old = self.state
+        if old == new:
+            return
+        stats = self.ctx.stats
+        if new == State.ESTABLISHED:
+            stats["TcpCurrEstab"] += 1
+            self.was_established = True
+        elif old in (State.ESTABLISHED, State.CLOSE_WAIT) and new not in (State.CLOSE_WAIT,):
+            stats["TcpCurrEstab"] -= 1
+        self.state = new
+        self.events.append(StateChanged(old, new, cause))
+
+    def _ts_now(self, now: float) -> int:
+        return (int(now * 1000) + self.ts_offset) & MASK
+
+    def _rcv_window(self) -> int:
+        """Free receive buffer space, not shrinking the edge already advertised."""
+        free = self.rcv_cap - len(self.rcvbuf)
+        if free < 0:
+            free = 0
+        # RFC 9293 3.8.6.2.2 receiver SWS avoidance: only move the edge right by at least
+        # min(buffer/2, MSS).
+        adv = (self.rcv_adv - self.rcv_nxt) & MASK if sq.le(self.rcv_nxt, self.rcv_adv) else 0
+        if free > adv and free - adv < min(self.rcv_cap // 2, OUR_MSS):
+            free = adv
+        if free < adv:
+            free = adv  # never shrink the window (RFC 9293 3.8.6.2.1)
+        return min(free, 65535 << self.rcv_wscale)
+
+    def _make(self, flags: int, seq: int, now: float, payload: bytes = b"") -> Segment:
+        seg = Segment(self.local[1], self.remote[1], seq, 0, flags, 0, payload)
+        if flags & ACK:
+            field = self._rcv_window() >> self.rcv_wscale
+            seg.ack = self.rcv_nxt
+            seg.wnd = field
+            self.rcv_adv = (self.rcv_nxt + (field << self.rcv_wscale)) & MASK
+            self.rcv_wup = self.rcv_nxt
+            self.ack_now = False
+            self.unacked_segs = 0
+            self.delack_at = None
+        if self.ts_ok:
+            seg.ts = (self._ts_now(now), self.ts_recent)
+        return seg
+
+    def _emit(self, seg: Segment) -> None:
+        self.tx.append((self.lip, self.rip, seg))
+        self.ctx.stats["TcpOutSegs"] += 1
+        if seg.flags & RST:
+            self.ctx.stats["TcpOutRsts"] += 1
+
+    def _send_ack(self, now: float) -> None:
+        self._emit(self._make(ACK, self.snd_nxt, now))
+
+    def _send_rst(self, now: float) -> None:
+        """A RST from a live socket: R. seq=SND.NXT ack=RCV.NXT, with TS (LS 18)."""
+        self._emit(self._make(RST | ACK, self.snd_nxt, now))
+
+    def _oow_ack(self, now: float, skipped: str) -> None:
+        """A duplicate/challenge ACK, at most one per tcp_invalid_ratelimit (LS 113)."""
+        if now - self.last_oow_ack < self.ctx.config.tcp_invalid_ratelimit / 1000:
+            self.ctx.stats[skipped] += 1
+            return
+        self.last_oow_ack = now
+        self._send_ack(now)
+
+    def _challenge_ack(self, now: float) -> None:
+        """RFC 5961 3.2/4.2: an ACK with our current numbers, so a real peer resynchronizes."""
+        if not self.ctx.challenge_ack_allowed(now):
+            return
+        self.ctx.stats["TcpExtTCPChallengeACK"] += 1
+        self._oow_ack(now, "TcpExtTCPACKSkippedChallenge")
+
+    def _update_deadline(self) -> None:
+        d = None
+        for t in (self.rto_at, self.delack_at, self.persist_at, self.keepalive_at, self.close_at,
+                  self.linger_at):
+            if t is not None and (d is None or t < d):
+                d = t
+        self.deadline = d
+
+    @property
+    def buf_end(self) -> int:
+        return (self.buf_seq + len(self.sndbuf)) & MASK
+
+    @property
+    def fin_sent(self) -> bool:
+        return self.fin_queued and sq.gt(self.snd_max, self.buf_end)
+
+    @property
+    def in_flight(self) -> int:
+        return (self.snd_nxt - self.snd_una) & MASK
+
+    @property
+    def send_queue(self) -> int:
+        """Bytes not yet acknowledged (ss's Send-Q)."""
+        return len(self.sndbuf)
+
+    @property
+    def recv_queue(self) -> int:
+        """Bytes received and not yet read by the application (ss's Recv-Q)."""
+        return len(self.rcvbuf)
+
+    def _syn_options(self, seg: Segment, now: float, peer: Segment | None) -> None:
+        cfg = self.ctx.config
+        seg.mss = OUR_MSS
+        if cfg.tcp_sack and (peer is None or peer.sack_perm):
+            seg.sack_perm = True
+        if cfg.tcp_timestamps and (peer is None or peer.ts is not None):
+            seg.ts = (self._ts_now(now), peer.ts[0] if peer is not None and peer.ts else 0)
+        if cfg.tcp_window_scaling and (peer is None or peer.wscale is not None):
+            seg.wscale = self.rcv_wscale
+
+    def _choose_wscale(self) -> None:
+        shift = 0
+        while (65535 << shift) < self.rcv_cap and shift < 14:
+            shift += 1
+        self.rcv_wscale = shift
+
+    def _negotiate(self, syn: Segment, we_offered_ts: bool) -> None:
+        """Apply the options of the peer's SYN or SYN-ACK (RFC 7323 2.2, 3.2; RFC 9293 3.7.1)."""
+        cfg = self.ctx.config
+        self.peer_mss = syn.mss if syn.mss else DEFAULT_MSS
+        self.ws_ok = bool(cfg.tcp_window_scaling and syn.wscale is not None)
+        if self.ws_ok:
+            self.snd_wscale = syn.wscale
+        else:
+            self.snd_wscale = 0
+            self.rcv_wscale = 0
+        self.ts_ok = bool(cfg.tcp_timestamps and we_offered_ts and syn.ts is not None)
+        if self.ts_ok:
+            self.ts_recent = syn.ts[0]
+            self.ts_recent_stamp = self.last_rcv
+        self.sack_ok = bool(cfg.tcp_sack and syn.sack_perm)
+        self.mss = min(self.peer_mss, OUR_MSS) - (TS_OPT_LEN if self.ts_ok else 0)
+        self.cwnd = IW_SEGMENTS * self.mss
+
+    # ------------------------------------------------------------------ opens
+
+    def open_active(self, now: float, iss: int | None = None) -> None:
+        """CLOSED -> SYN_SENT: send SYN (RFC 9293 3.10.1)."""
+        self.created = now
+        self.last_rcv = now
+        self.iss = iss if iss is not None else self.ctx.isn(self.key, now)
+        self.ts_offset = self.ctx.ts_offset(self.key)
+        self.snd_una = self.iss
+        self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
+        self.buf_seq = self.snd_nxt
+        self._choose_wscale()
+        self.ctx.stats["TcpActiveOpens"] += 1
+        self._set_state(State.SYN_SENT, "connect()")
+        self._send_syn(now)
+        self.rto_at = now + self.rtt.current()
+        self._update_deadline()
+
+    def _send_syn(self, now: float) -> None:
+        seg = Segment(self.local[1], self.remote[1], self.iss, 0, SYN, min(self.rcv_cap, 65535))
+        self._syn_options(seg, now, None)
+        if self.ts_recent and seg.ts is not None:
+            # A reused TIME_WAIT tuple echoes the inherited TS.Recent (LS 72).
+            seg.ts = (seg.ts[0], self.ts_recent)
+        self.rtt_seq = self.iss
+        self.rtt_time = now
+        self._emit(seg)
+
+    def open_passive(self, syn: Segment, now: float, iss: int | None = None) -> None:
+        """LISTEN -> SYN_RECEIVED: a child TCB for an acceptable SYN (RFC 9293 3.10.7.2)."""
+        self.created = now
+        self.last_rcv = now
+        self.iss = iss if iss is not None else self.ctx.isn(self.key, now)
+        self.ts_offset = self.ctx.ts_offset(self.key)
+        self.irs = syn.seq
+        self.rcv_nxt = (syn.seq + 1) & MASK
+        self.rcv_wup = self.rcv_nxt
+        self.snd_una = self.iss
+        self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
+        self.buf_seq = self.snd_nxt
+        self.snd_wnd = syn.wnd  # never scaled in a SYN (RFC 7323 2.2)
+        self.snd_wl1 = syn.seq
+        self.snd_wl2 = self.iss
+        self._choose_wscale()
+        self._negotiate(syn, we_offered_ts=True)
+        self._set_state(State.SYN_RECEIVED, f"on {format_segment(syn)}")
+        self._send_synack(now)
+        self.rto_at = now + self.rtt.current()
+        self._update_deadline()
+
+    def _send_synack(self, now: float) -> None:
+        wnd = min(self.rcv_cap, 65535)
+        seg = Segment(self.local[1], self.remote[1], self.iss, self.rcv_nxt, SYN | ACK, wnd)
+        self.rcv_adv = (self.rcv_nxt + wnd) & MASK
+        seg.mss = OUR_MSS
+        if self.sack_ok:
+            seg.sack_perm = True
+        if self.ts_ok:
+            seg.ts = (self._ts_now(now), self.ts_recent)
+        if self.ws_ok:
+            seg.wscale = self.rcv_wscale
+        self.rtt_seq = self.iss
+        self.rtt_time = now
+        self._emit(seg)
+
+    # ------------------------------------------------------------------ user calls
+
+    def send(self, data: bytes, now: float) -> int:
+        """Queue data (RFC 9293 3.10.2 SEND). Returns bytes accepted; raises on a closed side."""
+        if not self.state.can_send and self.state not in (State.SYN_SENT, State.SYN_RECEIVED):
+            raise BrokenPipeError(E.EPIPE, "Broken pipe")
+        if self.fin_queued:
+            raise BrokenPipeError(E.EPIPE, "Broken pipe")
+        self.sndbuf += data
+        if self.state.synchronized:
+            self.output(now)
+        return len(data)
+
+    def recv(self, n: int, now: float) -> bytes:
+        """Take up to n bytes the application reads; may send a window update."""
+        if not self.rcvbuf:
+            return b""
+        if n < 0 or n >= len(self.rcvbuf):
+            data = bytes(self.rcvbuf)
+            self.rcvbuf.clear()
+        else:
+            data = bytes(self.rcvbuf[:n])
+            del self.rcvbuf[:n]
+        if self.state.can_recv:
+            # Send a window update when reading opened the window by a useful amount
+            # (RFC 9293 3.8.6.2.2), e.g. after the application drained a full buffer.
+            old = (self.rcv_adv - self.rcv_nxt) & MASK
+            new = self._rcv_window()
+            if new - old >= self.rcv_cap // 4 or old < OUR_MSS <= new:
+                self._send_ack(now)
+                self._update_deadline()
+        return data
+
+    def shutdown(self, now: float) -> None:
+        """SHUT_WR: queue a FIN behind the data (RFC 9293 3.10.4, LS 6, 9)."""
+        if self.fin_queued:
+            return
+        if self.state == State.SYN_SENT:
+            # Linux sends nothing for a connection that never got its SYN-ACK (LS 36).
+            self._terminate(0, "shutdown()")
+            return
+        if self.state in (State.ESTABLISHED, State.SYN_RECEIVED):
+            self.fin_queued = True
+            self._set_state(State.FIN_WAIT_1, "shutdown()")
+        elif self.state == State.CLOSE_WAIT:
+            self.fin_queued = True
+            self._set_state(State.LAST_ACK, "shutdown()")
+        else:
+            return
+        self.output(now)
+        self._update_deadline()
+
+    def close(self, now: float, unread: int = 0) -> None:
+        """close(2): the application is done with the connection (RFC 9293 3.10.4).
+
+        `unread` counts bytes the application layer took from us but never consumed
+        (e.g. left in a StreamReader); together with our own receive buffer they decide
+        between FIN and RST.
+        """
+        if self.state in (State.CLOSED, State.TIME_WAIT):
+            return
+        if self.state == State.SYN_SENT:
+            self._terminate(0, "close()")  # nothing sent (LS 36)
+            return
+        unread += len(self.rcvbuf)
+        if unread:
+            # RFC 9293 3.10.4 / RFC 2525 2.17 / Linux: closing with unread data loses it,
+            # so tell the peer with a RST instead of a FIN (LS 30).
+            self.ctx.stats["TcpExtTCPAbortOnClose"] += 1
+            self._abort(now, "close() with unread data")
+            return
+        if self.linger == 0:
+            # SO_LINGER {1, 0}: abortive close (RFC 9293 3.10.5). Linux counts this as
+            # TCPAbortOnData (LS 31), not TCPAbortOnLinger.
+            self.ctx.stats["TcpExtTCPAbortOnData"] += 1
+            self._abort(now, "close() with SO_LINGER 0")
+            return
+        self.orphan = True
+        self.shutdown(now)
+        if self.linger:
+            self.linger_at = now + self.linger
+        if self.state == State.FIN_WAIT_2:
+            self._arm_fin_wait_2(now)
+        self._update_deadline()
+
+    def abort(self, now: float) -> None:
+        """ABORT (RFC 9293 3.10.5): RST if synchronized, drop everything."""
+        self._abort(now, "abort()")
+
+    def _abort(self, now: float, cause: str) -> None:
+        if self.state in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
+                          State.FIN_WAIT_2, State.SYN_RECEIVED, State.CLOSING, State.LAST_ACK):
+            self._send_rst(now)
+        if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
+            self.ctx.stats["TcpEstabResets"] += 1
+        self._terminate(0, cause)
+
+    def _terminate(self, err: int, cause: str) -> None:
+        """Delete the TCB: state CLOSED, timers off, the application told."""
+        if self.state == State.CLOSED:
+            return
+        self.error = err
+        old = self.state
+        self._set_state(State.CLOSED, cause)
+        self.rto_at = self.delack_at = self.persist_at = self.keepalive_at = None
+        self.close_at = self.linger_at = None
+        self.deadline = None
+        self.sndbuf.clear()
+        self.ofo.clear()
+        if old != State.TIME_WAIT:  # the application heard of the close when TIME_WAIT began
+            self.events.append(ConnectionClosed(err))
+
+    def set_keepalive(self, on: bool, now: float, idle: int | None = None,
+                      intvl: int | None = None, cnt: int | None = None) -> None:
+        """SO_KEEPALIVE with optional TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT overrides."""
+        self.keepalive = on
+        if idle is not None:
+            self.keepidle = idle
+        if intvl is not None:
+            self.keepintvl = intvl
+        if cnt is not None:
+            self.keepcnt = cnt
+        self._arm_keepalive(now)
+        self._update_deadline()
+
+    def _arm_keepalive(self, now: float) -> None:
+        if self.keepalive and not self.orphan and self.state in (
+                State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2, State.FIN_WAIT_1):
+            base = self.last_rcv if self.probes_out == 0 else now
+            self.keepalive_at = base + (self.keepidle if self.probes_out == 0 else self.keepintvl)
+        else:
+            self.keepalive_at = None
+
+    def _arm_fin_wait_2(self, now: float) -> None:
+        """Orphaned FIN_WAIT_2 lives tcp_fin_timeout, at least 3.5 RTO (LS 41)."""
+        t = min(float(self.ctx.config.tcp_fin_timeout), FIN_TIMEOUT_MAX)
+        self.close_at = now + max(t, 3.5 * self.rtt.current())
+        self.keepalive_at = None
+
+    # ------------------------------------------------------------------ input
+
+    def handle_segment(self, seg: Segment, now: float) -> None:
+        """Process one arriving segment (RFC 9293 3.10.7)."""
+        st = self.state
+        if st == State.SYN_SENT:
+            self._syn_sent_input(seg, now)
+        elif st not in (State.CLOSED, State.TIME_WAIT):  # TIME_WAIT: see timewait.py
+            self._synchronized_input(seg, now)
+        self._update_deadline()
+
+    def _syn_sent_input(self, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.3, SYN-SENT STATE."""
+        flags = seg.flags
+        # first, check the ACK bit
+        if flags & ACK and not sq.in_range(seg.ack, (self.iss + 1) & MASK,
+                                           (self.snd_nxt + 1) & MASK):
+            if not flags & RST:
+                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
+            return
+        # second, check the RST bit
+        if flags & RST:
+            if flags & ACK:
+                self.ctx.stats["TcpAttemptFails"] += 1
+                self._terminate(E.ECONNREFUSED, f"on {format_segment(seg)}")
+            return
+        if not flags & SYN:
+            return
+        self.last_rcv = now
+        self.irs = seg.seq
+        self.rcv_nxt = self.rcv_wup = self.rcv_adv = (seg.seq + 1) & MASK
+        offered_ts = bool(self.ctx.config.tcp_timestamps)
+        self._negotiate(seg, offered_ts)
+        if flags & ACK:
+            if self.ts_ok and seg.ts[1] and sq.gt(seg.ts[1], self._ts_now(now)):
+                # TSecr from the future (LS 97): not an answer to our SYN.
+                self.ctx.stats["TcpExtPAWSActive"] += 1
+                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
+                return
+            self._rtt_sample_ack(seg, now)
+            self.snd_una = seg.ack
+            self.snd_wnd = seg.wnd << self.snd_wscale
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+            self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+            self.retries = 0
+            self.rtt.reset_backoff()
+            self.rto_at = None
+            self._set_state(State.ESTABLISHED, f"on {format_segment(seg)}")
+            self.events.append(Connected())
+            self._arm_keepalive(now)
+            self._send_ack(now)
+            if seg.payload or flags & FIN:
+                self._process_text(seg, now)
+            self.output(now)
+        else:
+            # Simultaneous open (RFC 9293 3.10.7.3, Figure 8): SYN-SENT -> SYN-RECEIVED.
+            self.snd_wnd = seg.wnd
+            self.snd_wl1 = seg.seq
+            self._set_state(State.SYN_RECEIVED, f"on {format_segment(seg)}")
+            self._send_synack(now)
+
+    def _paws_reject(self, seg: Segment, now: float) -> bool:
+        """RFC 7323 5.3 R1 with Linux's one-tick window (LS 92) and the 24-day rule (5.5)."""
+        if not self.ts_ok or seg.ts is None or not self.ts_recent:
+            return False
+        if sq.diff(self.ts_recent, seg.ts[0]) <= 1:
+            return False
+        if now - self.ts_recent_stamp >= TCP_PAWS_24DAYS:
+            return False
+        return True
+
+    def _acceptable(self, seg: Segment) -> bool:
+        """Segment acceptability, Linux tcp_sequence() (LS 151), looser than RFC 9293's table."""
+        end = (seg.seq + seg.seg_len) & MASK
+        wnd = (self.rcv_adv - self.rcv_nxt) & MASK if sq.le(self.rcv_nxt, self.rcv_adv) else 0
+        return sq.ge(end, self.rcv_wup) and sq.le(seg.seq, (self.rcv_nxt + wnd) & MASK)
+
+    def _synchronized_input(self, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.4 "Otherwise" for SYN-RECEIVED and the synchronized states."""
+        flags = seg.flags
+        stats = self.ctx.stats
+        st = self.state
+        # PAWS first (RFC 7323 5.3 R1); a RST is exempt (LS 94).
+        if not flags & RST and self._paws_reject(seg, now):
+            if flags & SYN:
+                pass  # a SYN gets a challenge ACK below (LS 93)
+            else:
+                stats["TcpExtPAWSEstab"] += 1
+                if seg.payload:
+                    self._send_ack(now)
+                else:
+                    self._oow_ack(now, "TcpExtTCPACKSkippedPAWS")
+                return
+        # first, check sequence number
+        if not self._acceptable(seg):
+            if flags & RST:
+                return
+            if st == State.SYN_RECEIVED and flags & SYN and seg.seq == self.irs:
+                self._send_synack(now)  # the peer retransmitted its SYN
+                return
+            if flags & SYN:
+                pass  # challenge ACK below
+            elif seg.payload or flags & FIN:
+                self._send_ack(now)  # data-bearing: never rate-limited (LS 114)
+                return
+            else:
+                self._oow_ack(now, "TcpExtTCPACKSkippedSeq")
+                return
+        # second, check the RST bit (RFC 5961 3.2)
+        if flags & RST:
+            exact = seg.seq == self.rcv_nxt or (
+                st in (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
+                and seg.seq == (self.rcv_nxt - 1) & MASK)
+            if not exact:
+                self._challenge_ack(now)
+                return
+            self._reset_by_peer(seg)
+            return
+        # fourth, check the SYN bit: any SYN in a synchronized state (RFC 5961 4.2).
+        if flags & SYN:
+            if st == State.SYN_RECEIVED and seg.seq == self.irs:
+                self._send_synack(now)
+                return
+            stats["TcpExtTCPSYNChallenge"] += 1
+            stats["TcpInErrs"] += 1
+            self._challenge_ack(now)
+            return
+        # fifth, check the ACK field: no ACK, drop (LS 13)
+        if not flags & ACK:
+            return
+        self.last_rcv = now
+        self.probes_out = 0
+        if st == State.SYN_RECEIVED:
+            if not sq.in_range(seg.ack, (self.snd_una + 1) & MASK, (self.snd_nxt + 1) & MASK):
+                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
+                return
+            self.snd_wnd = seg.wnd << self.snd_wscale
+            self.max_snd_wnd = self.snd_wnd
+            self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+            self.ctx.stats["TcpPassiveOpens"] += 1
+            self._set_state(State.ESTABLISHED, f"on {format_segment(seg)}")
+            self.events.append(Connected())
+            self._arm_keepalive(now)
+            st = State.ESTABLISHED
+        if not self._process_ack(seg, now):
+            return
+        st = self.state
+        if st == State.CLOSED:
+            return
+        # TS.Recent update: only segments covering the left window edge (RFC 7323 4.3).
+        if self.ts_ok and seg.ts is not None and sq.le(seg.seq, self.rcv_wup):
+            if sq.ge(seg.ts[0], self.ts_recent) or not self.ts_recent:
+                self.ts_recent = seg.ts[0]
+                self.ts_recent_stamp = now
+        # sixth/seventh/eighth: text and FIN
+        if seg.payload or flags & FIN:
+            if self.orphan and st in (State.FIN_WAIT_1, State.FIN_WAIT_2) and seg.payload and \
+                    sq.gt((seg.seq + len(seg.payload)) & MASK, self.rcv_nxt):
+                # Data for an application that closed: it can never be read (RFC 1122
+                # 4.2.2.13, LS 32). Reset in the no-socket form and drop the TCB.
+                stats["TcpExtTCPAbortOnData"] += 1
+                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
+                self._terminate(0, f"data after close, on {format_segment(seg)}")
+                return
+            if st in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
+                self._process_text(seg, now)
+            elif flags & FIN or seg.payload:
+                # CLOSE_WAIT, CLOSING, LAST_ACK: the peer already sent FIN; re-ACK.
+                self.ack_now = True
+        self.output(now)
+        self._arm_keepalive(now)
+
+    def _reset_by_peer(self, seg: Segment) -> None:
+        """An acceptable RST (RFC 9293 3.10.7.4 second, LS 110-111)."""
+        st = self.state
+        cause = f"on {format_segment(seg)}"
+        if st == State.SYN_RECEIVED:
+            self.ctx.stats["TcpExtEmbryonicRsts"] += 1
+            self.ctx.stats["TcpAttemptFails"] += 1
+            err = E.ECONNREFUSED if self.listener is None else 0
+        elif st in (State.ESTABLISHED, State.CLOSE_WAIT):
+            self.ctx.stats["TcpEstabResets"] += 1
+            # Linux reports EPIPE after the peer's FIN, ECONNRESET before (LS 9).
+            err = E.EPIPE if st == State.CLOSE_WAIT else E.ECONNRESET
+        elif st in (State.FIN_WAIT_1, State.FIN_WAIT_2):
+            err = E.ECONNRESET
+        else:  # CLOSING, LAST_ACK
+            err = 0
+        self._terminate(err, cause)
+
+    def _rtt_sample_ack(self, seg: Segment, now: float) -> None:
+        if self.ts_ok and seg.ts is not None and seg.ts[1]:
+            # RFC 7323 4.1 (RTTM): the echoed TSval times this segment, retransmitted or not.
+            r = ((self._ts_now(now) - seg.ts[1]) & MASK) / 1000
+            if r < 60:
+                self.rtt.sample(r)
+            self.rtt_seq = None
+        elif self.rtt_seq is not None and sq.gt(seg.ack, self.rtt_seq):
+            self.rtt.sample(now - self.rtt_time)
+            self.rtt_seq = None
+
+    def _process_ack(self, seg: Segment, now: float) -> bool:
+        """RFC 9293 3.10.7.4 fifth (ESTABLISHED and the closing states). False: drop."""
+        ack = seg.ack
+        if sq.gt(ack, self.snd_max):
+            # ACK of data never sent: challenge it (RFC 5961 5.2, LS 112).
+            self._challenge_ack(now)
+            return False
+        if sq.lt(ack, (self.snd_una - max(self.max_snd_wnd, 1)) & MASK):
+            self._challenge_ack(now)
+            return False
+        if sq.gt(ack, self.snd_nxt):
+            self.snd_nxt = ack  # after go-back-N, an ACK for data sent before the timeout
+        old_una = self.snd_una
+        acked = sq.diff(ack, old_una)
+        wnd = seg.wnd << self.snd_wscale
+        if acked > 0:
+            self._rtt_sample_ack(seg, now)
+            self.snd_una = ack
+            data_acked = min(sq.diff(ack, self.buf_seq), len(self.sndbuf))
+            if data_acked > 0:
+                del self.sndbuf[:data_acked]
+                self.buf_seq = (self.buf_seq + data_acked) & MASK
+                self.events.append(SendSpaceAvailable())
+            self.retries = 0
+            self.rtt.reset_backoff()
+            self._congestion_on_ack(acked, ack, now)
+            if self.snd_una == self.snd_max:
+                self.rto_at = None
+            else:
+                self.rto_at = now + self.rtt.current()  # RFC 6298 5.3
+        elif acked == 0 and not seg.payload and not seg.flags & FIN and \
+                self.snd_una != self.snd_max and wnd == self.snd_wnd:
+            self._duplicate_ack(now)
+        # RFC 9293 3.10.7.4: update the send window if the segment is newer (SND.WL1/WL2).
+        if sq.lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and sq.le(self.snd_wl2, ack)):
+            self.snd_wnd = wnd
+            self.snd_wl1, self.snd_wl2 = seg.seq, ack
+            if wnd > self.max_snd_wnd:
+                self.max_snd_wnd = wnd
+            if wnd:
+                self.persist_at = None
+        st = self.state
+        our_fin_acked = self.fin_sent and self.snd_una == self.snd_max
+        if st == State.FIN_WAIT_1 and our_fin_acked:
+            self._set_state(State.FIN_WAIT_2, f"on {format_segment(seg)}")
+            self.linger_at = None
+            if self.orphan:
+                self._arm_fin_wait_2(now)
+        elif st == State.CLOSING and our_fin_acked:
+            self._enter_time_wait(now, f"on {format_segment(seg)}")
+            return False
+        elif st == State.LAST_ACK and our_fin_acked:
+            # LAST_ACK -> CLOSED, no TIME_WAIT for the passive closer (LS 11).
+            self._terminate(0, f"on {format_segment(seg)}")
+            return False
+        return True
+
+    def _congestion_on_ack(self, acked: int, ack: int, now: float) -> None:
+        mss = self.mss
+        if self.recover is not None:
+            if sq.ge(ack, self.recover):
+                # Full ACK: leave fast recovery (RFC 6582 3.2 step 3).
+                self.cwnd = min(self.ssthresh, max(self.in_flight, mss) + mss)
+                self.recover = None
+            else:
+                # Partial ACK: retransmit the next hole, deflate (RFC 6582 3.2 step 4).
+                self._retransmit_head(now)
+                self.cwnd = max(self.cwnd - acked + mss, mss)
+            self.dupacks = 0
+            return
+        self.dupacks = 0
+        if self.cwnd < self.ssthresh:
+            self.cwnd += min(acked, mss)  # slow start (RFC 5681 3.1)
+        else:
+            self.cwnd += max(mss * mss // self.cwnd, 1)
+
+    def _duplicate_ack(self, now: float) -> None:
+        """RFC 5681 3.2 fast retransmit on the third duplicate ACK, NewReno recovery."""
+        self.dupacks += 1
+        self.ctx.stats["TcpExtTCPDupAcks"] += 1
+        if self.recover is not None:
+            self.cwnd += self.mss  # inflate for each segment that left the network
+            return
+        if self.dupacks == 3:
+            self.ssthresh = max(self.in_flight // 2, 2 * self.mss)
+            self.recover = self.snd_max
+            self.ctx.stats["TcpExtTCPFastRetrans"] += 1
+            self.ctx.stats["TcpExtTCPRenoRecovery"] += 1
+            self._retransmit_head(now)
+            self.cwnd = self.ssthresh + 3 * self.mss
+
+    def _retransmit_head(self, now: float) -> int:
+        """Resend the first unacknowledged segment (data and/or FIN) at SND.UNA."""
+        una = self.snd_una
+        off = sq.diff(una, self.buf_seq)
+        payload = b""
+        flags = ACK
+        if 0 <= off < len(self.sndbuf):
+            payload = bytes(self.sndbuf[off:off + self.mss])
+            flags |= PSH
+        end = (una + len(payload)) & MASK
+        if self.fin_sent and end == self.buf_end:
+            flags |= FIN
+        if not payload and not flags & FIN:
+            return 0
+        self._emit(self._make(flags, una, now, payload))
+        self.ctx.stats["TcpRetransSegs"] += 1
+        self.rtt_seq = None  # Karn (RFC 6298 3)
+        self.rto_at = now + self.rtt.current()
+        return len(payload) + (1 if flags & FIN else 0)
+
+    def _process_text(self, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.4 seventh and eighth: segment text and FIN, in order only."""
+        start = seg.seq
+        data = seg.payload
+        fin = bool(seg.flags & FIN)
+        rcv_nxt = self.rcv_nxt
+        if data:
+            d = sq.diff(start, rcv_nxt)
+            if d < 0:  # trim the part we already have
+                data = data[-d:]
+                start = rcv_nxt
+                if not data:
+                    if not fin:
+                        self.ack_now = True  # a duplicate: tell the sender where we are
+                        return
+        wnd_edge = self.rcv_adv if sq.gt(self.rcv_adv, rcv_nxt) else rcv_nxt
+        if data:
+            room = sq.diff(wnd_edge, start)
+            if room <= 0:
+                self.ctx.stats["TcpExtTCPZeroWindowDrop"] += 1
+                self.ack_now = True
+                return
+            if len(data) > room:
+                data = data[:room]  # beyond the window: trimmed (RFC 9293 3.10.7.4)
+                fin = False
+        if start != rcv_nxt:
+            # Out of order: queue it and ACK at once so the sender sees the hole (RFC 5681 4.2).
+            if data and start not in self.ofo:
+                self.ofo[start] = bytes(data)
+                self.ctx.stats["TcpExtTCPOFOQueue"] += 1
+            if fin:
+                self.ofo_fin = (start + len(data)) & MASK
+            self.ack_now = True
+            return
+        if data:
+            self.rcvbuf += data
+            self.rcv_nxt = (rcv_nxt + len(data)) & MASK
+            if self.ofo:
+                self._drain_ofo()
+            self.events.append(DataReceived())
+            self.unacked_segs += 1
+            if self.quickacks > 0:
+                self.quickacks -= 1
+                self.ack_now = True
+            elif self.unacked_segs >= 2 or self.ofo:
+                # RFC 9293 3.8.6.3 / RFC 5681 4.2: ACK at least every second full segment,
+                # and at once while a hole is being filled.
+                self.ack_now = True
+            elif self.delack_at is None:
+                self.delack_at = now + DELACK
+        if fin or (self.ofo_fin is not None and self.ofo_fin == self.rcv_nxt):
+            if fin and (start + len(data)) & MASK != self.rcv_nxt:
+                return
+            self._fin_received(seg, now)
+
+    def _drain_ofo(self) -> None:
+        ofo = self.ofo
+        progressed = True
+        while progressed and ofo:
+            progressed = False
+            for s in list(ofo):
+                d = sq.diff(s, self.rcv_nxt)
+                if d > 0:
+                    continue
+                chunk = ofo.pop(s)
+                if len(chunk) + d > 0:
+                    chunk = chunk[-d:] if d else chunk
+                    self.rcvbuf += chunk
+                    self.rcv_nxt = (self.rcv_nxt + len(chunk)) & MASK
+                progressed = True
+
+    def _fin_received(self, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.4 eighth: the FIN consumes one sequence number."""
+        if self.fin_received:
+            return
+        self.fin_received = True
+        self.ofo_fin = None
+        self.rcv_nxt = (self.rcv_nxt + 1) & MASK
+        self.ack_now = True  # Linux ACKs a FIN at once in the closing states (LS 7, 8)
+        self.events.append(EofReceived())
+        cause = f"on {format_segment(seg)}"
+        st = self.state
+        if st == State.ESTABLISHED:
+            self._set_state(State.CLOSE_WAIT, cause)
+        elif st == State.FIN_WAIT_1:
+            # Our FIN is not yet acknowledged (else we would be in FIN_WAIT_2): simultaneous
+            # close, FIN_WAIT_1 -> CLOSING (RFC 9293 3.6 case 3, Figure 13).
+            self._set_state(State.CLOSING, cause)
+        elif st == State.FIN_WAIT_2:
+            self._send_ack(now)
+            self._enter_time_wait(now, cause)
+
+    def _enter_time_wait(self, now: float, cause: str) -> None:
+        """TIME_WAIT for 2*MSL (RFC 9293 3.10.7.4). The demultiplexer then swaps this TCB
+        for a compact TIME_WAIT record (Linux tcp_time_wait())."""
+        if self.ack_now:
+            self._send_ack(now)
+        self._set_state(State.TIME_WAIT, cause)
+        self.rto_at = self.delack_at = self.persist_at = self.keepalive_at = None
+        self.linger_at = None
+        self.sndbuf.clear()
+        self.close_at = now + 2 * self.ctx.config.tcp_msl
+        self._update_deadline()
+        self.events.append(ConnectionClosed(0))
+
+    # ------------------------------------------------------------------ output
+
+    def output(self, now: float) -> None:
+        """Send what the windows, Nagle and the state allow, then a pending ACK."""
+        st = self.state
+        if st in (State.CLOSED, State.LISTEN, State.SYN_SENT, State.TIME_WAIT):
+            return
+        if st == State.SYN_RECEIVED:
+            return
+        sent = False
+        mss = self.mss
+        if self.rto_at is None and self.snd_una == self.snd_max and now - self.last_send > self.rtt.current():
+            # RFC 7661 / RFC 5681 4.1: restart from the initial window after an idle period.
+            self.cwnd = min(self.cwnd, IW_SEGMENTS * mss)
+        while True:
+            buf_end = self.buf_end
+            unsent = sq.diff(buf_end, self.snd_nxt)
+            wnd_limit = min(self.snd_wnd, self.cwnd)
+            usable = wnd_limit - self.in_flight
+            if unsent > 0:
+                n = min(unsent, mss, usable)
+                if n <= 0:
+                    if self.snd_wnd == 0 or usable <= 0 and self.snd_una == self.snd_max:
+                        self._arm_persist(now)
+                    break
+                if n < mss:
+                    if n < unsent:
+                        # RFC 9293 3.8.6.2.1 sender SWS avoidance: a partial segment only if it
+                        # is at least half the largest window the peer offered.
+                        if n < self.max_snd_wnd // 2 or self.snd_una != self.snd_max:
+                            if self.snd_una == self.snd_max:
+                                self._arm_persist(now)
+                            break
+                    elif not self.nodelay and not self.fin_queued and self.snd_una != self.snd_max:
+                        break  # Nagle (RFC 896; RFC 9293 3.7.4): one small segment in flight
+                off = sq.diff(self.snd_nxt, self.buf_seq)
+                payload = bytes(self.sndbuf[off:off + n])
+                flags = ACK
+                if n == unsent:
+                    flags |= PSH
+                    if self.fin_queued:
+                        flags |= FIN  # piggyback the FIN on the last data segment (LS 20)
+                self._transmit(flags, payload, now)
+                sent = True
+                continue
+            if self.fin_queued and self.snd_nxt == buf_end:
+                self._transmit(FIN | ACK, b"", now)
+                sent = True
+            break
+        if not sent and self.ack_now:
+            self._send_ack(now)
+
+    def _transmit(self, flags: int, payload: bytes, now: float) -> None:
+        seq = self.snd_nxt
+        seg = self._make(flags, seq, now, payload)
+        n = len(payload) + (1 if flags & FIN else 0)
+        if sq.lt(seq, self.snd_max):
+            self.ctx.stats["TcpRetransSegs"] += 1
+        elif self.rtt_seq is None and n:
+            self.rtt_seq = seq
+            self.rtt_time = now
+        self.snd_nxt = (seq + n) & MASK
+        if sq.gt(self.snd_nxt, self.snd_max):
+            self.snd_max = self.snd_nxt
+        if self.rto_at is None:
+            self.rto_at = now + self.rtt.current()
+        self.persist_at = None
+        self.last_send = now
+        self._emit(seg)
+
+    def _arm_persist(self, now: float) -> None:
+        if self.persist_at is None and self.rto_at is None:
+            self.persist_at = now + self.rtt.current()
+
+    # ------------------------------------------------------------------ timers
+
+    def handle_timer(self, now: float) -> None:
+        """Run every timer that is due (RFC 9293 3.8.1, RFC 6298 5)."""
+        if self.delack_at is not None and now >= self.delack_at:
+            self.delack_at = None
+            if self.unacked_segs or self.ack_now:
+                self.ctx.stats["TcpExtDelayedACKs"] += 1
+                self._send_ack(now)
+        if self.rto_at is not None and now >= self.rto_at:
+            self.rto_at = None
+            self._on_rto(now)
+        if self.persist_at is not None and now >= self.persist_at:
+            self.persist_at = None
+            self._on_persist(now)
+        if self.keepalive_at is not None and now >= self.keepalive_at:
+            self.keepalive_at = None
+            self._on_keepalive(now)
+        if self.linger_at is not None and now >= self.linger_at:
+            self.linger_at = None
+            if self.state in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK,
+                              State.ESTABLISHED, State.CLOSE_WAIT):
+                # SO_LINGER N > 0 ran out with data or our FIN unacknowledged: reset. Linux
+                # would keep the orphan running (LS 29); the issue asks for a RST.
+                self.ctx.stats["TcpExtTCPAbortOnLinger"] += 1
+                self._abort(now, "SO_LINGER timeout")
+        if self.close_at is not None and now >= self.close_at:
+            self.close_at = None
+            if self.state == State.FIN_WAIT_2:
+                # Orphaned FIN_WAIT_2 ends silently after tcp_fin_timeout (LS 42).
+                self._terminate(0, "tcp_fin_timeout")
+            elif self.state == State.TIME_WAIT:
+                self._terminate(0, "2MSL timeout")
+        self._update_deadline()
+
+    def _on_rto(self, now: float) -> None:
+        stats = self.ctx.stats
+        cfg = self.ctx.config
+        st = self.state
+        self.retries += 1
+        stats["TcpExtTCPTimeouts"] += 1
+        if st == State.SYN_SENT:
+            if self.retries > cfg.tcp_syn_retries:
+                stats["TcpAttemptFails"] += 1
+                self._terminate(E.ETIMEDOUT, "SYN retries exhausted")
+                return
+            self.rtt.back_off()
+            self._send_syn(now)
+            self.rtt_seq = None
+            stats["TcpRetransSegs"] += 1
+            self.rto_at = now + self.rtt.current()
+            return
+        if st == State.SYN_RECEIVED:
+            if self.retries > cfg.tcp_synack_retries:
+                stats["TcpAttemptFails"] += 1
+                self._terminate(E.ETIMEDOUT, "SYN-ACK retries exhausted")
+                return
+            self.rtt.back_off()
+            self._send_synack(now)
+            self.rtt_seq = None
+            stats["TcpRetransSegs"] += 1
+            self.rto_at = now + self.rtt.current()
+            return
+        if self.orphan and st in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
+            limit = cfg.tcp_orphan_retries or 8  # Linux tcp_orphan_retries(): 0 means 8
+        else:
+            limit = cfg.tcp_retries2
+        if self.retries > limit:
+            # Give up (LS 124, 125): no RST is sent; the application sees ETIMEDOUT.
+            stats["TcpExtTCPAbortOnTimeout"] += 1
+            if st in (State.ESTABLISHED, State.CLOSE_WAIT):
+                stats["TcpEstabResets"] += 1
+            self._terminate(E.ETIMEDOUT, "retransmission timeout")
+            return
+        # RFC 5681 3.1 equation 4 and RFC 6298 5.4-5.6: collapse cwnd, back off, go back N.
+        self.ssthresh = max(self.in_flight // 2, 2 * self.mss)
+        self.cwnd = self.mss
+        self.recover = None
+        self.dupacks = 0
+        self.rtt.back_off()
+        self.snd_nxt = (self.snd_una + self._retransmit_head(now)) & MASK
+        self.rto_at = now + self.rtt.current()
+
+    def _on_persist(self, now: float) -> None:
+        """Zero-window probe (RFC 9293 3.8.6.1), Linux style: an ACK with seq SND.UNA-1."""
+        if self.state not in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
+                              State.LAST_ACK, State.CLOSING):
+            return
+        if self.snd_wnd and self.cwnd > self.in_flight:
+            self.output(now)
+            return
+        self.probes_out += 1
+        if self.probes_out > self.ctx.config.tcp_retries2:
+            self.ctx.stats["TcpExtTCPAbortOnTimeout"] += 1
+            self._terminate(E.ETIMEDOUT, "zero-window probes unanswered")
+            return
+        self.ctx.stats["TcpExtTCPWinProbe"] += 1
+        self._emit(self._make(ACK, (self.snd_una - 1) & MASK, now))
+        self.rtt.back_off()
+        self.persist_at = now + self.rtt.current()
+
+    def _on_keepalive(self, now: float) -> None:
+        """Keepalive (RFC 9293 3.8.4, LS 130-133)."""
+        if not self.keepalive or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT,
+                                                    State.FIN_WAIT_1, State.FIN_WAIT_2):
+            return
+        if self.snd_una != self.snd_max or self.sndbuf:
+            self.keepalive_at = now + self.keepidle  # the retransmission timer governs
+            return
+        idle = now - self.last_rcv
+        if self.probes_out == 0 and idle < self.keepidle:
+            self.keepalive_at = self.last_rcv + self.keepidle
+            return
+        if self.probes_out >= self.keepcnt:
+            self.ctx.stats["TcpExtTCPAbortOnTimeout"] += 1
+            if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
+                self.ctx.stats["TcpEstabResets"] += 1
+            self._send_rst(now)
+            self._terminate(E.ETIMEDOUT, "keepalive timeout")
+            return
+        self.probes_out += 1
+        self.ctx.stats["TcpExtTCPKeepAlive"] += 1
+        self._emit(self._make(ACK, (self.snd_una - 1) & MASK, now))
+        self.keepalive_at = now + self.keepintvl
+
+    # ------------------------------------------------------------------ views
+
+    def timer_info(self, now: float) -> tuple[str, float, int] | None:
+        """(name, seconds left, retransmissions) as `ss -o` shows it."""
+        if self.state == State.TIME_WAIT and self.close_at is not None:
+            return ("timewait", max(self.close_at - now, 0.0), 0)
+        if self.rto_at is not None:
+            return ("on", max(self.rto_at - now, 0.0), self.retries)
+        if self.persist_at is not None:
+            return ("persist", max(self.persist_at - now, 0.0), self.probes_out)
+        if self.close_at is not None:
+            return ("timewait", max(self.close_at - now, 0.0), 0)
+        if self.keepalive_at is not None:
+            return ("keepalive", max(self.keepalive_at - now, 0.0), self.probes_out)
+        return None
+
+
+__all__ = ["Tcb", "RTO_INITIAL", "OUR_MSS"]

@@ -1,0 +1,1 @@
+"""Wire formats: IPv4, TCP (with options), ICMP echo, checksums. Never sees a TCB."""

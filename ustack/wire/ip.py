@@ -1,0 +1,43 @@
+"""IPv4 headers (RFC 791) and ICMP echo (RFC 792)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from .checksum import checksum, ones_sum
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+
+_IP = struct.Struct("!BBHHHBBH4s4s")
+
+
+def ip_to_bytes(addr: str) -> bytes:
+    return socket.inet_aton(addr)
+
+
+def ip_to_str(addr: bytes) -> str:
+    return socket.inet_ntoa(addr)
+
+
+def build_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int = 0,
+               ttl: int = 64) -> bytes:
+    # DF set: ustack never fragments (it clamps the MSS instead).
+    header = _IP.pack(0x45, 0, 20 + len(payload), ident & 0xFFFF, 0x4000, ttl, proto, 0,
+                      src, dst)
+    csum = checksum(header)
+    return header[:10] + csum.to_bytes(2, "big") + header[12:] + payload
+
+
+def header_ok(frame: bytes | memoryview, ihl: int) -> bool:
+    """True if the IPv4 header checksum verifies."""
+    return ones_sum(frame[:ihl]) == 0xFFFF
+
+
+def build_icmp_echo_reply(request: bytes | memoryview) -> bytes:
+    """Turn an ICMP echo request (type 8) message into its reply (type 0), same id/seq/data."""
+    body = bytes(request[4:])
+    msg = b"\x00\x00\x00\x00" + body
+    csum = checksum(msg)
+    return msg[:2] + csum.to_bytes(2, "big") + msg[4:]
