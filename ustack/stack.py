@@ -1,0 +1,265 @@
+"""The imperative shell: frames in and out of a device, the core in between.
+
+Per arriving frame: validate the IPv4 header, slice the four-tuple key, verify the TCP
+checksum, parse, and hand the segment to the table. Everything the core wants to send
+is built and written once per loop iteration (`_flush`), the same place where core
+events are delivered to transports and the single timer is re-armed (aioquic's
+`transmit()` pattern). The clock is `loop.time()`, passed in; the core never reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from .config import Config
+from .stats import Stats
+from .table import TcpTable
+from .tcp.context import Context
+from .tcp.tcb import Tcb
+from .wire.checksum import ones_sum
+from .wire.ip import (
+    PROTO_ICMP,
+    PROTO_TCP,
+    build_icmp_echo_reply,
+    build_ipv4,
+    header_ok,
+    ip_to_bytes,
+    ip_to_str,
+)
+from .wire.tcp import ParseError, build_tcp, parse_tcp
+
+log = logging.getLogger("ustack")
+
+
+class Device(Protocol):
+    def write(self, frame: bytes) -> None: ...
+
+
+Tap = Callable[[str, bytes], None]  # ("in" | "out", frame)
+
+
+class Stack:
+    """One IPv4 address, its TCP table, and the glue to a device and to asyncio."""
+
+    def __init__(self, address: str = "10.77.0.2", *, config: Config | None = None,
+                 stats: Stats | None = None, loop: asyncio.AbstractEventLoop | None = None,
+                 secret: bytes | None = None) -> None:
+        self.address = address.split("/")[0]
+        self.addr_bytes = ip_to_bytes(self.address)
+        self.loop = loop or asyncio.get_event_loop()
+        self.ctx = Context(config, stats, secret=secret)
+        self.config = self.ctx.config
+        self.stats = self.ctx.stats
+        self.table = TcpTable(self.ctx, self._on_tcb_event)
+        self.device: Device | None = None
+        self.taps: list[Tap] = []
+        # Hooks for the layers around the core: an impairment layer (ingress/egress
+        # filters), pcap taps, and state-change observers (trace).
+        self.observers: list[Callable[[Tcb, object], None]] = []
+        self._pending: list[tuple[Tcb, list]] = []
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._ident = 0
+        self._closed = False
+
+    # ------------------------------------------------------------------ device side
+
+    def attach(self, device: Device) -> None:
+        self.device = device
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def receive(self, frame: bytes) -> None:
+        """One IPv4 frame from the device. Never raises: bad input is counted and dropped."""
+        for tap in self.taps:
+            tap("in", frame)
+        stats = self.stats
+        stats["IpInReceives"] += 1
+        n = len(frame)
+        if n < 20 or frame[0] >> 4 != 4:
+            stats["IpInHdrErrors"] += 1
+            return
+        ihl = (frame[0] & 15) * 4
+        total = (frame[2] << 8) | frame[3]
+        if ihl < 20 or total < ihl or total > n or not header_ok(frame, ihl):
+            stats["IpInHdrErrors"] += 1
+            return
+        if frame[16:20] != self.addr_bytes:
+            stats["IpInAddrErrors"] += 1
+            return
+        if (frame[6] & 0x3F) or frame[7]:
+            stats["IpReasmFails"] += 1  # fragments: ustack does not reassemble
+            return
+        proto = frame[9]
+        if proto == PROTO_TCP:
+            self._tcp_input(frame, ihl, total)
+        elif proto == PROTO_ICMP:
+            self._icmp_input(frame, ihl, total)
+        else:
+            stats["IpInUnknownProtos"] += 1
+            return
+        self._kick()
+
+    def _tcp_input(self, frame: bytes, ihl: int, total: int) -> None:
+        stats = self.stats
+        stats["IpInDelivers"] += 1
+        tcp_len = total - ihl
+        if tcp_len < 20:
+            stats["TcpInErrs"] += 1
+            return
+        # RFC 9293 3.1: checksum over the pseudo-header (addresses, protocol, length).
+        s = ones_sum(frame[12:20]) + PROTO_TCP + tcp_len + ones_sum(frame[ihl:total])
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        if s != 0xFFFF:
+            stats["TcpInCsumErrors"] += 1
+            stats["TcpInErrs"] += 1
+            return
+        # The demux key, sliced straight from the header: with a 20-byte IP header the
+        # addresses and ports are contiguous. A full dpkt parse costs ~17x a slice here
+        # (benchmarks/bench_wire.py), so the hot path uses slicing and struct.
+        key = frame[12:24] if ihl == 20 else frame[12:20] + frame[ihl:ihl + 4]
+        try:
+            seg = parse_tcp(frame, ihl, total)
+        except ParseError:
+            stats["TcpInErrs"] += 1
+            stats["TcpExtTCPBadOptions"] += 1
+            return
+        stats["TcpInSegs"] += 1
+        self.table.input(key, seg, self.loop.time())
+
+    def _icmp_input(self, frame: bytes, ihl: int, total: int) -> None:
+        stats = self.stats
+        stats["IcmpInMsgs"] += 1
+        msg = frame[ihl:total]
+        if len(msg) < 8 or ones_sum(msg) != 0xFFFF:
+            stats["IcmpInErrors"] += 1
+            return
+        if msg[0] == 8 and msg[1] == 0:  # echo request (RFC 792)
+            stats["IcmpInEchos"] += 1
+            stats["IcmpOutMsgs"] += 1
+            stats["IcmpOutEchoReps"] += 1
+            self._write(build_ipv4(self.addr_bytes, frame[12:16], PROTO_ICMP,
+                                   build_icmp_echo_reply(msg), self._next_ident()))
+
+    def _next_ident(self) -> int:
+        self._ident = (self._ident + 1) & 0xFFFF
+        return self._ident
+
+    def _write(self, frame: bytes) -> None:
+        for tap in self.taps:
+            tap("out", frame)
+        self.stats["IpOutRequests"] += 1
+        if self.device is not None:
+            self.device.write(frame)
+
+    # ------------------------------------------------------------------ the loop side
+
+    def _on_tcb_event(self, tcb: Tcb) -> None:
+        # Called from inside the table; delivery waits for _flush so that protocol
+        # callbacks never re-enter the core while it is processing a segment.
+        self._pending.append((tcb, tcb.events[:]))
+        for obs in self.observers:
+            for ev in tcb.events:
+                obs(tcb, ev)
+        self._kick()
+
+    def _kick(self) -> None:
+        if not self._flush_scheduled and not self._closed:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        for _ in range(64):  # event delivery may cause more events; bounded, never a hang
+            if not self._pending:
+                break
+            batch, self._pending = self._pending, []
+            for tcb, events in batch:
+                owner = tcb.owner
+                if owner is None and tcb.listener is not None:
+                    server = tcb.listener.owner
+                    if server is not None:
+                        server._accept_ready()
+                    owner = tcb.owner
+                if owner is not None:
+                    try:
+                        owner._tcb_events(events)
+                    except Exception:  # an application bug must not kill the stack
+                        log.exception("error delivering events to %r", owner)
+        tx = self.table.tx
+        if tx:
+            out = tx[:]
+            tx.clear()
+            src_default = self.addr_bytes
+            for src, dst, seg in out:
+                self._write(build_ipv4(src or src_default, dst, PROTO_TCP,
+                                       build_tcp(seg, src, dst), self._next_ident()))
+        if self._pending:
+            self._kick()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        at = self.table.next_deadline()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None and not self._closed:
+            self._timer = self.loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.table.handle_timers(self.loop.time())
+        self._flush()
+
+    def call(self, tcb: Tcb, fn: Callable, *args):
+        """Run a user call on a TCB and schedule the transmission it causes."""
+        try:
+            return self.table.call(tcb, self.loop.time(), fn, *args)
+        finally:
+            self._kick()
+
+    # ------------------------------------------------------------------ asyncio API
+
+    async def start_server(self, client_connected_cb, host: str | None = None,
+                           port: int = 0, *, limit: int = 2 ** 16, backlog: int = 128):
+        from .aio import start_server
+        return await start_server(self, client_connected_cb, host, port, limit=limit,
+                                  backlog=backlog)
+
+    async def open_connection(self, host: str, port: int, *, limit: int = 2 ** 16,
+                              local_port: int | None = None):
+        from .aio import open_connection
+        return await open_connection(self, host, port, limit=limit, local_port=local_port)
+
+    async def create_server(self, protocol_factory, host: str | None = None, port: int = 0,
+                            *, backlog: int = 128):
+        from .aio import create_server
+        return await create_server(self, protocol_factory, host, port, backlog=backlog)
+
+    async def create_connection(self, protocol_factory, host: str, port: int, *,
+                                local_port: int | None = None):
+        from .aio import create_connection
+        return await create_connection(self, protocol_factory, host, port,
+                                       local_port=local_port)
+
+    # ------------------------------------------------------------------ views
+
+    def status(self) -> dict:
+        return {"address": self.address, "connections": self.table.rows(self.loop.time()),
+                "stats": dict(self.stats), "time_wait": len(self.table.tw)}
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
