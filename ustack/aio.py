@@ -25,8 +25,8 @@ import errno as E
 import os
 
 from .tcp.events import (
-    ConnectionClosed,
     Connected,
+    ConnectionClosed,
     DataReceived,
     EofReceived,
     SendSpaceAvailable,

@@ -27,7 +27,6 @@ from .wire.ip import (
     build_ipv4,
     header_ok,
     ip_to_bytes,
-    ip_to_str,
 )
 from .wire.tcp import ParseError, build_tcp, parse_tcp
 
