@@ -80,6 +80,8 @@ class Stack:
         stats = self.stats
         stats["IpInReceives"] += 1
         n = len(frame)
+        if n and frame[0] >> 4 == 6:
+            return  # IPv6 (e.g. the kernel's router solicitations): not ours, not an error
         if n < 20 or frame[0] >> 4 != 4:
             stats["IpInHdrErrors"] += 1
             return
