@@ -66,8 +66,11 @@ class TcpTransport(asyncio.Transport):
         self._eof_pending = False
         self._eof_delivered = False
         self._writing_paused = False
-        self._high = 64 * 1024
-        self._low = 16 * 1024
+        # The write buffer holds unacknowledged data too, so size it like a kernel
+        # socket's send buffer (tcp_wmem): room for a full window plus new data, which
+        # keeps loss recovery going (new data after a retransmission reveals its loss).
+        self._high = max(64 * 1024, tcb.snd_cap)
+        self._low = self._high // 4
         self._linger: int | None = None
         self._wait_linger = False
         self._connect_waiter: asyncio.Future | None = None
@@ -267,10 +270,13 @@ class TcpTransport(asyncio.Transport):
             data = self._tcb.recv(-1, self._stack.now())
             if data:
                 self._protocol.data_received(data)
-        if not errno and not self._eof_delivered:
+        # After the peer's FIN, reads end in EOF even if an error (RST, timeout) follows:
+        # Linux tcp_recvmsg() checks SOCK_DONE before sk_err. Writes still fail (_error).
+        eof = self._tcb.fin_received
+        if (not errno or eof) and not self._eof_delivered:
             self._eof_delivered = True
             self._protocol.eof_received()
-        self._connection_lost(self._error)
+        self._connection_lost(None if eof else self._error)
 
 
 class ListenSocket:

@@ -10,11 +10,13 @@ events are delivered to transports and the single timer is re-armed (aioquic's
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Protocol
 
 from .config import Config
+from .impair import Impairment
 from .stats import Stats
 from .table import TcpTable
 from .tcp.context import Context
@@ -55,6 +57,7 @@ class Stack:
         self.table = TcpTable(self.ctx, self._on_tcb_event)
         self.device: Device | None = None
         self.taps: list[Tap] = []
+        self.impair: Impairment | None = None  # see set_impairment()
         # Hooks for the layers around the core: an impairment layer (ingress/egress
         # filters), pcap taps, and state-change observers (trace).
         self.observers: list[Callable[[Tcb, object], None]] = []
@@ -73,8 +76,21 @@ class Stack:
     def now(self) -> float:
         return self.loop.time()
 
-    def receive(self, frame: bytes) -> None:
+    def set_impairment(self, impairment: Impairment | None) -> None:
+        """Put an impairment layer (ustack.impair) between the device and the stack, both
+        directions; None removes it. Taps see what the stack itself receives and sends."""
+        if self.impair is not None:
+            self.impair.close()
+        if impairment is not None:
+            impairment.bind(self.loop, functools.partial(self.receive, impaired=True),
+                            self._device_write)
+        self.impair = impairment
+
+    def receive(self, frame: bytes, impaired: bool = False) -> None:
         """One IPv4 frame from the device. Never raises: bad input is counted and dropped."""
+        if self.impair is not None and not impaired:
+            self.impair.inbound.send(frame)  # comes back here, impaired=True, maybe later
+            return
         for tap in self.taps:
             tap("in", frame)
         stats = self.stats
@@ -156,6 +172,12 @@ class Stack:
         for tap in self.taps:
             tap("out", frame)
         self.stats["IpOutRequests"] += 1
+        if self.impair is not None:
+            self.impair.outbound.send(frame)
+        elif self.device is not None:
+            self.device.write(frame)
+
+    def _device_write(self, frame: bytes) -> None:
         if self.device is not None:
             self.device.write(frame)
 
@@ -261,6 +283,8 @@ class Stack:
 
     def close(self) -> None:
         self._closed = True
+        if self.impair is not None:
+            self.impair.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -14,7 +14,7 @@ NAMES: tuple[str, ...] = (
     "TcpActiveOpens", "TcpPassiveOpens", "TcpAttemptFails", "TcpEstabResets", "TcpCurrEstab",
     "TcpInSegs", "TcpOutSegs", "TcpRetransSegs", "TcpInErrs", "TcpOutRsts", "TcpInCsumErrors",
     "TcpExtTW", "TcpExtTWRecycled", "TcpExtTWKilled", "TcpExtPAWSActive", "TcpExtPAWSEstab",
-    "TcpExtPAWSTimewait", "TcpExtTCPTimeWaitOverflow", "TcpExtTCPAbortOnClose",
+    "TcpExtPAWSTimewait", "TcpExtPAWSOldAck", "TcpExtTCPTimeWaitOverflow", "TcpExtTCPAbortOnClose",
     "TcpExtTCPAbortOnData", "TcpExtTCPAbortOnLinger", "TcpExtTCPAbortOnTimeout",
     "TcpExtTCPAbortOnMemory", "TcpExtTCPChallengeACK", "TcpExtTCPSYNChallenge",
     "TcpExtTCPACKSkippedChallenge", "TcpExtTCPACKSkippedTimeWait", "TcpExtTCPACKSkippedSeq",
@@ -24,6 +24,7 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPOFOQueue", "TcpExtTCPOFODrop", "TcpExtTCPDupAcks", "TcpExtDelayedACKs",
     "TcpExtTCPZeroWindowDrop", "TcpExtTCPWinProbe", "TcpExtTCPSackRecovery",
     "TcpExtTCPRenoRecovery", "TcpExtTCPDSACKRecv", "TcpExtTCPBadOptions",
+    "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery",
     "UstackImpairDropped", "UstackImpairCorrupted", "UstackImpairDuplicated",
     "UstackImpairReordered",
 )

@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import errno as E
 import hashlib
+import itertools
 from collections.abc import Callable
 
+from .eventlog import listen_overflow
 from .tcp.context import Context
 from .tcp.events import StateChanged
 from .tcp.state import State
 from .tcp.tcb import Tcb
-from .tcp.timewait import F_HAS_TS, TW_ACK, TW_SYN, TimeWaitTable, TwRecord
+from .tcp.timewait import TW_ACK, TW_SYN, TimeWaitTable, TwRecord, sec32
 from .timerq import TimerQueue
 from .wire.ip import ip_to_bytes, ip_to_str
 from .wire.tcp import ACK, RST, SYN, Segment
 
 Tx = tuple[bytes, bytes, Segment]  # (source address, destination address, segment)
+PERTURB_SIZE = 1 << 16  # Linux INET_TABLE_PERTURB_SIZE
 
 
 def make_key(remote_ip: bytes, local_ip: bytes, rport: int, lport: int) -> bytes:
@@ -57,7 +60,7 @@ class TcpTable:
         # Called for each TCB that has events after a call into the table (the shell's
         # hook into the application layer). Events stay on tcb.events for it to take.
         self.on_tcb_event = on_tcb_event
-        self._perturb = 0
+        self._perturb: dict[int, int] = {}  # Linux table_perturb[], filled lazily
 
     # ------------------------------------------------------------------ input
 
@@ -77,8 +80,10 @@ class TcpTable:
                 listener = self._listener_for(key)
                 if listener is not None:
                     # The SYN opens a new incarnation (RFC 6191); TIME_WAIT goes away.
+                    # Not counted as TcpExtTWRecycled: Linux counts that only when
+                    # connect() takes over a TIME_WAIT tuple (__inet_check_established()),
+                    # never for a SYN accepted from TIME_WAIT (tcp_v4_rcv() TCP_TW_SYN).
                     self.tw.remove(key)
-                    self.ctx.stats["TcpExtTWRecycled"] += 1
                     self._passive_open(listener, key, seg, now, iss=arg)
                 else:
                     # Client-side TIME_WAIT has no listener: answer as TIME_WAIT (LS 60).
@@ -115,6 +120,7 @@ class TcpTable:
         if lst.closed or lst.half_open + len(lst.accept_queue) >= lst.backlog:
             stats["TcpExtListenOverflows"] += 1
             stats["TcpExtListenDrops"] += 1
+            listen_overflow(lst.port, lst.backlog)
             return
         tcb = self._new_tcb(key)
         tcb.listener = lst
@@ -181,11 +187,12 @@ class TcpTable:
             del self.est[tcb.key]
         tcb.close_at = tcb.deadline = None  # the record's bucket now keeps the time
         wnd_field = min(tcb._rcv_window() >> tcb.rcv_wscale, 65535)
-        rec = TwRecord(tcb.snd_nxt, tcb.rcv_nxt, tcb.ts_recent, tcb.ts_offset, wnd_field,
-                       tcb.rcv_wscale, F_HAS_TS if tcb.ts_ok else 0,
-                       tcb.ts_recent_stamp, now + 2 * self.ctx.config.tcp_msl, 0.0, now)
-        # On overflow the TCB just goes: the last ACK was already sent (LS 64).
-        self.tw.insert(tcb.key, rec, now)
+        # On overflow the TCB just goes: the last ACK was already sent (LS 64). snd_max
+        # is Linux's snd_nxt (ours rewinds on an RTO); in TIME_WAIT they are equal.
+        self.tw.insert(tcb.key, snd_nxt=tcb.snd_max, rcv_nxt=tcb.rcv_nxt,
+                       ts_recent=tcb.ts_recent, ts_recent_stamp=tcb.ts_recent_stamp,
+                       ts_offset=tcb.ts_offset, wnd=wnd_field, wscale=tcb.rcv_wscale,
+                       has_ts=tcb.ts_ok, now=now)
 
     # ------------------------------------------------------------------ user calls
 
@@ -209,55 +216,85 @@ class TcpTable:
 
     def connect(self, local_ip: str, remote_ip: str, rport: int, now: float,
                 owner: object = None, lport: int | None = None) -> Tcb:
-        """An active open from an ephemeral port (RFC 6056 style; LS 80-83)."""
+        """An active open, from an ephemeral port unless `lport` is given (LS 70-83)."""
         lip, rip = ip_to_bytes(local_ip), ip_to_bytes(remote_ip)
-        rec = None
         if lport is None:
             lport, rec = self._pick_port(lip, rip, rport, now)
-        else:
             key = make_key(rip, lip, rport, lport)
-            if key in self.est:
-                raise OSError(E.EADDRINUSE, "Address already in use")
+        else:
+            # bind(port) + connect(): the four-tuple must be unique; a TIME_WAIT on it is
+            # taken over whenever it used timestamps (LS 73). Linux
+            # __inet_check_established() fails with EADDRNOTAVAIL otherwise.
+            key = make_key(rip, lip, rport, lport)
             rec = self.tw.get(key)
-        key = make_key(rip, lip, rport, lport)
+            if key in self.est or (rec is not None and not self.tw.reusable(
+                    rec, self._loopback(lip, rip), now, bound=True)):
+                raise OSError(E.EADDRNOTAVAIL, "Cannot assign requested address")
         tcb = self._new_tcb(key)
         tcb.owner = owner
         iss = None
         if rec is not None:
-            # tcp_tw_reuse: take over the TIME_WAIT tuple (LS 72): ISN above its SND.NXT,
-            # TS.Recent inherited so our SYN echoes it.
+            # Take over the TIME_WAIT tuple (LS 72, Linux tcp_twsk_unique()): ISN beyond
+            # its SND.NXT, TS.Recent inherited so our SYN echoes it; counted as
+            # TcpExtTWRecycled as in __inet_check_established().
             self.tw.remove(key)
             self.ctx.stats["TcpExtTWRecycled"] += 1
-            iss = (rec.snd_nxt + 65537) & 0xFFFFFFFF
+            iss = ((rec.snd_nxt + 65535 + 2) & 0xFFFFFFFF) or 1
             tcb.ts_recent = rec.ts_recent
-            tcb.ts_recent_stamp = rec.ts_recent_stamp
+            tcb.ts_recent_stamp = now - ((sec32(now) - rec.ts_recent_stamp) & 0xFFFFFFFF)
         self.est[key] = tcb
         tcb.open_active(now, iss=iss)
         self._after(tcb, now)
         return tcb
 
+    @staticmethod
+    def _loopback(lip: bytes, rip: bytes) -> bool:
+        """tcp_tw_reuse=2 counts a TIME_WAIT as loopback when either address is 127/8."""
+        return lip[0] == 127 or rip[0] == 127
+
     def _pick_port(self, lip: bytes, rip: bytes, rport: int, now: float
                    ) -> tuple[int, TwRecord | None]:
+        """Choose an ephemeral port like Linux __inet_hash_connect() (RFC 6056 3.3.4 with
+        Linux's perturbation table, LS 81): a keyed hash of (addresses, remote port, time
+        in 10 s steps) picks a slot of the perturbation table and a start offset; ports
+        of the range's low parity are probed first, then the other parity. A port is
+        skipped when a listener holds it (explicit bind, LS 82), when the four-tuple is
+        established, or when it is in TIME_WAIT and tcp_tw_reuse does not allow taking it
+        over (LS 70-71). Nothing free: EADDRNOTAVAIL, and no SYN is sent (LS 83)."""
         lo, hi = self.ctx.config.ip_local_port_range
-        n = hi - lo + 1
-        h = hashlib.blake2b(lip + rip + rport.to_bytes(2, "big"), key=self.ctx.secret,
-                            digest_size=4).digest()
-        offset = (int.from_bytes(h, "big") + self._perturb) % n
-        loopback = rip[0] == 127
-        for i in range(n):
-            port = lo + (offset + i) % n
-            if port in self.listeners:
-                continue  # explicitly bound ports are not ephemeral candidates (LS 82)
-            key = make_key(rip, lip, rport, port)
-            if key in self.est:
-                continue
-            rec = self.tw.get(key)
-            if rec is not None and not self.tw.reusable(rec, loopback, now):
-                continue
-            # Like Linux, move the start for the next connect so successive connects to
-            # one destination do not probe the same ports again (LS 81).
-            self._perturb += i + 1 + self.ctx.rng.randrange(8)
-            return port, rec
+        high = hi + 1
+        remaining = high - lo
+        if remaining > 1:
+            remaining &= ~1
+        seed = lip + rip + rport.to_bytes(2, "big") + int(now // 10).to_bytes(8, "big")
+        h = int.from_bytes(hashlib.blake2b(seed, key=self.ctx.secret, digest_size=8,
+                                           person=b"ephemeral").digest(), "big")
+        index = h & (PERTURB_SIZE - 1)
+        perturb = self._perturb
+        offset = ((perturb.get(index, 0) + (h >> 32)) % remaining) & ~1
+        loopback = self._loopback(lip, rip)
+        listeners = self.listeners
+        est = self.est
+        tw = self.tw
+        while True:
+            port = lo + offset
+            for i in range(0, remaining, 2):
+                if port >= high:
+                    port -= remaining
+                if port not in listeners:
+                    key = make_key(rip, lip, rport, port)
+                    if key not in est:
+                        rec = tw.get(key)
+                        if rec is None or tw.reusable(rec, loopback, now):
+                            # Move this slot's start so the next connect to the same
+                            # destination probes elsewhere (Linux: max(i, rand(8)*2) + 2).
+                            step = max(i, self.ctx.rng.randrange(8) * 2) + 2
+                            perturb[index] = (perturb.get(index, 0) + step) & 0xFFFFFFFF
+                            return port, rec
+                port += 2
+            offset += 1
+            if not (offset & 1 and remaining > 1):
+                break
         raise OSError(E.EADDRNOTAVAIL, "Cannot assign requested address")
 
     def call(self, tcb: Tcb, now: float, fn: Callable, *args):
@@ -305,14 +342,14 @@ class TcpTable:
                 "timer": f"{t[0]},{t[1]:.3f}s,{t[2]}" if t else "",
                 "age": round(now - tcb.created, 3),
             })
-        for key in list(self.tw.records)[:10000]:
+        for key in itertools.islice(self.tw.records, 10000):  # not a 1 M-key list
             r = self.tw.get(key)
             out.append({
                 "state": "TIME-WAIT",
                 "local": f"{ip_to_str(key[4:8])}:{(key[10] << 8) | key[11]}",
                 "peer": f"{ip_to_str(key[0:4])}:{(key[8] << 8) | key[9]}",
                 "recv_q": 0, "send_q": 0,
-                "timer": f"timewait,{max(r.expires - now, 0):.3f}s,0",
-                "age": round(now - r.entered, 3),
+                "timer": f"timewait,{r.remaining(now):.3f}s,0",
+                "age": round(r.age(now), 3),
             })
         return out

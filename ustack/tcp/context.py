@@ -41,14 +41,18 @@ class Context:
     def challenge_ack_allowed(self, now: float) -> bool:
         """Stack-wide challenge ACK budget per second (RFC 5961 section 7).
 
-        Like Linux 4.7+, the budget is randomised in [limit/2, 1.5*limit) each second so an
-        off-path attacker cannot count it exactly (CVE-2016-5696).
+        Like Linux 4.7+, the budget is randomised in [half, limit + half - 1] with
+        half = (limit + 1) // 2 each second so an off-path attacker cannot count it exactly
+        (CVE-2016-5696; tcp_send_challenge_ack()).
         """
+        if self.config.tcp_challenge_ack_limit >= 2**31 - 1:
+            return True  # INT_MAX disables the stack-wide limit (Linux >= 6.0 default)
         second = int(now)
         if second != self._challenge_second:
             self._challenge_second = second
             limit = self.config.tcp_challenge_ack_limit
-            self._challenge_left = limit // 2 + self.rng.randrange(max(limit, 1))
+            half = (limit + 1) >> 1
+            self._challenge_left = half + self.rng.randrange(max(limit, 1))
         if self._challenge_left > 0:
             self._challenge_left -= 1
             return True

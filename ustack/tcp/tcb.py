@@ -25,7 +25,9 @@ from .events import (
     SendSpaceAvailable,
     StateChanged,
 )
+from .ofo import OfoQueue
 from .rto import RTO_INITIAL, RtoEstimator
+from .sack import DUPTHRESH, Scoreboard
 from .state import State
 
 MASK = 0xFFFFFFFF
@@ -36,6 +38,7 @@ DELACK = 0.040  # Linux TCP_DELACK_MIN, the issue's "at most 40 ms"
 QUICKACKS = 16  # Linux TCP_MAX_QUICKACKS: ACK every segment at the start
 IW_SEGMENTS = 10  # RFC 6928
 TCP_PAWS_24DAYS = 24 * 86400  # RFC 7323 5.5
+PAWS_OK, PAWS_DROP, PAWS_OLD_ACK = 0, 1, 2  # _paws_disordered() verdicts
 FIN_TIMEOUT_MAX = 120.0
 
 
@@ -79,7 +82,8 @@ class Tcb:
         self.rcv_cap = cfg.tcp_rmem
         self.rcv_wscale = 0
         self.rcvbuf = bytearray()
-        self.ofo: dict[int, bytes] = {}  # out-of-order segments by sequence number
+        self.ofo = OfoQueue()  # out-of-order data above rcv_nxt, merged blocks
+        self.rcv_mss = DEFAULT_MSS  # the peer's segment size as seen (Linux rcv_mss)
         self.ofo_fin: int | None = None
         self.fin_received = False
         # options
@@ -108,7 +112,21 @@ class Tcb:
         self.cwnd = IW_SEGMENTS * OUR_MSS
         self.ssthresh = 1 << 30
         self.dupacks = 0
-        self.recover: int | None = None  # NewReno: snd_max at the start of recovery
+        # RFC 6582 "recover": snd_max at the last fast retransmit or RTO, None once it is
+        # acknowledged; no new fast retransmit until then.
+        self.recover: int | None = None
+        self.in_recovery = False  # fast recovery: RFC 6675 with SACK, else NewReno
+        self.high_rxt = 0  # RFC 6675 HighRxt: retransmitted up to here in this recovery
+        self.sb = Scoreboard()  # what the peer reported SACKed (RFC 2018)
+        self.snd_sml: int | None = None  # end of the last small segment sent (Nagle)
+        # Retransmissions of this SACK recovery as [start, end, snd_max when sent], and
+        # those found lost again (Linux's lost-retransmit detection, before RACK).
+        self.rtx_marks: list[list[int]] = []
+        self.rtx_lost: list[list[int]] = []
+        # Tail loss probe (RFC 8985 7): its timer, and TLP.end_seq while one is out.
+        self.pto_at: float | None = None
+        self.tlp_high: int | None = None
+        self.tlp_rtx = False
         self.last_send = 0.0
         # ACK policy
         self.ack_now = False
@@ -166,9 +184,17 @@ class Tcb:
     def _make(self, flags: int, seq: int, now: float, payload: bytes = b"") -> Segment:
         seg = Segment(self.local[1], self.remote[1], seq, 0, flags, 0, payload)
         if flags & ACK:
-            field = self._rcv_window() >> self.rcv_wscale
+            ws = self.rcv_wscale
+            field = self._rcv_window() >> ws
+            if sq.lt((self.rcv_nxt + (field << ws)) & MASK, self.rcv_adv) and field < 0xFFFF:
+                # Scaling rounds down; round up instead of moving the right edge we
+                # advertised to the left (RFC 9293 3.8.6.2.1; Linux tcp_select_window()).
+                field += 1
             seg.ack = self.rcv_nxt
             seg.wnd = field
+            if self.ofo and self.sack_ok and not flags & RST:
+                # RFC 2018 4: every ACK reports what we hold above the hole.
+                seg.sack = self.ofo.sack_blocks(3 if self.ts_ok else 4)
             self.rcv_adv = (self.rcv_nxt + (field << self.rcv_wscale)) & MASK
             self.rcv_wup = self.rcv_nxt
             self.ack_now = False
@@ -188,28 +214,50 @@ class Tcb:
         self._emit(self._make(ACK, self.snd_nxt, now))
 
     def _send_rst(self, now: float) -> None:
-        """A RST from a live socket: R. seq=SND.NXT ack=RCV.NXT, with TS (LS 18)."""
-        self._emit(self._make(RST | ACK, self.snd_nxt, now))
+        """A RST from a live socket: R. seq=SND.NXT ack=RCV.NXT, with TS (LS 18).
 
-    def _oow_ack(self, now: float, skipped: str) -> None:
-        """A duplicate/challenge ACK, at most one per tcp_invalid_ratelimit (LS 113)."""
+        Linux's SND.NXT is the highest sequence sent (our snd_max: an RTO rewinds our
+        snd_nxt for go-back-N), clamped to the right edge of the peer's window
+        (tcp_acceptable_seq()), so the RST lands in the peer's window."""
+        seq = self.snd_max
+        wnd_end = (self.snd_una + self.snd_wnd) & MASK
+        # Beyond the window by less than the window's scaling granularity still counts
+        # as inside (the peer rounds its window down to a multiple of 2^wscale).
+        if sq.diff(seq, wnd_end) >= (1 << self.snd_wscale if self.ws_ok else 1):
+            seq = wnd_end
+        self._emit(self._make(RST | ACK, seq, now))
+
+    def _oow_rate_limited(self, now: float, skipped: str) -> bool:
+        """At most one dup/challenge ACK per tcp_invalid_ratelimit (LS 113, Linux
+        __tcp_oow_rate_limited()); the time is taken when one is allowed."""
         if now - self.last_oow_ack < self.ctx.config.tcp_invalid_ratelimit / 1000:
             self.ctx.stats[skipped] += 1
-            return
+            return True
         self.last_oow_ack = now
-        self._send_ack(now)
+        return False
+
+    def _oow_ack(self, now: float, skipped: str) -> None:
+        """A duplicate ACK for an invalid segment, rate-limited per connection (LS 113)."""
+        if not self._oow_rate_limited(now, skipped):
+            self._send_ack(now)
 
     def _challenge_ack(self, now: float) -> None:
-        """RFC 5961 3.2/4.2: an ACK with our current numbers, so a real peer resynchronizes."""
+        """RFC 5961 3.2/4.2: an ACK with our current numbers, so a real peer resynchronizes.
+
+        RFC 5961 7 limits, in Linux's order (tcp_send_challenge_ack()): the per-connection
+        limit first, so a suppressed challenge does not spend the stack-wide budget; the
+        counter only counts challenges actually sent."""
+        if self._oow_rate_limited(now, "TcpExtTCPACKSkippedChallenge"):
+            return
         if not self.ctx.challenge_ack_allowed(now):
             return
         self.ctx.stats["TcpExtTCPChallengeACK"] += 1
-        self._oow_ack(now, "TcpExtTCPACKSkippedChallenge")
+        self._send_ack(now)
 
     def _update_deadline(self) -> None:
         d = None
         for t in (self.rto_at, self.delack_at, self.persist_at, self.keepalive_at, self.close_at,
-                  self.linger_at):
+                  self.linger_at, self.pto_at):
             if t is not None and (d is None or t < d):
                 d = t
         self.deadline = d
@@ -346,6 +394,7 @@ class Tcb:
         self.sndbuf += data
         if self.state.synchronized:
             self.output(now)
+            self._update_deadline()  # output() may have armed the RTO or persist timer
         return len(data)
 
     def recv(self, n: int, now: float) -> bytes:
@@ -440,6 +489,7 @@ class Tcb:
         old = self.state
         self._set_state(State.CLOSED, cause)
         self.rto_at = self.delack_at = self.persist_at = self.keepalive_at = None
+        self.pto_at = None
         self.close_at = self.linger_at = None
         self.deadline = None
         self.sndbuf.clear()
@@ -545,6 +595,41 @@ class Tcb:
             return False
         return True
 
+    def _paws_disordered(self, seg: Segment) -> int:
+        """What to do with a segment that failed PAWS (Linux tcp_disordered_ack_check(),
+        LS 92-93): a pure duplicate ACK at RCV.NXT that changes nothing and is within
+        one RTO of replay (at a 1200 Hz TS clock, the fastest Linux expects) is just
+        reordered and is processed (PAWS_OK); an old pure ACK left of RCV.NXT is
+        dropped silently (PAWS_OLD_ACK, Linux >= 6.14); anything else is dropped with
+        a duplicate ACK (PAWS_DROP)."""
+        end = (seg.seq + seg.seg_len) & MASK
+        if not seg.flags & ACK or seg.seq != end:
+            return PAWS_DROP
+        if seg.seq != self.rcv_nxt:
+            return PAWS_OLD_ACK if sq.lt(seg.seq, self.rcv_nxt) else PAWS_DROP
+        if seg.ack != self.snd_una:
+            return PAWS_DROP
+        wnd = seg.wnd << self.snd_wscale
+        if sq.gt(seg.seq, self.snd_wl1) or (
+                seg.seq == self.snd_wl1 and (wnd > self.snd_wnd or not wnd)):
+            return PAWS_DROP  # it would update the window (tcp_may_update_window())
+        if sq.diff(self.ts_recent, seg.ts[0]) > self.rtt.current() * 1200:
+            return PAWS_DROP
+        return PAWS_OK
+
+    def _update_ts_recent(self, seg: Segment, now: float) -> None:
+        """RFC 7323 4.3 / 5.3 R3 (Linux tcp_replace_ts_recent(), LS 91): record SEG.TSval
+        only from a segment covering the left window edge (SEG.SEQ <= RCV.WUP, the last
+        edge advertised) whose ACK is acceptable, and only if it is not older than
+        TS.Recent, unless TS.Recent is 0 or 24 days stale (RFC 7323 5.5)."""
+        ts = seg.ts
+        if not self.ts_ok or ts is None or not sq.le(seg.seq, self.rcv_wup):
+            return
+        if (sq.ge(ts[0], self.ts_recent) or not self.ts_recent
+                or now - self.ts_recent_stamp >= TCP_PAWS_24DAYS):
+            self.ts_recent = ts[0]
+            self.ts_recent_stamp = now
+
     def _acceptable(self, seg: Segment) -> bool:
         """Segment acceptability, Linux tcp_sequence() (LS 151), looser than RFC 9293's table."""
         end = (seg.seq + seg.seg_len) & MASK
@@ -561,15 +646,29 @@ class Tcb:
             if flags & SYN:
                 pass  # a SYN gets a challenge ACK below (LS 93)
             else:
-                stats["TcpExtPAWSEstab"] += 1
-                if seg.payload:
-                    self._send_ack(now)
-                else:
-                    self._oow_ack(now, "TcpExtTCPACKSkippedPAWS")
-                return
+                verdict = self._paws_disordered(seg)
+                if verdict == PAWS_OLD_ACK:
+                    stats["TcpExtPAWSOldAck"] += 1  # an old pure ACK: dropped silently
+                    return
+                if verdict == PAWS_DROP:
+                    # RFC 7323 5.3 R1: drop it and send an ACK (LS 93), rate-limited
+                    # unless the segment occupies sequence space (Linux
+                    # tcp_oow_rate_limited()).
+                    stats["TcpExtPAWSEstab"] += 1
+                    if seg.seg_len:
+                        self._send_ack(now)
+                    else:
+                        self._oow_ack(now, "TcpExtTCPACKSkippedPAWS")
+                    return
+                # PAWS_OK: a reordered duplicate ACK, processed as usual.
         # first, check sequence number
         if not self._acceptable(seg):
             if flags & RST:
+                if st in (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING) and \
+                        seg.seq == (self.rcv_nxt - 1) & MASK:
+                    # Linux tcp_reset_check() (LS 110): after the peer's FIN a RST at
+                    # RCV.NXT-1, left of the window, is still taken as exact.
+                    self._reset_by_peer(seg)
                 return
             if st == State.SYN_RECEIVED and flags & SYN and seg.seq == self.irs:
                 self._send_synack(now)  # the peer retransmitted its SYN
@@ -584,23 +683,29 @@ class Tcb:
                 return
         # second, check the RST bit (RFC 5961 3.2)
         if flags & RST:
-            exact = seg.seq == self.rcv_nxt or (
-                st in (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
-                and seg.seq == (self.rcv_nxt - 1) & MASK)
-            if not exact:
+            if seg.seq != self.rcv_nxt:
                 self._challenge_ack(now)
                 return
             self._reset_by_peer(seg)
             return
         # fourth, check the SYN bit: any SYN in a synchronized state (RFC 5961 4.2).
+        syn_ack_open = False
         if flags & SYN:
-            if st == State.SYN_RECEIVED and seg.seq == self.irs:
+            if (st == State.SYN_RECEIVED and self.listener is None and flags & ACK
+                    and seg.seq == self.irs and seg.seg_len == 1 and seg.ack == self.snd_nxt):
+                # Simultaneous open (RFC 9293 3.5 Figure 8): the peer's SYN-ACK completes
+                # it. Linux accepts it rather than challenging it (commit 23e89e8ee7be) and
+                # sends no further ACK.
+                syn_ack_open = True
+            elif st == State.SYN_RECEIVED and seg.seq == self.irs:
                 self._send_synack(now)
                 return
-            stats["TcpExtTCPSYNChallenge"] += 1
-            stats["TcpInErrs"] += 1
-            self._challenge_ack(now)
-            return
+            else:
+                stats["TcpExtTCPSYNChallenge"] += 1
+                if st == State.ESTABLISHED:
+                    stats["TcpInErrs"] += 1  # Linux counts it on the established path only
+                self._challenge_ack(now)
+                return
         # fifth, check the ACK field: no ACK, drop (LS 13)
         if not flags & ACK:
             return
@@ -610,24 +715,23 @@ class Tcb:
             if not sq.in_range(seg.ack, (self.snd_una + 1) & MASK, (self.snd_nxt + 1) & MASK):
                 self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
                 return
-            self.snd_wnd = seg.wnd << self.snd_wscale
+            # RFC 7323 2.2: the window of a segment with SYN is never scaled.
+            self.snd_wnd = seg.wnd if flags & SYN else seg.wnd << self.snd_wscale
             self.max_snd_wnd = self.snd_wnd
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
-            self.ctx.stats["TcpPassiveOpens"] += 1
+            if self.listener is not None:
+                self.ctx.stats["TcpPassiveOpens"] += 1  # not for a simultaneous open
             self._set_state(State.ESTABLISHED, f"on {format_segment(seg)}")
             self.events.append(Connected())
             self._arm_keepalive(now)
             st = State.ESTABLISHED
         if not self._process_ack(seg, now):
             return
+        if syn_ack_open:
+            return
         st = self.state
         if st == State.CLOSED:
             return
-        # TS.Recent update: only segments covering the left window edge (RFC 7323 4.3).
-        if self.ts_ok and seg.ts is not None and sq.le(seg.seq, self.rcv_wup):
-            if sq.ge(seg.ts[0], self.ts_recent) or not self.ts_recent:
-                self.ts_recent = seg.ts[0]
-                self.ts_recent_stamp = now
         # sixth/seventh/eighth: text and FIN
         if seg.payload or flags & FIN:
             if self.orphan and st in (State.FIN_WAIT_1, State.FIN_WAIT_2) and seg.payload and \
@@ -658,22 +762,27 @@ class Tcb:
             self.ctx.stats["TcpEstabResets"] += 1
             # Linux reports EPIPE after the peer's FIN, ECONNRESET before (LS 9).
             err = E.EPIPE if st == State.CLOSE_WAIT else E.ECONNRESET
-        elif st in (State.FIN_WAIT_1, State.FIN_WAIT_2):
+        else:  # FIN_WAIT_1/2, CLOSING, LAST_ACK: Linux tcp_reset() says ECONNRESET
             err = E.ECONNRESET
-        else:  # CLOSING, LAST_ACK
-            err = 0
         self._terminate(err, cause)
 
-    def _rtt_sample_ack(self, seg: Segment, now: float) -> None:
+    def _rtt_sample_ack(self, seg: Segment, now: float) -> bool:
+        """Take an RTT sample from an ACK of new data, if it yields a valid one."""
         if self.ts_ok and seg.ts is not None and seg.ts[1]:
             # RFC 7323 4.1 (RTTM): the echoed TSval times this segment, retransmitted or not.
             r = ((self._ts_now(now) - seg.ts[1]) & MASK) / 1000
+            self.rtt_seq = None
             if r < 60:
                 self.rtt.sample(r)
-            self.rtt_seq = None
-        elif self.rtt_seq is not None and sq.gt(seg.ack, self.rtt_seq):
+                return True
+            return False
+        if self.rtt_seq is not None and sq.gt(seg.ack, self.rtt_seq):
+            # Karn (RFC 6298 3): rtt_seq is only set on a first transmission and cleared by
+            # any retransmission, so this ACK is unambiguous.
             self.rtt.sample(now - self.rtt_time)
             self.rtt_seq = None
+            return True
+        return False
 
     def _process_ack(self, seg: Segment, now: float) -> bool:
         """RFC 9293 3.10.7.4 fifth (ESTABLISHED and the closing states). False: drop."""
@@ -689,24 +798,49 @@ class Tcb:
             self.snd_nxt = ack  # after go-back-N, an ACK for data sent before the timeout
         old_una = self.snd_una
         acked = sq.diff(ack, old_una)
-        wnd = seg.wnd << self.snd_wscale
+        if acked >= 0:
+            # TS.Recent from a segment whose ACK is acceptable, before the ACK can move
+            # the state (CLOSING -> TIME_WAIT keeps this TSval); an old ACK left of
+            # SND.UNA does not update it (Linux tcp_ack(), LS 91).
+            self._update_ts_recent(seg, now)
+        wnd = seg.wnd if seg.flags & SYN else seg.wnd << self.snd_wscale  # RFC 7323 2.2
+        sb = self.sb
+        flight = sq.diff(self.snd_nxt, old_una) - sb.sacked  # before this ACK, for CWV
+        newly_sacked = dsack = 0
+        if seg.sack and self.sack_ok and acked >= 0:
+            newly_sacked, dsack = sb.update(seg.sack, old_una, self.snd_max, ack)
+            if dsack:
+                self.ctx.stats["TcpExtTCPDSACKRecv"] += dsack
+            if newly_sacked and self.rtx_marks:
+                self._detect_lost_retransmits()
         if acked > 0:
-            self._rtt_sample_ack(seg, now)
+            if self._rtt_sample_ack(seg, now):
+                # Karn: the backed-off RTO stays until a valid sample (RFC 6298 5, note
+                # after 5.7); Linux resets icsk_backoff in tcp_ack_update_rtt().
+                self.rtt.reset_backoff()
             self.snd_una = ack
+            if sb:
+                sb.advance(ack)
             data_acked = min(sq.diff(ack, self.buf_seq), len(self.sndbuf))
             if data_acked > 0:
                 del self.sndbuf[:data_acked]
                 self.buf_seq = (self.buf_seq + data_acked) & MASK
                 self.events.append(SendSpaceAvailable())
             self.retries = 0
-            self.rtt.reset_backoff()
-            self._congestion_on_ack(acked, ack, now)
+            if self.tlp_high is not None and sq.ge(ack, self.tlp_high):
+                self._tlp_acked(flight, dsack)
+            self._congestion_on_ack(acked, ack, flight, now)
             if self.snd_una == self.snd_max:
                 self.rto_at = None
+                self.pto_at = None
             else:
                 self.rto_at = now + self.rtt.current()  # RFC 6298 5.3
-        elif acked == 0 and not seg.payload and not seg.flags & FIN and \
-                self.snd_una != self.snd_max and wnd == self.snd_wnd:
+                self._arm_pto(now)
+        elif acked == 0 and self.snd_una != self.snd_max and (
+                newly_sacked > 0 if self.sack_ok else
+                not seg.payload and not seg.flags & FIN and wnd == self.snd_wnd):
+            # A duplicate ACK: RFC 5681 2's definition, or with SACK one that reports new
+            # data held above the hole (RFC 6675 2), which a data-bearing ACK also can.
             self._duplicate_ack(now)
         # RFC 9293 3.10.7.4: update the send window if the segment is newer (SND.WL1/WL2).
         if sq.lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and sq.le(self.snd_wl2, ack)):
@@ -714,8 +848,11 @@ class Tcb:
             self.snd_wl1, self.snd_wl2 = seg.seq, ack
             if wnd > self.max_snd_wnd:
                 self.max_snd_wnd = wnd
-            if wnd:
+            if wnd and self.persist_at is not None:
+                # The window opened: probing is over, and so is its backoff (Linux
+                # tcp_ack_probe()).
                 self.persist_at = None
+                self.rtt.reset_backoff()
         st = self.state
         our_fin_acked = self.fin_sent and self.snd_una == self.snd_max
         if st == State.FIN_WAIT_1 and our_fin_acked:
@@ -732,59 +869,252 @@ class Tcb:
             return False
         return True
 
-    def _congestion_on_ack(self, acked: int, ack: int, now: float) -> None:
+    def _congestion_on_ack(self, acked: int, ack: int, flight: int, now: float) -> None:
+        """cwnd on an ACK of new data; `flight` is what was outstanding before it."""
         mss = self.mss
-        if self.recover is not None:
-            if sq.ge(ack, self.recover):
-                # Full ACK: leave fast recovery (RFC 6582 3.2 step 3).
-                self.cwnd = min(self.ssthresh, max(self.in_flight, mss) + mss)
-                self.recover = None
-            else:
-                # Partial ACK: retransmit the next hole, deflate (RFC 6582 3.2 step 4).
-                self._retransmit_head(now)
-                self.cwnd = max(self.cwnd - acked + mss, mss)
-            self.dupacks = 0
-            return
         self.dupacks = 0
+        if self.in_recovery:
+            if sq.ge(ack, self.recover):
+                # Full ACK: recovery is over. RFC 6675 / RFC 5681 3.2 step 6: cwnd =
+                # ssthresh; NewReno bounds it by what is in flight (RFC 6582 3.2 step 3).
+                self.in_recovery = False
+                self.recover = None
+                if self.sack_ok:
+                    self.cwnd = self.ssthresh
+                else:
+                    out = sq.diff(self.snd_max, ack)
+                    self.cwnd = min(self.ssthresh, max(out, mss) + mss)
+            elif not self.sack_ok:
+                # NewReno partial ACK (RFC 6582 3.2 step 4): retransmit the next hole,
+                # deflate by what was acknowledged, add back one SMSS if that was >= SMSS.
+                self._retransmit_head(now)
+                self.cwnd = max(self.cwnd - acked + (mss if acked >= mss else 0), mss)
+            # With SACK, output() sends what NextSeg() picks (RFC 6675 5 step C).
+            return
+        if self.recover is not None and sq.ge(ack, self.recover):
+            self.recover = None  # all data sent before the last RTO is acknowledged
+        # Grow only a window that is being used (RFC 7661; Linux tcp_is_cwnd_limited()).
         if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, mss)  # slow start (RFC 5681 3.1)
-        else:
-            self.cwnd += max(mss * mss // self.cwnd, 1)
+            if self.cwnd < 2 * flight:
+                self.cwnd += min(acked, mss)  # slow start (RFC 5681 3.1, RFC 3465 L=1)
+        elif flight + mss >= self.cwnd:
+            self.cwnd += max(mss * mss // self.cwnd, 1)  # congestion avoidance (eq. 3)
 
     def _duplicate_ack(self, now: float) -> None:
-        """RFC 5681 3.2 fast retransmit on the third duplicate ACK, NewReno recovery."""
+        """RFC 5681 3.2 fast retransmit on the third duplicate ACK (or RFC 6675 IsLost()
+        of the first segment with SACK), then NewReno or SACK recovery."""
         self.dupacks += 1
         self.ctx.stats["TcpExtTCPDupAcks"] += 1
-        if self.recover is not None:
-            self.cwnd += self.mss  # inflate for each segment that left the network
+        if self.in_recovery:
+            if not self.sack_ok:
+                self.cwnd += self.mss  # RFC 5681 3.2 step 4: a segment left the network
             return
-        if self.dupacks == 3:
-            self.ssthresh = max(self.in_flight // 2, 2 * self.mss)
-            self.recover = self.snd_max
-            self.ctx.stats["TcpExtTCPFastRetrans"] += 1
-            self.ctx.stats["TcpExtTCPRenoRecovery"] += 1
-            self._retransmit_head(now)
-            self.cwnd = self.ssthresh + 3 * self.mss
+        if self.recover is not None:
+            # RFC 6582 3.2 step 1 (and RFC 6675 5 step 2): duplicate ACKs below `recover`
+            # of the last RTO or recovery do not start another one.
+            return
+        sb = self.sb
+        if self.dupacks >= DUPTHRESH or (self.sack_ok and (
+                sb.sacked > (DUPTHRESH - 1) * self.mss or len(sb.blocks) >= DUPTHRESH)):
+            self._enter_recovery(now)
 
-    def _retransmit_head(self, now: float) -> int:
-        """Resend the first unacknowledged segment (data and/or FIN) at SND.UNA."""
-        una = self.snd_una
-        off = sq.diff(una, self.buf_seq)
+    def _enter_recovery(self, now: float) -> None:
+        mss = self.mss
+        stats = self.ctx.stats
+        # RFC 5681 eq. 4: ssthresh = max(FlightSize / 2, 2 * SMSS).
+        self.ssthresh = max(sq.diff(self.snd_max, self.snd_una) // 2, 2 * mss)
+        self.recover = self.snd_max
+        self.in_recovery = True
+        self.high_rxt = self.snd_una
+        self.rtx_marks.clear()
+        self.rtx_lost.clear()
+        self.pto_at = self.tlp_high = None
+        if self.sack_ok:
+            stats["TcpExtTCPSackRecovery"] += 1
+            self.cwnd = self.ssthresh  # RFC 6675 5 step (4.2)
+        else:
+            stats["TcpExtTCPRenoRecovery"] += 1
+            self.cwnd = self.ssthresh + DUPTHRESH * mss  # RFC 5681 3.2 step 3
+        # RFC 5681 3.2 step 2 / RFC 6675 (4.3): resend the first unacknowledged segment.
+        n = self._retransmit_head(now)
+        self.high_rxt = (self.snd_una + n) & MASK
+        if n and self.sack_ok:
+            self.rtx_marks.append([self.snd_una, self.high_rxt, self.snd_max])
+
+    def _retransmit(self, seq: int, limit: int, now: float) -> int:
+        """Resend up to `limit` octets (at most one MSS) from `seq`, with the FIN if it
+        falls there. Returns the sequence space sent, 0 if there was nothing to send."""
+        off = sq.diff(seq, self.buf_seq)
+        n = min(limit, self.mss)
         payload = b""
         flags = ACK
-        if 0 <= off < len(self.sndbuf):
-            payload = bytes(self.sndbuf[off:off + self.mss])
+        if 0 <= off < len(self.sndbuf) and n > 0:
+            payload = bytes(self.sndbuf[off:off + n])
             flags |= PSH
-        end = (una + len(payload)) & MASK
-        if self.fin_sent and end == self.buf_end:
+        if self.fin_sent and (seq + len(payload)) & MASK == self.buf_end:
             flags |= FIN
         if not payload and not flags & FIN:
             return 0
-        self._emit(self._make(flags, una, now, payload))
-        self.ctx.stats["TcpRetransSegs"] += 1
-        self.rtt_seq = None  # Karn (RFC 6298 3)
-        self.rto_at = now + self.rtt.current()
+        self._emit(self._make(flags, seq, now, payload))
+        stats = self.ctx.stats
+        stats["TcpRetransSegs"] += 1
+        if self.in_recovery:
+            stats["TcpExtTCPFastRetrans"] += 1
+        self.rtt_seq = None  # Karn (RFC 6298 3): no sample from a retransmitted segment
+        self.last_send = now
         return len(payload) + (1 if flags & FIN else 0)
+
+    def _retransmit_head(self, now: float) -> int:
+        """Resend the first unacknowledged segment (data and/or FIN) at SND.UNA, up to
+        the data the peer SACKed, and restart the timer."""
+        una = self.snd_una
+        limit = self.mss
+        blk = self.sb.next_sacked(una) if self.sb else None
+        if blk is not None and sq.gt(blk[0], una):
+            limit = min(limit, sq.diff(blk[0], una))
+        n = self._retransmit(una, limit, now)
+        self.rto_at = now + self.rtt.current()
+        return n
+
+    def _pipe(self) -> int:
+        """RFC 6675 SetPipe(): octets still in the network during SACK recovery. Per
+        un-SACKed range: its octets unless IsLost(), plus those retransmitted (below
+        HighRxt) unless that retransmission was found lost too."""
+        hr = self.high_rxt
+        pipe = 0
+        for start, end, lost in self.sb.holes(self.snd_una, self.snd_max, self.mss):
+            if not lost:
+                pipe += sq.diff(end, start)
+            if sq.lt(start, hr):
+                pipe += sq.diff(end if sq.le(end, hr) else hr, start)
+                for a, b in self.rtx_lost:
+                    lo = a if sq.gt(a, start) else start
+                    hi = b if sq.lt(b, end) else end
+                    if sq.lt(lo, hi):
+                        pipe -= sq.diff(hi, lo)
+        return pipe
+
+    def _next_seg(self, lost_only: bool) -> tuple[int, int] | None:
+        """RFC 6675 NextSeg(): a lost retransmission first, then rule 1 (the first lost
+        octet above HighRxt) or, if not `lost_only`, rule 3 (the first un-SACKed octet
+        above HighRxt below HighSACK): (seq, octets up to the end of that range)."""
+        holes = self.sb.holes(self.snd_una, self.snd_max, self.mss)
+        while self.rtx_lost:
+            a, b = self.rtx_lost[0]
+            for start, end, _lost in holes:
+                lo = a if sq.gt(a, start) else start
+                hi = b if sq.lt(b, end) else end
+                if sq.lt(lo, hi):
+                    return lo, sq.diff(hi, lo)
+            self.rtx_lost.pop(0)  # SACKed or acknowledged meanwhile
+        hr = self.high_rxt
+        high = self.sb.high
+        for start, end, lost in holes:
+            if sq.le(end, hr):
+                continue
+            s = start if sq.gt(start, hr) else hr
+            if lost or (not lost_only and high is not None and sq.lt(s, high)):
+                return s, sq.diff(end, s)
+            if lost_only:
+                return None  # lost ranges are a prefix of the holes
+        return None
+
+    def _sack_retransmit(self, now: float, pipe: int, lost_only: bool) -> tuple[bool, int]:
+        """RFC 6675 5 step (C): while cwnd - pipe >= 1 SMSS, resend NextSeg()."""
+        sent = False
+        while self.cwnd - pipe >= self.mss:
+            nxt = self._next_seg(lost_only)
+            if nxt is None:
+                break
+            seq, octets = nxt
+            k = self._retransmit(seq, octets, now)
+            if not k:
+                break
+            end = (seq + k) & MASK
+            if self.rtx_lost and sq.le(self.rtx_lost[0][0], seq) and \
+                    sq.lt(seq, self.rtx_lost[0][1]):
+                self.rtx_lost[0][0] = end  # resent again
+                if not sq.lt(end, self.rtx_lost[0][1]):
+                    self.rtx_lost.pop(0)
+            elif sq.gt(end, self.high_rxt):
+                self.high_rxt = end
+            self.rtx_marks.append([seq, end, self.snd_max])
+            pipe += k
+            sent = True
+        return sent, pipe
+
+    def _detect_lost_retransmits(self) -> None:
+        """A retransmission is lost if the peer SACKs data first sent more than one
+        segment after it while it is still missing (Linux tcp_mark_lost_retrans(), the
+        idea RACK generalizes, RFC 8985 6.2). Its octets become NextSeg() candidates."""
+        high = self.sb.high
+        if high is None:
+            return
+        keep = []
+        for mark in self.rtx_marks:
+            start, end, smax = mark
+            if sq.le(end, self.snd_una):
+                continue
+            if not sq.gt(high, (smax + self.mss) & MASK):
+                keep.append(mark)
+                continue
+            blk = self.sb.next_sacked(start)
+            if blk is None or sq.gt(blk[0], start) or sq.lt(blk[1], end):
+                self.ctx.stats["TcpExtTCPLostRetransmit"] += 1
+                self.rtx_lost.append([start if sq.gt(start, self.snd_una) else self.snd_una,
+                                      end])
+        self.rtx_marks = keep
+
+    def _arm_pto(self, now: float) -> None:
+        """RFC 8985 7.2 (Linux tcp_schedule_loss_probe()): with SACK, in the open state,
+        more than one segment out and no probe outstanding, a probe timeout of
+        2 * SRTT + 2 ms, unless the RTO comes first. A single segment is left to the
+        RTO (Linux's PTO would add the 200 ms floor and be about the RTO; LS 122)."""
+        if (self.tlp_high is not None or self.in_recovery or self.recover is not None
+                or not self.sack_ok or self.rtt.srtt is None or self.retries
+                or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT)
+                or sq.diff(self.snd_max, self.snd_una) <= self.mss):
+            self.pto_at = None
+            return
+        at = now + 2 * self.rtt.srtt + 0.002
+        if self.rto_at is None or at < self.rto_at:
+            self.pto_at = at
+        else:
+            self.pto_at = None
+
+    def _on_pto(self, now: float) -> None:
+        """RFC 8985 7.3: send one new segment if the peer's window allows, else resend
+        the last one, so that an ACK (with SACK) comes back and recovery can start
+        without waiting for the RTO."""
+        if (self.state not in (State.ESTABLISHED, State.CLOSE_WAIT) or self.in_recovery
+                or self.recover is not None or self.tlp_high is not None
+                or self.snd_una == self.snd_max):
+            return
+        self.ctx.stats["TcpExtTCPLossProbes"] += 1
+        unsent = sq.diff(self.buf_end, self.snd_nxt)
+        room = self.snd_wnd - self.in_flight
+        if unsent > 0 and room > 0 and self.snd_nxt == self.snd_max:
+            n = min(unsent, self.mss, room)
+            off = sq.diff(self.snd_nxt, self.buf_seq)
+            self._transmit(ACK | PSH if n == unsent else ACK, bytes(self.sndbuf[off:off + n]),
+                           now)
+            self.tlp_rtx = False
+        else:
+            seq = (self.snd_max - min(self.mss, sq.diff(self.snd_max, self.snd_una))) & MASK
+            self._retransmit(seq, sq.diff(self.snd_max, seq), now)
+            self.tlp_rtx = True
+        self.tlp_high = self.snd_max
+        self.rto_at = now + self.rtt.current()  # RFC 8985 7.3: the RTO runs from the probe
+
+    def _tlp_acked(self, flight: int, dsack: int) -> None:
+        """RFC 8985 7.4: the ACK covers the probe. If the probe was a retransmission and
+        the peer did not report it as a duplicate (D-SACK), it repaired a loss: reduce
+        the window as for any loss."""
+        if self.tlp_rtx and not dsack:
+            self.ctx.stats["TcpExtTCPLossProbeRecovery"] += 1
+            self.ssthresh = max(flight // 2, 2 * self.mss)
+            self.cwnd = self.ssthresh
+        self.tlp_high = None
 
     def _process_text(self, seg: Segment, now: float) -> None:
         """RFC 9293 3.10.7.4 seventh and eighth: segment text and FIN, in order only."""
@@ -792,6 +1122,8 @@ class Tcb:
         data = seg.payload
         fin = bool(seg.flags & FIN)
         rcv_nxt = self.rcv_nxt
+        if len(data) > self.rcv_mss:
+            self.rcv_mss = len(data)  # the peer's full-sized segment (tcp_measure_rcv_mss())
         if data:
             d = sq.diff(start, rcv_nxt)
             if d < 0:  # trim the part we already have
@@ -812,27 +1144,31 @@ class Tcb:
                 data = data[:room]  # beyond the window: trimmed (RFC 9293 3.10.7.4)
                 fin = False
         if start != rcv_nxt:
-            # Out of order: queue it and ACK at once so the sender sees the hole (RFC 5681 4.2).
-            if data and start not in self.ofo:
-                self.ofo[start] = bytes(data)
+            # Out of order: queue it (merged, so a duplicate costs nothing and the queue
+            # stays within the window) and ACK at once, with SACK blocks, so the sender
+            # sees the hole (RFC 5681 4.2, RFC 2018 4).
+            if data and self.ofo.add(start, data):
                 self.ctx.stats["TcpExtTCPOFOQueue"] += 1
             if fin:
                 self.ofo_fin = (start + len(data)) & MASK
             self.ack_now = True
             return
         if data:
+            hole = bool(self.ofo)
             self.rcvbuf += data
             self.rcv_nxt = (rcv_nxt + len(data)) & MASK
-            if self.ofo:
+            if hole:
                 self._drain_ofo()
             self.events.append(DataReceived())
             self.unacked_segs += 1
             if self.quickacks > 0:
                 self.quickacks -= 1
                 self.ack_now = True
-            elif self.unacked_segs >= 2 or self.ofo:
-                # RFC 9293 3.8.6.3 / RFC 5681 4.2: ACK at least every second full segment,
-                # and at once while a hole is being filled.
+            elif hole:
+                self.ack_now = True  # RFC 5681 4.2: it fills all or part of a gap
+            elif sq.diff(self.rcv_nxt, self.rcv_wup) > self.rcv_mss:
+                # RFC 9293 3.8.6.3 / RFC 5681 4.2: an ACK for at least every second
+                # full-sized segment (Linux: more than one rcv_mss unacknowledged).
                 self.ack_now = True
             elif self.delack_at is None:
                 self.delack_at = now + DELACK
@@ -842,20 +1178,11 @@ class Tcb:
             self._fin_received(seg, now)
 
     def _drain_ofo(self) -> None:
-        ofo = self.ofo
-        progressed = True
-        while progressed and ofo:
-            progressed = False
-            for s in list(ofo):
-                d = sq.diff(s, self.rcv_nxt)
-                if d > 0:
-                    continue
-                chunk = ofo.pop(s)
-                if len(chunk) + d > 0:
-                    chunk = chunk[-d:] if d else chunk
-                    self.rcvbuf += chunk
-                    self.rcv_nxt = (self.rcv_nxt + len(chunk)) & MASK
-                progressed = True
+        """Move the queued data that now continues RCV.NXT to the receive buffer."""
+        chunk = self.ofo.pop(self.rcv_nxt)
+        if chunk:
+            self.rcvbuf += chunk
+            self.rcv_nxt = (self.rcv_nxt + len(chunk)) & MASK
 
     def _fin_received(self, seg: Segment, now: float) -> None:
         """RFC 9293 3.10.7.4 eighth: the FIN consumes one sequence number."""
@@ -885,6 +1212,7 @@ class Tcb:
             self._send_ack(now)
         self._set_state(State.TIME_WAIT, cause)
         self.rto_at = self.delack_at = self.persist_at = self.keepalive_at = None
+        self.pto_at = None
         self.linger_at = None
         self.sndbuf.clear()
         self.close_at = now + 2 * self.ctx.config.tcp_msl
@@ -893,8 +1221,11 @@ class Tcb:
 
     # ------------------------------------------------------------------ output
 
-    def output(self, now: float) -> None:
-        """Send what the windows, Nagle and the state allow, then a pending ACK."""
+    def output(self, now: float, force: bool = False) -> None:
+        """Send what the windows, Nagle and the state allow, then a pending ACK.
+
+        `force`: the persist timer ran out while the usable window was too small for
+        sender SWS avoidance; send what fits anyway (RFC 9293 3.8.6.2.1, the override)."""
         st = self.state
         if st in (State.CLOSED, State.LISTEN, State.SYN_SENT, State.TIME_WAIT):
             return
@@ -902,31 +1233,64 @@ class Tcb:
             return
         sent = False
         mss = self.mss
-        if self.rto_at is None and self.snd_una == self.snd_max and now - self.last_send > self.rtt.current():
-            # RFC 7661 / RFC 5681 4.1: restart from the initial window after an idle period.
-            self.cwnd = min(self.cwnd, IW_SEGMENTS * mss)
+        if self.rto_at is None and self.snd_una == self.snd_max and \
+                now - self.last_send > self.rtt.current():
+            # RFC 5681 4.1 / RFC 7661: idle for more than an RTO, restart from at most the
+            # initial window; ssthresh keeps 3/4 of the old one (Linux tcp_cwnd_restart()).
+            restart = IW_SEGMENTS * mss
+            if self.cwnd > restart:
+                self.ssthresh = max(self.ssthresh, self.cwnd * 3 // 4)
+                self.cwnd = restart
+        sb = self.sb
+        sack_recovery = self.in_recovery and self.sack_ok
+        if sack_recovery:
+            sent, flight = self._sack_retransmit(now, self._pipe(), lost_only=True)
+        else:
+            # Outside SACK recovery: what is in flight less what the peer SACKed.
+            flight = self.in_flight - (sb.sacked_below(self.snd_nxt) if sb else 0)
+        cwnd = self.cwnd
+        if not self.in_recovery and not self.sack_ok and 0 < self.dupacks < DUPTHRESH:
+            cwnd += self.dupacks * mss  # RFC 3042 limited transmit
         while True:
+            nxt = self.snd_nxt
             buf_end = self.buf_end
-            unsent = sq.diff(buf_end, self.snd_nxt)
-            wnd_limit = min(self.snd_wnd, self.cwnd)
-            usable = wnd_limit - self.in_flight
+            unsent = sq.diff(buf_end, nxt)
             if unsent > 0:
-                n = min(unsent, mss, usable)
-                if n <= 0:
-                    if self.snd_wnd == 0 or usable <= 0 and self.snd_una == self.snd_max:
+                room = min(self.snd_wnd - self.in_flight, cwnd - flight)
+                n = min(unsent, mss, room)
+                if sq.lt(nxt, self.snd_max):
+                    # Go-back-N after an RTO (RFC 5681 3.1, RFC 6298 5.4), in slow start,
+                    # skipping what the peer SACKed; no Nagle/SWS for data already sent.
+                    blk = sb.next_sacked(nxt) if sb else None
+                    if blk is not None:
+                        if sq.le(blk[0], nxt):
+                            self.snd_nxt = blk[1]
+                            continue
+                        n = min(n, sq.diff(blk[0], nxt))
+                    if n <= 0:
+                        break
+                elif n <= 0:
+                    if self.snd_wnd == 0 or room <= 0 and self.snd_una == self.snd_max:
                         self._arm_persist(now)
                     break
-                if n < mss:
+                elif n < mss and not force:
                     if n < unsent:
-                        # RFC 9293 3.8.6.2.1 sender SWS avoidance: a partial segment only if it
-                        # is at least half the largest window the peer offered.
+                        # RFC 9293 3.8.6.2.1 sender SWS avoidance: a window-limited partial
+                        # segment only if it is at least half the largest window the peer
+                        # offered and nothing is outstanding; else wait for the window to
+                        # open or for the persist timer's override.
                         if n < self.max_snd_wnd // 2 or self.snd_una != self.snd_max:
                             if self.snd_una == self.snd_max:
                                 self._arm_persist(now)
                             break
-                    elif not self.nodelay and not self.fin_queued and self.snd_una != self.snd_max:
-                        break  # Nagle (RFC 896; RFC 9293 3.7.4): one small segment in flight
-                off = sq.diff(self.snd_nxt, self.buf_seq)
+                    elif not self.nodelay and not self.fin_queued and \
+                            self.snd_sml is not None and sq.gt(self.snd_sml, self.snd_una) \
+                            and sq.le(self.snd_sml, self.snd_max):
+                        # Nagle (RFC 896, RFC 9293 3.7.4) in Minshall's form as Linux has
+                        # it (tcp_minshall_check()): no second small segment while one is
+                        # unacknowledged. Full-sized means self.mss, options subtracted.
+                        break
+                off = sq.diff(nxt, self.buf_seq)
                 payload = bytes(self.sndbuf[off:off + n])
                 flags = ACK
                 if n == unsent:
@@ -934,12 +1298,20 @@ class Tcb:
                     if self.fin_queued:
                         flags |= FIN  # piggyback the FIN on the last data segment (LS 20)
                 self._transmit(flags, payload, now)
+                flight += n
                 sent = True
                 continue
             if self.fin_queued and self.snd_nxt == buf_end:
                 self._transmit(FIN | ACK, b"", now)
                 sent = True
             break
+        if sent and not self.in_recovery:
+            self._arm_pto(now)
+        if sack_recovery and self.in_recovery:
+            # RFC 6675 NextSeg() rule 3: no new data to send, the window has room: resend
+            # un-SACKed data below the highest SACK that is not yet deemed lost.
+            more, flight = self._sack_retransmit(now, flight, lost_only=False)
+            sent = sent or more
         if not sent and self.ack_now:
             self._send_ack(now)
 
@@ -949,9 +1321,12 @@ class Tcb:
         n = len(payload) + (1 if flags & FIN else 0)
         if sq.lt(seq, self.snd_max):
             self.ctx.stats["TcpRetransSegs"] += 1
+            self.ctx.stats["TcpExtTCPSlowStartRetrans"] += 1
         elif self.rtt_seq is None and n:
             self.rtt_seq = seq
             self.rtt_time = now
+        if 0 < len(payload) < self.mss:
+            self.snd_sml = (seq + len(payload)) & MASK
         self.snd_nxt = (seq + n) & MASK
         if sq.gt(self.snd_nxt, self.snd_max):
             self.snd_max = self.snd_nxt
@@ -974,6 +1349,9 @@ class Tcb:
             if self.unacked_segs or self.ack_now:
                 self.ctx.stats["TcpExtDelayedACKs"] += 1
                 self._send_ack(now)
+        if self.pto_at is not None and now >= self.pto_at:
+            self.pto_at = None
+            self._on_pto(now)
         if self.rto_at is not None and now >= self.rto_at:
             self.rto_at = None
             self._on_rto(now)
@@ -1040,10 +1418,21 @@ class Tcb:
             self._terminate(E.ETIMEDOUT, "retransmission timeout")
             return
         # RFC 5681 3.1 equation 4 and RFC 6298 5.4-5.6: collapse cwnd, back off, go back N.
-        self.ssthresh = max(self.in_flight // 2, 2 * self.mss)
+        # ssthresh once per loss episode: a timeout of a retransmission does not halve
+        # it again (Linux tcp_enter_loss()).
+        if self.retries == 1:
+            self.ssthresh = max(sq.diff(self.snd_max, self.snd_una) // 2, 2 * self.mss)
         self.cwnd = self.mss
-        self.recover = None
+        self.in_recovery = False
+        # RFC 6582 4 / RFC 6675 5.1: no fast retransmit for duplicate ACKs of data sent
+        # before the timeout.
+        self.recover = self.snd_max
         self.dupacks = 0
+        self.rtx_marks.clear()
+        self.rtx_lost.clear()
+        self.pto_at = self.tlp_high = None
+        if self.retries >= 2:
+            self.sb.clear()  # RFC 2018 8: the receiver may have reneged; stop trusting SACKs
         self.rtt.back_off()
         self.snd_nxt = (self.snd_una + self._retransmit_head(now)) & MASK
         self.rto_at = now + self.rtt.current()
@@ -1054,7 +1443,8 @@ class Tcb:
                               State.LAST_ACK, State.CLOSING):
             return
         if self.snd_wnd and self.cwnd > self.in_flight:
-            self.output(now)
+            # A window too small for SWS avoidance to use: the override (RFC 9293 3.8.6.2.1).
+            self.output(now, force=True)
             return
         self.probes_out += 1
         if self.probes_out > self.ctx.config.tcp_retries2:

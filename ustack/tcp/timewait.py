@@ -1,17 +1,21 @@
 """TIME_WAIT as a separate, small thing (Linux tcp_timewait_sock / tcp_minisocks.c).
 
 When a connection enters TIME_WAIT its TCB is dropped and the few fields that still
-matter are packed into one short `bytes` record, keyed by the same 12-byte four-tuple
-key the demultiplexer slices from each frame. A million of them fit in well under
-200 MB (benchmarks/bench_timewait.py measures bytes per record).
+matter (LS 51) are packed into one short `bytes` record, keyed by the same 12-byte
+four-tuple key the demultiplexer slices from each frame. benchmarks/bench_timewait.py
+measures the cost: about 165 bytes per record, a million of them in ~160 MB.
 
-Expiry is bucketed: records are appended to 50 ms time buckets in a deque, and since
-2*MSL is a constant, buckets are already in expiry order. Restarting a record's timer
+Times inside a record are 32-bit wrapping counters compared modulo 2**32, as Linux
+keeps them (ms for the timers, seconds for ts_recent_stamp): a record lives at most a
+few minutes, so a wrapping clock is exact for it and the table never needs an epoch.
+
+Expiry is bucketed: keys are appended to 50 ms time buckets in a deque, and since
+2*MSL is one constant, buckets come out in expiry order. Restarting a record's timer
 re-appends its key to the newest bucket; the stale reference is skipped when its old
 bucket comes due (the record's own expiry says it is not yet time). O(1) amortised per
-record, one deadline for the whole table.
+record, one deadline for the whole table, never a timer per record.
 
-`process()` is the pure verdict function of Linux's tcp_timewait_state_process(): it
+`process()` is the verdict function of Linux's tcp_timewait_state_process(): it
 returns what to do; the table acts on it.
 """
 
@@ -20,22 +24,36 @@ from __future__ import annotations
 import logging
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 from .. import seq as sq
-from ..wire.tcp import ACK, RST, SYN, Segment
+from ..wire.tcp import ACK, RST, SYN, Segment, format_segment
 from .context import Context
 
 log = logging.getLogger("ustack.timewait")
 
-# snd_nxt, rcv_nxt, ts_recent, ts_offset, wnd field, wscale, flags, then times in ms since
-# the table's epoch: ts_recent_stamp, expires, last out-of-window ACK, entered.
-_REC = struct.Struct("<IIIIHBBIIII")
+MASK = 0xFFFFFFFF
+# snd_nxt, rcv_nxt, ts_recent, ts_offset, ts_recent_stamp (s), expires (ms), last
+# out-of-window ACK (ms, 0 = never), entered (ms), window field, wscale, flags.
+_REC = struct.Struct("<IIIIIIIIHBB")
+_EXPIRES = 5  # index of `expires` in _REC
 F_HAS_TS = 1
 BUCKET_MS = 50
-TCP_PAWS_MSL = 60.0  # Linux: TS.Recent older than this is not used to reject (LS 95)
+TCP_PAWS_MSL = 60  # s: a RST is PAWS-checked only this long after TS.Recent (LS 95)
+TCP_PAWS_24DAYS = 24 * 86400  # s: RFC 7323 5.5, TS.Recent is invalid after this idle time
 
 TW_NOTHING, TW_ACK, TW_SYN = 0, 1, 2
+
+
+def ms32(now: float) -> int:
+    """The wrapping millisecond clock of the records (Linux tcp_clock_ms())."""
+    return int(now * 1000) & MASK
+
+
+def sec32(now: float) -> int:
+    """The wrapping second clock of ts_recent_stamp (Linux ktime_get_seconds())."""
+    return int(now) & MASK
 
 
 class TwRecord(NamedTuple):
@@ -43,26 +61,37 @@ class TwRecord(NamedTuple):
     rcv_nxt: int
     ts_recent: int
     ts_offset: int
+    ts_recent_stamp: int  # seconds, sec32()
+    expires: int  # ms32()
+    last_oow: int  # ms32(), 0 = never
+    entered: int  # ms32()
     wnd: int  # the window field to advertise (already shifted)
     wscale: int
     flags: int
-    ts_recent_stamp: float
-    expires: float
-    last_oow: float
-    entered: float
 
     @property
     def has_ts(self) -> bool:
         return bool(self.flags & F_HAS_TS)
+
+    def remaining(self, now: float) -> float:
+        """Seconds until expiry (for ss -o)."""
+        return max(sq.diff(self.expires, ms32(now)), 0) / 1000
+
+    def age(self, now: float) -> float:
+        return ((ms32(now) - self.entered) & MASK) / 1000
 
 
 class TimeWaitTable:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.records: dict[bytes, bytes] = {}
+        # (bucket index on the ms clock // BUCKET_MS, keys): absolute, never wraps.
         self.buckets: deque[tuple[int, list[bytes]]] = deque()
-        self.epoch: float | None = None
-        self._last_overflow_log = -1e9
+        self._last_overflow_log: float | None = None
+        self._overflow_unlogged = 0
+        # Observers of records leaving the table, called with (key, why): the trace
+        # shows TIME_WAIT -> CLOSED, which has no TCB and so no StateChanged event.
+        self.gone_hooks: list[Callable[[bytes, str], None]] = []
 
     def __len__(self) -> int:
         return len(self.records)
@@ -70,95 +99,121 @@ class TimeWaitTable:
     def __contains__(self, key: bytes) -> bool:
         return key in self.records
 
-    # --- time in ms since the epoch, so every field fits 32 bits for 49 days
-
-    def _ms(self, now: float) -> int:
-        if self.epoch is None:
-            # An hour back, so "never" (an old time clipped to 0) is far in the past.
-            self.epoch = now - 3600.0
-        return max(int((now - self.epoch) * 1000), 0) & 0xFFFFFFFF
-
-    def _t(self, ms: int) -> float:
-        return (self.epoch or 0.0) + ms / 1000
-
     def get(self, key: bytes) -> TwRecord | None:
         raw = self.records.get(key)
         if raw is None:
             return None
-        v = _REC.unpack(raw)
-        return TwRecord(*v[:7], self._t(v[7]), self._t(v[8]), self._t(v[9]), self._t(v[10]))
+        return TwRecord._make(_REC.unpack(raw))
 
     def _put(self, key: bytes, r: TwRecord) -> None:
-        self.records[key] = _REC.pack(
-            r.snd_nxt, r.rcv_nxt, r.ts_recent, r.ts_offset, r.wnd, r.wscale, r.flags,
-            self._ms(r.ts_recent_stamp), self._ms(r.expires), self._ms(r.last_oow),
-            self._ms(r.entered))
+        self.records[key] = _REC.pack(*r)
 
-    def _enqueue(self, key: bytes, expires_ms: int) -> None:
-        idx = expires_ms // BUCKET_MS
-        if self.buckets and self.buckets[-1][0] >= idx:
-            self.buckets[-1][1].append(key)
+    def _enqueue(self, key: bytes, now: float) -> None:
+        idx = int((now + 2 * self.ctx.config.tcp_msl) * 1000) // BUCKET_MS
+        buckets = self.buckets
+        if buckets and buckets[-1][0] >= idx:
+            buckets[-1][1].append(key)
         else:
-            self.buckets.append((idx, [key]))
+            buckets.append((idx, [key]))
 
-    def insert(self, key: bytes, r: TwRecord, now: float) -> bool:
-        """Add a TIME_WAIT record; False when tcp_max_tw_buckets is reached (LS 64)."""
+    def insert(self, key: bytes, *, snd_nxt: int, rcv_nxt: int, ts_recent: int,
+               ts_recent_stamp: float, ts_offset: int, wnd: int, wscale: int,
+               has_ts: bool, now: float) -> bool:
+        """Add a TIME_WAIT record (Linux tcp_time_wait()).
+
+        False when tcp_max_tw_buckets records exist already (LS 64): the caller's TCB
+        then just goes, counted as TcpExtTCPTimeWaitOverflow.
+        """
         stats = self.ctx.stats
         if len(self.records) >= self.ctx.config.tcp_max_tw_buckets and key not in self.records:
             stats["TcpExtTCPTimeWaitOverflow"] += 1
-            if now - self._last_overflow_log >= 1.0:
+            # Older Linux logged this line (net_ratelimit()); current kernels only count
+            # (LS 64). ustack logs it at most once a second, saying how many it left out.
+            last = self._last_overflow_log
+            if last is None or now - last >= 1.0:
                 self._last_overflow_log = now
-                log.warning("TCP: time wait bucket table overflow")
+                missed, self._overflow_unlogged = self._overflow_unlogged, 0
+                log.warning("TCP: time wait bucket table overflow%s",
+                            f" ({missed} similar messages suppressed)" if missed else "")
+            else:
+                self._overflow_unlogged += 1
             return False
-        self._ms(now)
+        t = ms32(now)
+        r = TwRecord(snd_nxt, rcv_nxt, ts_recent, ts_offset,
+                     sec32(ts_recent_stamp) if has_ts else 0,
+                     (t + 2000 * self.ctx.config.tcp_msl) & MASK, 0, t,
+                     wnd, wscale, F_HAS_TS if has_ts else 0)
         self._put(key, r)
-        self._enqueue(key, self._ms(r.expires))
-        stats["TcpExtTW"] += 1
+        self._enqueue(key, now)
+        # Linux __inet_twsk_schedule() (LS 50): a TIME_WAIT scheduled for at most 4 s
+        # counts as TWKilled, a longer one as TW. Here: tcp_msl <= 2.
+        stats["TcpExtTWKilled" if self.ctx.config.tcp_msl <= 2 else "TcpExtTW"] += 1
         return True
 
-    def remove(self, key: bytes) -> None:
-        self.records.pop(key, None)
+    def remove(self, key: bytes, why: str = "reused by a new connection") -> None:
+        if self.records.pop(key, None) is not None:
+            for hook in self.gone_hooks:
+                hook(key, why)
 
-    def restart(self, key: bytes, r: TwRecord, now: float) -> TwRecord:
-        """Restart the 2*MSL timer (RFC 9293 3.10.7.4)."""
-        r = r._replace(expires=now + 2 * self.ctx.config.tcp_msl)
-        self._put(key, r)
-        self._enqueue(key, self._ms(r.expires))
+    def _restart(self, key: bytes, r: TwRecord, now: float) -> TwRecord:
+        """Restart the 2*MSL timer (RFC 9293 3.10.7.4; Linux inet_twsk_reschedule())."""
+        r = r._replace(expires=(ms32(now) + 2000 * self.ctx.config.tcp_msl) & MASK)
+        self._enqueue(key, now)
         return r
 
     def next_expiry(self) -> float | None:
         if not self.buckets:
             return None
-        return self._t((self.buckets[0][0] + 1) * BUCKET_MS)
+        return (self.buckets[0][0] + 1) * BUCKET_MS / 1000
 
     def expire(self, now: float) -> int:
         """Drop every record whose 2*MSL has run out. Returns how many went."""
-        if self.epoch is None:
-            return 0
-        now_ms = self._ms(now)
-        records = self.records
-        gone = 0
         buckets = self.buckets
+        if not buckets:
+            return 0
+        now_ms = int(now * 1000)
+        t = now_ms & MASK
+        records = self.records
+        unpack = _REC.unpack
+        gone = 0
         while buckets and (buckets[0][0] + 1) * BUCKET_MS <= now_ms:
             _, keys = buckets.popleft()
             for key in keys:
                 raw = records.get(key)
-                # _REC field 8 is `expires`; a later value means the timer was restarted
-                # and a newer bucket holds the key.
-                if raw is not None and _REC.unpack(raw)[8] <= now_ms:
+                # A later `expires` means the timer was restarted and a newer bucket
+                # holds the key too.
+                if raw is not None and sq.diff(unpack(raw)[_EXPIRES], t) <= 0:
                     del records[key]
                     gone += 1
+                    for hook in self.gone_hooks:
+                        hook(key, "2MSL timeout")
         return gone
 
     # ------------------------------------------------------------------ verdicts
 
     def ack_segment(self, key: bytes, r: TwRecord, now: float) -> Segment:
-        """The TIME_WAIT ACK: . SND.NXT ack RCV.NXT, TS echoing TS.Recent (LS 52)."""
+        """The TIME_WAIT ACK: . SND.NXT ack RCV.NXT win tw_rcv_wnd>>wscale, with
+        TS val now+offset ecr TS.Recent only when TS.Recent != 0 (LS 52;
+        Linux tcp_v4_timewait_ack())."""
         seg = Segment(int.from_bytes(key[10:12], "big"), int.from_bytes(key[8:10], "big"),
                       r.snd_nxt, r.rcv_nxt, ACK, r.wnd)
-        if r.has_ts:
-            seg.ts = ((int(now * 1000) + r.ts_offset) & 0xFFFFFFFF, r.ts_recent)
+        if r.has_ts and r.ts_recent:
+            seg.ts = ((ms32(now) + r.ts_offset) & MASK, r.ts_recent)
         return seg
+
+    @staticmethod
+    def paws_reject(r: TwRecord, tsval: int, rst: bool, now: float) -> bool:
+        """Linux tcp_paws_reject() for minisockets (LS 95): strict (no one-tick window);
+        TS.Recent = 0 never rejects (LS 98); TS.Recent idle for 24 days is stale (RFC
+        7323 5.5); a RST is only rejected within TCP_PAWS_MSL of TS.Recent."""
+        if sq.diff(r.ts_recent, tsval) <= 0 or not r.ts_recent:
+            return False
+        idle = (sec32(now) - r.ts_recent_stamp) & MASK
+        if idle >= TCP_PAWS_24DAYS:
+            return False
+        if rst and idle >= TCP_PAWS_MSL:
+            return False
+        return True
 
     def process(self, key: bytes, seg: Segment, now: float) -> tuple[int, Segment | int | None]:
         """A segment for a TIME_WAIT four-tuple (Linux tcp_timewait_state_process()).
@@ -166,60 +221,66 @@ class TimeWaitTable:
         Returns (TW_NOTHING, None), (TW_ACK, ack_segment) or (TW_SYN, iss) for a SYN that
         may open a new incarnation.
         """
-        r = self.get(key)
-        assert r is not None
+        raw = self.records[key]
+        r = TwRecord._make(_REC.unpack(raw))
         cfg = self.ctx.config
-        stats = self.ctx.stats
         flags = seg.flags
-        ts = seg.ts if r.has_ts else None
-        # PAWS for minisockets is strict, and applies to RSTs too (LS 95).
-        paws_reject = bool(
-            ts is not None and r.ts_recent and sq.diff(r.ts_recent, ts[0]) > 0
-            and now - r.ts_recent_stamp < TCP_PAWS_MSL)
-        end = (seg.seq + seg.seg_len) & 0xFFFFFFFF
+        # TS is only looked at if the old connection used it (LS 58).
+        ts = seg.ts if r.flags & F_HAS_TS else None
+        paws_reject = ts is not None and self.paws_reject(r, ts[0], bool(flags & RST), now)
+        end = (seg.seq + seg.seg_len) & MASK
         if not paws_reject and seg.seq == r.rcv_nxt and (end == seg.seq or flags & RST):
             # In window: only a RST or a bare ACK can be here.
-            if flags & RST:
-                if not cfg.tcp_rfc1337:
-                    # RFC 1337 describes TIME_WAIT assassination by a RST; RFC 9293 3.10.7.4
-                    # says a RST in TIME_WAIT closes. Linux (tcp_rfc1337=0, default) lets
-                    # an exact RST kill the record, so ustack does too; tcp_rfc1337=1
-                    # applies RFC 1337's fix F1 and ignores it.
-                    self.remove(key)
-                    return TW_NOTHING, None
-            else:
-                r = self.restart(key, r, now)  # LS 53(a): silently
+            if flags & RST and not cfg.tcp_rfc1337:
+                # RFC 1337 describes TIME_WAIT assassination by a RST; RFC 9293 3.10.7.4
+                # says a RST in TIME_WAIT closes. Linux (tcp_rfc1337=0, default) lets
+                # an exact RST kill the record, so ustack does too; tcp_rfc1337=1
+                # applies RFC 1337's fix F1 and ignores it (LS 57).
+                self.remove(key, f"on {format_segment(seg)}")
+                return TW_NOTHING, None
+            # LS 53(a): silently restart; Linux does this for an ignored exact RST too.
+            r = self._restart(key, r, now)
             if ts is not None:
-                self._put(key, r._replace(ts_recent=ts[0], ts_recent_stamp=now))
+                r = r._replace(ts_recent=ts[0], ts_recent_stamp=sec32(now))
+            self._put(key, r)
             return TW_NOTHING, None
-        # RFC 6191 / RFC 9293 3.10.7.4 / LS 58: a new SYN may reopen the tuple when it is
-        # provably newer, by timestamp or by sequence number.
+        # RFC 6191 / RFC 9293 3.10.7.4 / LS 58-59: a new SYN may reopen the tuple when it
+        # is provably newer, by sequence number or by timestamp.
         if flags & SYN and not flags & (RST | ACK) and not paws_reject and (
                 sq.gt(seg.seq, r.rcv_nxt)
                 or (ts is not None and sq.diff(r.ts_recent, ts[0]) < 0)):
-            iss = (r.snd_nxt + 65535 + 2) & 0xFFFFFFFF  # LS 60: beyond the old SND.NXT
+            iss = (r.snd_nxt + 65535 + 2) & MASK  # LS 60: beyond the old SND.NXT
             return TW_SYN, iss or 1
         if paws_reject:
-            stats["TcpExtPAWSTimewait"] += 1
+            self.ctx.stats["TcpExtPAWSTimewait"] += 1  # Linux >= 6.15 (LS 95)
         if flags & RST:
             return TW_NOTHING, None  # out of window or PAWS-failing RST: ignored (LS 57)
         if paws_reject or flags & ACK:
-            r = self.restart(key, r, now)  # LS 53(b), (c)
-        # Segments that occupy sequence space are always answered; pure ACKs and SYNs
-        # at most once per tcp_invalid_ratelimit (LS 56).
+            r = self._restart(key, r, now)  # LS 53(b), (c)
+        # Segments that occupy sequence space (other than a SYN) are always answered;
+        # pure ACKs and SYNs at most once per tcp_invalid_ratelimit (LS 56, Linux
+        # tcp_oow_rate_limited()).
         if end == seg.seq or flags & SYN:
-            if now - r.last_oow < cfg.tcp_invalid_ratelimit / 1000:
-                stats["TcpExtTCPACKSkippedTimeWait"] += 1
+            t = ms32(now)
+            if r.last_oow and 0 <= sq.diff(t, r.last_oow) < cfg.tcp_invalid_ratelimit:
+                self.ctx.stats["TcpExtTCPACKSkippedTimeWait"] += 1
+                self._put(key, r)
                 return TW_NOTHING, None
-            r = r._replace(last_oow=now)
-            self._put(key, r)
+            r = r._replace(last_oow=t or 1)
+        self._put(key, r)
         return TW_ACK, self.ack_segment(key, r, now)
 
-    def reusable(self, r: TwRecord, loopback: bool, now: float) -> bool:
-        """May an active open take this TIME_WAIT four-tuple? (tcp_twsk_unique, LS 70-71)."""
-        cfg = self.ctx.config
-        if not r.has_ts or cfg.tcp_tw_reuse == 0:
+    def reusable(self, r: TwRecord, loopback: bool, now: float, bound: bool = False) -> bool:
+        """May an active open take this TIME_WAIT four-tuple? (Linux tcp_twsk_unique(),
+        LS 70-73). Only with timestamps: PAWS on the peer then rejects old duplicates
+        (RFC 7323 5.8, LS 63). An explicitly bound port (`bound`) takes it whenever
+        timestamps were on; an ephemeral port needs tcp_tw_reuse (2: loopback only)
+        and tcp_tw_reuse_delay ms since the record was made."""
+        if not r.has_ts:
             return False
-        if cfg.tcp_tw_reuse == 2 and not loopback:
+        if bound:
+            return True
+        reuse = self.ctx.config.tcp_tw_reuse
+        if reuse == 0 or (reuse == 2 and not loopback):
             return False
-        return (now - r.entered) * 1000 > cfg.tcp_tw_reuse_delay
+        return sq.diff(ms32(now), (r.entered + self.ctx.config.tcp_tw_reuse_delay) & MASK) > 0

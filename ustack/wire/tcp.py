@@ -180,6 +180,8 @@ def build_tcp(seg: Segment, src: bytes, dst: bytes) -> bytes:
     """Serialize `seg` with its checksum over the IPv4 pseudo-header (RFC 9293 3.1)."""
     opts = encode_options(seg) if (seg.mss is not None or seg.ts is not None or seg.sack
                                    or seg.sack_perm or seg.wscale is not None) else b""
+    if len(opts) > 40:
+        raise ValueError(f"TCP options need {len(opts)} bytes, more than the 40 that fit")
     hlen = 20 + len(opts)
     header = _HDR.pack(seg.sport, seg.dport, seg.seq, seg.ack, (hlen // 4) << 4, seg.flags,
                        seg.wnd, 0, seg.urg) + opts

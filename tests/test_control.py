@@ -1,0 +1,676 @@
+"""The control socket and its tools against an in-process stack (no TUN, no root needed
+except for the other-user test).
+
+The "daemon" is a Stack at 10.77.0.2 with a ControlServer on a socket in a temporary
+directory; its peer is a second Stack at 10.77.0.1 over a MemoryLink. The tools run as
+real `python -m ustack ...` subprocesses, so the command line, the protocol and the
+server are tested together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from ustack.apps.echo import start_echo
+from ustack.config import Config, apply_settings
+from ustack.control import FRAME, ControlServer, relative_cause
+from ustack.io.memory import MemoryLink
+from ustack.stack import Stack
+from ustack.tcp.state import State
+from ustack.tools import filter as flt
+from ustack.tools.client import Control
+from ustack.tools.segments import SeqTracker
+from ustack.tools.ss import ms_timer
+
+PEER, STACK = "10.77.0.1", "10.77.0.2"
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+class Env:
+    def __init__(self, peer: Stack, stack: Stack, link: MemoryLink, control: ControlServer,
+                 path: str, tmp: Path) -> None:
+        self.peer, self.stack, self.link, self.control = peer, stack, link, control
+        self.path, self.tmp = path, tmp
+
+    async def cli(self, *argv: str, stdin: bytes | None = None, timeout: float = 60
+                  ) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ustack", *argv,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def tool(self, name: str, *argv: str, **kw) -> tuple[int, str, str]:
+        return await self.cli(name, "--control", self.path, *argv, **kw)
+
+    async def request(self, obj: dict) -> dict:
+        def go() -> dict:
+            with Control(self.path) as c:
+                c.send(obj)
+                return c.reply()
+        return await asyncio.to_thread(go)
+
+
+@pytest.fixture
+async def env():
+    made: list[Env] = []
+    dirs: list[str] = []
+
+    async def make(*settings: str) -> Env:
+        loop = asyncio.get_running_loop()
+        cfg = list(settings)
+        peer = Stack(PEER, config=apply_settings(Config(), cfg), loop=loop)
+        stack = Stack(STACK, config=apply_settings(Config(), cfg), loop=loop)
+        link = MemoryLink(loop)
+        link.connect(peer, stack)
+        # A world-traversable directory, so only the socket's own mode keeps others out.
+        d = tempfile.mkdtemp(prefix="ustack-ctl-")
+        os.chmod(d, 0o755)
+        dirs.append(d)
+        path = os.path.join(d, "test.sock")
+        control = ControlServer(stack, path, name="test")
+        await control.start()
+        e = Env(peer, stack, link, control, path, Path(d))
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        e.control.close()
+        e.peer.close()
+        e.stack.close()
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    gc.collect()
+
+
+async def until(cond, timeout: float = 10.0, step: float = 0.02) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+async def closing_server(stack: Stack, port: int, reply: bytes = b"bye\n"):
+    """A server that writes `reply` and closes at once (the peer then sits in CLOSE_WAIT
+    until its application closes)."""
+    async def handler(reader, writer):
+        writer.write(reply)
+        writer.close()
+    return await stack.start_server(handler, PEER, port)
+
+
+# ---------------------------------------------------------------------- socket & protocol
+
+
+async def test_socket_is_0600_and_removed_on_close(env):
+    e = await env()
+    st = os.stat(e.path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    rep = await e.request({"op": "ping"})
+    assert rep["ok"] and rep["address"] == STACK and rep["version"] == 1
+    e.control.close()
+    assert not os.path.exists(e.path)
+
+
+async def test_stale_socket_is_replaced_and_live_one_refused(env):
+    e = await env()
+    other = ControlServer(e.stack, e.path, name="second")
+    with pytest.raises(Exception, match="in use"):
+        await other.start()
+    other.close()
+    assert os.path.exists(e.path)  # the second server did not remove the first's socket
+    stale = str(e.tmp / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(stale)
+    s.close()  # a socket file nobody listens on: left by a dead daemon
+    third = ControlServer(e.stack, stale, name="third")
+    await third.start()
+    assert (await asyncio.to_thread(lambda: Control(stale).request({"op": "ping"})))["ok"]
+    third.close()
+
+
+REPO = Path(__file__).resolve().parent.parent
+# The venv's interpreter may sit under /root; another user needs one it can execute.
+OTHER_PYTHON = shutil.which("python3", path="/usr/bin:/usr/local/bin")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or OTHER_PYTHON is None,
+                    reason="needs root (to act as another user) and a system python3")
+async def test_other_user_gets_permission_denied(env):
+    e = await env()
+    as_nobody = {"user": 65534, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE,
+                 "cwd": "/", "env": {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}}
+    probe = ("import socket,sys\n"
+             "s=socket.socket(socket.AF_UNIX)\n"
+             "try:\n s.connect(sys.argv[1])\n"
+             "except PermissionError:\n print('EACCES'); sys.exit(0)\n"
+             # The daemon speaks first to a peer it turns away, then closes.
+             "print(s.makefile('rb').readline().decode())\n")
+    proc = await asyncio.create_subprocess_exec(OTHER_PYTHON, "-c", probe, e.path,
+                                                **as_nobody)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert out.decode().strip() == "EACCES", err.decode()
+    # The tool says so in words, exit status 1.
+    proc = await asyncio.create_subprocess_exec(OTHER_PYTHON, "-m", "ustack", "ss",
+                                                "--control", e.path, **as_nobody)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert "permission denied" in err.decode()
+    # Even if the mode were loosened, SO_PEERCRED turns another uid away.
+    os.chmod(e.path, 0o666)
+    proc = await asyncio.create_subprocess_exec(OTHER_PYTHON, "-c", probe, e.path,
+                                                **as_nobody)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert json.loads(out.decode() or "null") == {"ok": False, "error": "permission denied"}, \
+        err.decode()
+
+
+async def test_malformed_requests_get_error_replies(env):
+    e = await env()
+
+    def go() -> list[dict]:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(e.path)
+        f = s.makefile("rb")
+        replies = []
+        for line in (b"this is not json", b"[1, 2]", b'{"op": 5}', b'{"no": "op"}',
+                     b'{"op": "frobnicate"}', b'{"op": "capture", "action": 7}',
+                     b'{"op": "capture", "action": "start", "file": "relative.pcap"}',
+                     b'{"op": "nstat", "reset": "yes"}', b"\xff\xfe{",
+                     b'{"op": "connect", "host": "10.77.0.1", "port": true}',
+                     b'{"op": "ping"}'):
+            s.sendall(line + b"\n")
+            replies.append(json.loads(f.readline()))
+        s.close()
+        return replies
+
+    replies = await asyncio.to_thread(go)
+    assert [r["ok"] for r in replies] == [False] * 10 + [True]
+    assert "bad JSON" in replies[0]["error"]
+    assert "unknown op 'frobnicate'" in replies[4]["error"]
+    assert "absolute" in replies[6]["error"]
+    # The connect with a bad port ended that connection's request cleanly; a new one works.
+
+    def too_long() -> tuple[dict, bytes]:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(e.path)
+        s.sendall(b'{"op": "ping", "pad": "' + b"x" * 100_000 + b'"}\n')
+        f = s.makefile("rb")
+        first = json.loads(f.readline())
+        rest = f.read()  # the server closes after an oversized line
+        s.close()
+        return first, rest
+
+    first, rest = await asyncio.to_thread(too_long)
+    assert not first["ok"] and "longer than" in first["error"]
+    assert rest == b""
+    assert (await e.request({"op": "ping"}))["ok"]  # the daemon is still there
+
+
+# ---------------------------------------------------------------------- ss
+
+
+async def test_ss_shows_states_timers_and_flags_old_close_wait(env):
+    e = await env()
+    await closing_server(e.peer, 9000)
+    # `ustack connect` keeps its stdin open: the server's FIN leaves ustack in CLOSE_WAIT.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ustack", "connect", "--control", e.path, PEER, "9000",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    await until(lambda: any(t.state == State.CLOSE_WAIT for t in e.stack.table.est.values()),
+                timeout=30)
+    await asyncio.sleep(0.3)
+    rc, out, err = await e.tool("ss", "-o", "--close-wait-threshold", "0.2")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["State", "Recv-Q", "Send-Q", "Local", "Address:Port"]
+    row = next(line for line in lines if line.startswith("CLOSE-WAIT"))
+    assert f"{PEER}:9000" in row and "<- CLOSE-WAIT for" in row
+    assert "never called close()" in out
+    rc, out, _ = await e.tool("ss", "--json")  # default threshold 60 s: not flagged yet
+    rows = json.loads(out)["connections"]
+    assert [r["state"] for r in rows] == ["CLOSE-WAIT"]
+    assert rows[0]["stale_close_wait"] is False and rows[0]["state_age"] >= 0.3
+    # LISTEN is only shown with -a or -l, as in ss.
+    await start_echo(e.stack.start_server, STACK, 7)
+    rc, out, _ = await e.tool("ss", "-l")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["LISTEN"]
+    rc, out, _ = await e.tool("ss", "--state", "listening", "--state", "close-wait")
+    assert sorted(line.split()[0] for line in out.splitlines()[1:]) == ["CLOSE-WAIT", "LISTEN"]
+    rc, out, err = await e.tool("ss", "--state", "half-open")
+    assert rc == 1 and "unknown state 'half-open'" in err
+    # End of stdin: our FIN, LAST_ACK -> CLOSED, clean exit.
+    proc.stdin.close()
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err_b
+    assert out_b == b"bye\n"
+
+
+async def test_ss_time_wait_timer_and_filters(env):
+    e = await env("tcp_msl=30")
+    await start_echo(e.peer.start_server, PEER, 7)
+    rc, out, err = await e.tool("connect", PEER, "7", stdin=b"ping\n")
+    assert rc == 0 and out == "ping\n", err
+    # We closed first (stdin EOF -> FIN) but the echo server closes right after: who
+    # holds TIME_WAIT depends on the order; look for it on both stacks.
+    await until(lambda: len(e.stack.table.tw) + len(e.peer.table.tw) == 1)
+    if len(e.stack.table.tw):
+        rc, out, _ = await e.tool("ss", "-o", "--state", "time-wait", f"{PEER}:7")
+        row = out.splitlines()[1]
+        assert row.startswith("TIME-WAIT") and "timer:(timewait," in row
+        rc, out, _ = await e.tool("ss", "-a", "port", "1234")
+        assert len(out.splitlines()) == 1  # only the header
+
+
+def test_ms_timer_like_ss():
+    assert ms_timer(0.2) == "200ms"
+    assert ms_timer(1.2) == "1.200ms"
+    assert ms_timer(59.5) == "59sec"
+    assert ms_timer(125) == "2min5sec"
+    assert ms_timer(7200) == "120min"
+
+
+# ---------------------------------------------------------------------- nstat
+
+
+async def test_nstat_increments_since_last_call(env):
+    e = await env()
+    await start_echo(e.peer.start_server, PEER, 7)
+    rc, out, _ = await e.tool("nstat", "--json", "--client", "t")
+    first = json.loads(out)["kernel"]
+    assert "TcpActiveOpens" not in first  # zero counters are hidden
+    rc, out, err = await e.tool("connect", PEER, "7", stdin=b"x")
+    assert rc == 0, err
+    await asyncio.sleep(0.2)
+    rc, out, _ = await e.tool("nstat", "--json", "--client", "t")
+    delta = json.loads(out)["kernel"]
+    assert delta["TcpActiveOpens"] == 1
+    assert delta["TcpOutSegs"] >= 3 and delta["TcpInSegs"] >= 3
+    rc, out, _ = await e.tool("nstat", "--json", "--client", "t")
+    assert "TcpActiveOpens" not in json.loads(out)["kernel"]  # nothing new since
+    rc, out, _ = await e.tool("nstat", "--json", "--client", "t", "-z", "Tcp*Opens")
+    assert json.loads(out)["kernel"] == {"TcpActiveOpens": 0, "TcpPassiveOpens": 0}
+    rc, out, _ = await e.tool("nstat", "-a", "--client", "t", "TcpActiveOpens")
+    assert out.splitlines() == ["#kernel", f"{'TcpActiveOpens':<32}{1:<16d}{0.0:6.1f}"]
+    # Another client has its own history: its first call shows everything.
+    rc, out, _ = await e.tool("nstat", "--json", "--client", "other")
+    assert json.loads(out)["kernel"]["TcpActiveOpens"] == 1
+    rc, out, _ = await e.tool("nstat", "--client", "t", "--reset", "--json")
+    assert json.loads(out)["kernel"]["TcpActiveOpens"] == 1  # reset: absolute again
+
+
+async def test_nstat_counts_listed_mib_names(env):
+    """Every MIB the issue lists exists (a typo would raise KeyError in Stats)."""
+    e = await env()
+    rep = await e.request({"op": "nstat", "client": "names"})
+    names = set(rep["counters"])
+    for n in ("TcpActiveOpens TcpPassiveOpens TcpAttemptFails TcpEstabResets TcpCurrEstab "
+              "TcpInSegs TcpOutSegs TcpRetransSegs TcpInErrs TcpOutRsts TcpInCsumErrors "
+              "TcpExtTW TcpExtTWRecycled TcpExtTWKilled TcpExtPAWSEstab "
+              "TcpExtTCPTimeWaitOverflow TcpExtTCPAbortOnClose TcpExtTCPAbortOnData "
+              "TcpExtTCPAbortOnLinger TcpExtTCPAbortOnTimeout TcpExtTCPChallengeACK "
+              "TcpExtTCPSYNChallenge TcpExtListenOverflows IcmpInEchos "
+              "IcmpOutEchoReps").split():
+        assert n in names
+
+
+# ---------------------------------------------------------------------- capture
+
+
+async def test_capture_start_stop_read_back_with_dpkt_and_tcpdump(env):
+    e = await env()
+    await start_echo(e.peer.start_server, PEER, 7)
+    pcap = e.tmp / "cap.pcap"
+    rc, out, err = await e.tool("capture", "start", str(pcap))
+    assert rc == 0 and "capturing to" in out, err
+    rc, out, err = await e.tool("capture", "start", str(pcap))
+    assert rc == 1 and "already capturing" in err
+    rc, out, err = await e.tool("connect", PEER, "7", stdin=b"hello")
+    assert rc == 0 and out == "hello", err
+    await asyncio.sleep(0.1)
+    rc, out, _ = await e.tool("capture", "list")
+    assert str(pcap) in out
+    rc, out, _ = await e.tool("capture", "stop", str(pcap))
+    assert rc == 0 and "frames" in out
+    with open(pcap, "rb") as f:
+        r = dpkt.pcap.Reader(f)
+        assert r.datalink() == 101  # LINKTYPE_RAW
+        segs = [dpkt.ip.IP(buf).data for _ts, buf in r]
+    flags = [s.flags for s in segs]
+    assert flags[0] == dpkt.tcp.TH_SYN and flags[1] == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK
+    assert any(s.data == b"hello" for s in segs)
+    assert sum(1 for fl in flags if fl & dpkt.tcp.TH_FIN) == 2
+    if shutil.which("tcpdump"):
+        proc = await asyncio.create_subprocess_exec(
+            "tcpdump", "-nr", str(pcap), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out_b, err_b = await proc.communicate()
+        text = out_b.decode()
+        assert proc.returncode == 0, err_b
+        assert f"{STACK}." in text and f"{PEER}.7: Flags [S]" in text
+        assert len(text.splitlines()) == len(segs)
+
+
+# ---------------------------------------------------------------------- trace
+
+
+async def test_trace_streams_state_changes_with_relative_causes(env):
+    e = await env()
+    got: list[dict] = []
+
+    async def server(reader, writer):
+        await reader.read()  # until the peer's FIN: we are in CLOSE_WAIT
+        writer.close()
+
+    await e.stack.start_server(server, STACK, 80)
+
+    def subscribe() -> None:
+        from ustack.tools.trace import events, subscribe
+        with Control(e.path, timeout=20) as c:
+            subscribe(c, "port 80", False)
+            for ev in events(c):
+                got.append(ev)
+                if ev["new"] == "CLOSED":
+                    return
+
+    task = asyncio.ensure_future(asyncio.to_thread(subscribe))
+    await until(lambda: e.control._subs)
+    reader, writer = await e.peer.open_connection(STACK, 80)
+    writer.write(b"x" * 811)
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    await asyncio.wait_for(task, 20)
+    steps = [(ev["old"], ev["new"]) for ev in got]
+    assert steps == [("CLOSED", "SYN_RECEIVED"), ("SYN_RECEIVED", "ESTABLISHED"),
+                     ("ESTABLISHED", "CLOSE_WAIT"), ("CLOSE_WAIT", "LAST_ACK"),
+                     ("LAST_ACK", "CLOSED")]
+    assert got[0]["cause"].startswith("on S seq 0")
+    assert got[2]["cause"] == "on F. seq 812 ack 1"  # 811 bytes after the SYN's 1
+    assert got[3]["cause"] == "close()" or got[3]["cause"] == "shutdown()"
+    assert got[4]["cause"] == "on . seq 813 ack 2"
+    assert all(ev["passive"] for ev in got)
+    from ustack.tools.trace import format_state
+    line = format_state(got[2])
+    assert f"{PEER}:" in line and f" -> {STACK}:80  ESTABLISHED -> CLOSE_WAIT  on F. seq 812 " \
+           "ack 1" in line
+    assert line.index(PEER) < line.index(STACK)  # client -> server
+
+
+async def test_trace_cli_shows_time_wait_end(env):
+    e = await env("tcp_msl=1")
+
+    async def server(reader, writer):
+        writer.close()  # we close first: TIME_WAIT is ours
+
+    await e.stack.start_server(server, STACK, 81)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ustack", "trace", "--control", e.path, "--count", "6",
+        "--segments", "port", "81", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    await until(lambda: e.control._subs, timeout=30)
+    reader, writer = await e.peer.open_connection(STACK, 81)
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    text = out.decode()
+    assert "FIN_WAIT_1 -> FIN_WAIT_2" in text and "FIN_WAIT_2 -> TIME_WAIT  on F. seq 1 ack 2" \
+        in text
+    assert "TIME_WAIT -> CLOSED  2MSL timeout" in text
+    assert f"> {STACK}:81 > {PEER}:" in text and f"< {PEER}:" in text  # segments
+    assert e.stack.stats["TcpExtTWKilled"] == 1 and e.stack.stats["TcpExtTW"] == 0
+
+
+def test_relative_cause_and_filters():
+    class T:
+        iss, irs, rcv_nxt = 1000, 5000, 5813
+    assert relative_cause(T, "on F. seq 5812 ack 1001 win 502 <TS val 1 ecr 2>") == \
+        "on F. seq 812 ack 1"
+    assert relative_cause(T, "close()") == "close()"
+    f = flt.parse("host 10.77.0.1 port 80")
+    assert f.matches(("10.77.0.2", 80), ("10.77.0.1", 4000))
+    assert not f.matches(("10.77.0.2", 81), ("10.77.0.1", 4000))
+    assert flt.parse("10.77.0.1:4000").matches(("10.77.0.1", 4000), ("x", 1))
+    assert flt.parse(":80") == flt.parse("port 80") == flt.parse("80")
+    with pytest.raises(ValueError, match="bad IPv4"):
+        flt.parse("host nowhere")
+    t = SeqTracker()
+    assert t.relative("a", "b", "S", 100, 0) == (0, None)
+    assert t.relative("b", "a", "S.", 900, 101) == (0, 1)
+    assert t.relative("a", "b", "F.", 106, 901) == (6, 1)
+
+
+# ---------------------------------------------------------------------- connect
+
+
+async def test_connect_refused_and_addrnotavail_exit_1(env):
+    e = await env("ip_local_port_range=40000 40000")
+    rc, out, err = await e.tool("connect", PEER, "4444", stdin=b"")
+    assert rc == 1 and "Connection refused" in err
+    await start_echo(e.peer.start_server, PEER, 7)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ustack", "connect", "--control", e.path, PEER, "7",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    await until(lambda: any(t.state == State.ESTABLISHED for t in e.stack.table.est.values()),
+                timeout=30)
+    rc, out, err = await e.tool("connect", PEER, "7", stdin=b"")
+    assert rc == 1 and "Cannot assign requested address" in err
+    holder.stdin.close()
+    await asyncio.wait_for(holder.communicate(), 30)
+    assert holder.returncode == 0
+
+
+async def test_connect_linger_zero_aborts_without_time_wait(env):
+    e = await env()
+    got = bytearray()
+    done = asyncio.get_running_loop().create_future()
+
+    async def sink(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                got.extend(data)
+            done.set_result("eof")
+        except ConnectionResetError:
+            done.set_result("reset")
+
+    await e.peer.start_server(sink, PEER, 9)
+    rc, out, err = await e.tool("connect", "--linger", "0", PEER, "9", stdin=b"abc")
+    assert rc == 0, err
+    assert await asyncio.wait_for(done, 10) == "reset"
+    assert bytes(got) == b"abc"
+    # One RST from the abort; the peer's ACK of "abc", if it crossed the RST, draws a
+    # second one from the closed port.
+    assert e.stack.stats["TcpOutRsts"] >= 1 and len(e.stack.table.tw) == 0
+    assert e.stack.stats["TcpExtTCPAbortOnData"] == 1  # Linux counts SO_LINGER 0 here
+
+
+async def test_connect_relays_binary_both_ways_and_half_closes(env):
+    e = await env()
+    await start_echo(e.peer.start_server, PEER, 7)
+    blob = bytes(range(256)) * 2000  # 512 KB, every byte value
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ustack", "connect", "--control", e.path, "--nodelay",
+        PEER, "7", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out_b, err_b = await asyncio.wait_for(proc.communicate(blob), 60)
+    assert proc.returncode == 0, err_b.decode()
+    assert out_b == blob
+
+
+async def test_connect_frames_over_raw_protocol(env):
+    """The documented framing, spoken directly: ok reply, D frames, E on the peer's FIN,
+    X with the result."""
+    e = await env()
+    await closing_server(e.peer, 9001, b"hi")
+
+    def go() -> list[tuple[bytes, bytes]]:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(e.path)
+        f = s.makefile("rb")
+        s.sendall(b'{"op": "connect", "host": "10.77.0.1", "port": 9001}\n')
+        rep = json.loads(f.readline())
+        assert rep["ok"] and rep["peer"] == "10.77.0.1:9001"
+        frames = []
+        while True:
+            kind, n = FRAME.unpack(f.read(FRAME.size))
+            frames.append((kind, f.read(n)))
+            if kind == b"E":
+                s.shutdown(socket.SHUT_WR)
+            if kind == b"X":
+                break
+        s.close()
+        return frames
+
+    frames = await asyncio.to_thread(go)
+    assert frames[0] == (b"D", b"hi") and frames[1] == (b"E", b"")
+    result = json.loads(frames[-1][1])
+    assert result == {"clean": True, "errno": 0, "error": "", "state": "CLOSED"}
+
+
+# ---------------------------------------------------------------------- ladder
+
+
+def _segments(svg: Path) -> tuple[list[ET.Element], ET.Element]:
+    root = ET.parse(svg).getroot()
+    return root.findall(f".//{SVG}g[@class='segment']"), root
+
+
+async def test_ladder_from_pcap_four_way_close_with_retransmission(env):
+    e = await env()
+
+    async def server(reader, writer):
+        data = await reader.read(100)
+        writer.write(data.upper())
+        await reader.read()  # wait for the client's FIN: it closes first
+        writer.close()
+
+    await e.stack.start_server(server, STACK, 80)
+    pcap = e.tmp / "l.pcap"
+    rc, _, err = await e.tool("capture", "start", str(pcap))
+    assert rc == 0, err
+    # Lose the stack's first FIN once: it is captured (taps see what the stack sends),
+    # never arrives, and is retransmitted after the RTO.
+    lost: list[bytes] = []
+
+    def drop(side: int, frame: bytes) -> bool:
+        if side == 1 and frame[33] & 0x01 and not lost:
+            lost.append(frame)
+            return True
+        return False
+
+    e.link.drop = drop
+    reader, writer = await e.peer.open_connection(STACK, 80)
+    writer.write(b"hello")
+    assert await asyncio.wait_for(reader.readexactly(5), 10) == b"HELLO"
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    await asyncio.sleep(0.2)
+    rc, _, err = await e.tool("capture", "stop")
+    assert rc == 0, err
+    svg = e.tmp / "l.svg"
+    rc, out, err = await e.tool("ladder", "--pcap", str(pcap), "--svg", str(svg),
+                                "--stack", STACK, "port", "80")
+    assert rc == 0, err
+    segs, root = _segments(svg)
+    flags = [g.get("data-flags") for g in segs]
+    assert flags[:3] == ["S", "S.", "."]
+    fins = [g for g in segs if "F" in g.get("data-flags")]
+    assert len(fins) == 3  # client FIN, server FIN (lost), its retransmission
+    assert [g.get("data-retrans") for g in fins] == ["0", "0", "1"]
+    assert [g.get("data-lost") for g in fins] == ["0", "1", "0"]
+    assert fins[0].get("data-seq") == "6" and fins[0].get("data-ack") == "6"
+    retrans = fins[2]
+    assert "retransmission" in retrans.find(f"{SVG}text").text
+    assert retrans.find(f"{SVG}line").get("stroke-dasharray")
+    states = [(t.get("data-host"), st) for t in root.findall(f".//{SVG}text[@class='state']")
+              for st in t.get("data-states").split()]
+    client = segs[0].get("data-src")
+    server_ep = f"{STACK}:80"
+    assert (client, "SYN_SENT") in states and (server_ep, "SYN_RECEIVED") in states
+    assert (client, "FIN_WAIT_1") in states and (server_ep, "CLOSE_WAIT") in states
+    assert (server_ep, "LAST_ACK") in states and (server_ep, "CLOSED") in states
+    assert (client, "FIN_WAIT_2") in states and (client, "TIME_WAIT") in states
+    tw = root.findall(f".//{SVG}g[@class='time-wait']")
+    assert [g.get("data-host") for g in tw] == [client]
+    title = root.find(f".//{SVG}g[@data-host='{server_ep}']/{SVG}text").text
+    assert "ustack" in title
+    rc, out, err = await e.tool("ladder", "--pcap", str(pcap), "--text")
+    assert rc == 0, err
+    assert "FIN_WAIT_1" in out and "<~~~" in out and "rtx F. seq 6 ack 7 ~~|" in out
+    assert "X ----" in out  # the lost FIN
+
+
+async def test_ladder_live_uses_real_states_and_time_wait_end(env):
+    e = await env("tcp_msl=1")
+
+    async def server(reader, writer):
+        writer.write(b"bye")
+        writer.close()  # ustack closes first and holds TIME_WAIT
+
+    await e.stack.start_server(server, STACK, 8080)
+    svg = e.tmp / "live.svg"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ustack", "ladder", "--control", e.path, "--live",
+        "--timeout", "30", "--svg", str(svg), "port", "8080",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    await until(lambda: e.control._subs, timeout=30)
+    reader, writer = await e.peer.open_connection(STACK, 8080)
+    assert await asyncio.wait_for(reader.read(), 10) == b"bye"
+    writer.close()
+    out, err = await asyncio.wait_for(proc.communicate(), 40)
+    assert proc.returncode == 0, err
+    segs, root = _segments(svg)
+    assert [g.get("data-flags") for g in segs][:3] == ["S", "S.", "."]
+    states = [(t.get("data-host"), st) for t in root.findall(f".//{SVG}text[@class='state']")
+              for st in t.get("data-states").split()]
+    me = f"{STACK}:8080"
+    assert (me, "FIN_WAIT_1") in states and (me, "TIME_WAIT") in states
+    assert (me, "CLOSED") in states  # the 2MSL expiry, a row of its own
+    tw = root.findall(f".//{SVG}g[@class='time-wait']")
+    assert [g.get("data-host") for g in tw] == [me]
+    assert 1.5 <= float(tw[0].get("data-seconds")) <= 5.0  # 2 * tcp_msl, loosely
+
+
+async def test_connect_linger_n_waits_for_the_fin_to_be_acked(env):
+    """--linger N: end of input is close() with SO_LINGER N. Acknowledged in time: exit 0.
+    Never acknowledged (the peer went silent): RST after N s, exit 1."""
+    e = await env()
+    from ustack.apps.discard import start_discard
+    await start_discard(e.peer.start_server, PEER, 9)
+    rc, out, err = await e.tool("connect", "--linger", "5", PEER, "9", stdin=b"data")
+    assert rc == 0, err
+    # Second connection: after the peer's SYN-ACK, nothing from it gets through.
+    e.link.drop = lambda side, frame: (side == 0 and e.stack.stats["TcpActiveOpens"] == 2
+                                       and not frame[33] & 0x02)
+    rc, out, err = await e.tool("connect", "--linger", "1", PEER, "9", stdin=b"data")
+    assert rc == 1 and "SO_LINGER timeout" in err
+    assert e.stack.stats["TcpExtTCPAbortOnLinger"] == 1
+
+
+def test_rate_limiter_bursts_then_counts_what_it_left_out():
+    from ustack.eventlog import RateLimiter
+    now = [0.0]
+    rl = RateLimiter(burst=3, interval=5.0, clock=lambda: now[0])
+    assert [rl.allow("k")[0] for _ in range(5)] == [True, True, True, False, False]
+    assert rl.allow("other") == (True, 0)  # kinds are separate
+    now[0] = 5.0
+    assert rl.allow("k") == (True, 2)  # one token back; two lines were left out
+    assert rl.allow("k") == (False, 0)

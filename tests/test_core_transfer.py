@@ -1,0 +1,550 @@
+"""The data path of the core on the fake clock: windows, retransmission, recovery, ACK
+policy, Nagle, silly-window avoidance, persist, SACK, reassembly.
+
+The drill peer is 10.77.0.1 with TS (so our segments carry 1460 - 12 = 1448 bytes) and
+window scale 7 unless a test says otherwise. The handshake ACK echoes our TSval at
+once, so SRTT = 0 and RTO = tcp_rto_min = 200 ms (LS 120). Relative sequence numbers:
+our data starts at 1, the peer's at 1.
+"""
+
+from __future__ import annotations
+
+import random
+
+from drill import Drill
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ustack.tcp.ofo import OfoQueue
+from ustack.tcp.sack import Scoreboard
+from ustack.tcp.state import State
+from ustack.tcp.tcb import DELACK, IW_SEGMENTS
+from ustack.wire.tcp import ACK, FIN
+
+MSS = 1448
+MASK = 0xFFFFFFFF
+
+
+def rel(d: Drill, a: int, b: int) -> tuple[int, int]:
+    """Our relative sequence range [a, b) as absolute numbers (for SACK blocks)."""
+    return ((d.iss + a) & MASK, (d.iss + b) & MASK)
+
+
+def data_segments(d: Drill) -> list[tuple[int, int]]:
+    """Pop everything we sent; (relative start, length) of the data segments."""
+    out = []
+    while d.out:
+        seg = d.out.pop(0)
+        if seg.payload:
+            out.append(((seg.seq - d.iss) & MASK, len(seg.payload)))
+    return out
+
+
+def established(*settings: str, sack: bool = True, win: int = 1000, **kw) -> Drill:
+    """Passive open; the peer's window is `win` << 7 unless wscale=None is given.
+    sack=False turns SACK off on our side (tcp_sack=0)."""
+    d = Drill(*settings, *(() if sack else ("tcp_sack=0",)), **kw)
+    d.listen(80)
+    d.inject("S 0:0(0) win 65535")
+    d.expect("S. 0:0(0) ack 1")
+    d.inject(f". 1:1(0) ack 1 win {win}")
+    d.accept()
+    assert d.tcb.state == State.ESTABLISHED
+    assert d.tcb.sack_ok == sack
+    return d
+
+
+# ---------------------------------------------------------------------- sending
+
+
+def test_initial_window_is_ten_segments_then_slow_start():
+    """RFC 6928: IW = 10 segments; RFC 5681 3.1: each ACK of new data grows cwnd by up
+    to one SMSS while the window is in use."""
+    d = established()
+    d.send(b"x" * 30 * MSS)
+    segs = data_segments(d)
+    assert len(segs) == IW_SEGMENTS and all(n == MSS for _, n in segs)
+    assert d.tcb.cwnd == IW_SEGMENTS * MSS
+    d.inject(f". 1:1(0) ack {1 + 2 * MSS}")  # one ACK for two segments
+    assert d.tcb.cwnd == (IW_SEGMENTS + 1) * MSS
+    assert len(data_segments(d)) == 3  # 2 acknowledged + 1 of growth
+
+
+def test_cwnd_restarts_from_the_initial_window_after_idle():
+    """RFC 5681 4.1 / RFC 7661: idle longer than an RTO, the next burst starts again
+    from the initial window; ssthresh remembers 3/4 of the old cwnd."""
+    d = established()
+    d.send(b"x" * 20 * MSS)
+    for i in range(1, 21):
+        d.inject(f". 1:1(0) ack {1 + i * MSS}")
+    data_segments(d)
+    grown = d.tcb.cwnd
+    assert grown > IW_SEGMENTS * MSS
+    d.advance(2.0)
+    d.send(b"y" * 30 * MSS)
+    assert len(data_segments(d)) == IW_SEGMENTS
+    assert d.tcb.cwnd == IW_SEGMENTS * MSS
+    assert d.tcb.ssthresh >= grown * 3 // 4
+
+
+def test_cwnd_does_not_grow_while_the_application_does_not_use_it():
+    """RFC 7661: a connection that sends one segment at a time keeps its window."""
+    d = established()
+    for i in range(40):
+        d.send(b"z" * MSS)
+        d.inject(f". 1:1(0) ack {1 + (i + 1) * MSS}")
+    assert d.tcb.cwnd <= (IW_SEGMENTS + 1) * MSS
+
+
+def test_nagle_full_sized_is_mss_minus_options_and_nodelay():
+    """RFC 896 / RFC 9293 3.7.4 in Minshall's form (Linux tcp_nagle_check()): while a
+    small segment is unacknowledged, further small ones wait; a 1448-byte segment
+    (MSS 1460 less 12 bytes of timestamps) is full-sized and goes at once."""
+    d = established()
+    d.send(b"a" * 100)
+    d.expect("P. 1:101(100) ack 1")
+    d.send(b"b" * 100)
+    d.expect_nothing()  # a small segment is out
+    d.send(b"c" * 1348)  # now 1448 bytes queued: a full-sized segment
+    d.expect(". 101:1549(1448) ack 1")
+    d.send(b"d" * 10)
+    d.expect_nothing()
+    d.inject(". 1:1(0) ack 101")  # the small segment is acknowledged
+    d.expect("P. 1549:1559(10) ack 1")
+    d.tcb.nodelay = True  # TCP_NODELAY
+    d.send(b"e" * 5)
+    d.expect("P. 1559:1564(5) ack 1")
+
+
+def test_sender_sws_avoidance_waits_then_persist_overrides():
+    """RFC 9293 3.8.6.2.1: a window-limited piece smaller than an MSS and than half the
+    largest window offered is not sent; the persist timer's override sends it."""
+    d = established(wscale=None, win=20000)
+    d.inject(". 1:1(0) ack 1 win 500")
+    d.send(b"w" * 3000)
+    d.expect_nothing()
+    d.advance(0.19)
+    d.expect_nothing()
+    d.advance(0.02)  # RTO-based persist interval: 200 ms
+    d.expect("P. 1:501(500) ack 1")
+
+
+def test_zero_window_probes_back_off_and_stop_when_the_window_opens():
+    """RFC 9293 3.8.6.1: against a zero window the persist timer sends probes (Linux:
+    an ACK at SND.UNA - 1), backing off like the RTO; once the window opens data flows
+    and the backoff is reset (Linux tcp_ack_probe())."""
+    d = established()
+    d.inject(". 1:1(0) ack 1 win 0")
+    d.send(b"p" * 1000)
+    d.expect_nothing()
+    times = []
+    t0 = d.now
+    for _ in range(4):
+        d.advance(d.tcb.deadline - d.now)
+        seg = d.expect(". 0:0(0) ack 1")
+        assert not seg.payload
+        times.append(round(d.now - t0, 6))
+    assert times == [0.2, 0.6, 1.4, 3.0]
+    assert d.stats["TcpExtTCPWinProbe"] == 4
+    d.inject(". 1:1(0) ack 1 win 100")
+    d.expect("P. 1:1001(1000) ack 1")
+    assert d.tcb.rtt.backoff == 0
+    assert round(d.tcb.rto_at - d.now, 6) == 0.2
+
+
+# ---------------------------------------------------------------------- RTO, Karn
+
+
+def test_rto_backs_off_exponentially_up_to_120_s():
+    """RFC 6298 5.5 and 2.5 (LS 121): each expiry doubles the RTO, capped at 120 s."""
+    d = established("tcp_retries2=15")
+    d.send(b"r" * 100)
+    d.expect("P. 1:101(100) ack 1")
+    times = []
+    t0 = d.now
+    while len(times) < 15:
+        d.advance(d.tcb.deadline - d.now)
+        d.expect("P. 1:101(100) ack 1")
+        times.append(d.now - t0)
+    gaps = [round(b - a, 6) for a, b in zip([0.0] + times, times, strict=False)]
+    assert gaps[:10] == [round(0.2 * 2 ** k, 6) for k in range(10)]
+    assert gaps[10:] == [120.0] * 5
+    assert d.stats["TcpExtTCPTimeouts"] == 15
+
+
+def test_karn_keeps_the_backoff_until_an_unambiguous_sample():
+    """RFC 6298 3 and 5 (Karn): no RTT sample from a retransmitted segment (no TS), so
+    its ACK leaves the backed-off RTO in place; the ACK of a segment sent once gives a
+    sample and resets the backoff."""
+    d = established("tcp_timestamps=0", sack=True)
+    assert not d.tcb.ts_ok
+    d.send(b"k" * 100)
+    d.expect("P. 1:101(100) ack 1")
+    d.advance(0.2)
+    d.expect("P. 1:101(100) ack 1")  # retransmitted, RTO now 400 ms
+    d.advance(0.05)
+    d.inject(". 1:1(0) ack 101")  # ambiguous: no sample
+    assert d.tcb.rtt.backoff == 1
+    d.send(b"l" * 100)
+    d.expect("P. 101:201(100) ack 1")
+    assert round(d.tcb.rto_at - d.now, 6) == 0.4
+    d.advance(0.1)
+    d.inject(". 1:1(0) ack 201")  # timed, sent once: sample 100 ms
+    assert d.tcb.rtt.backoff == 0
+    # SRTT 0 -> 12.5 ms, RTTVAR 25 ms: RTO = SRTT + max(4 RTTVAR, 200 ms).
+    assert abs(d.tcb.rtt.rto - 0.2125) < 1e-9
+
+
+def test_timestamps_time_even_a_retransmission():
+    """RFC 7323 4.1 (RTTM), as Linux: the TS echo times the retransmitted segment, so
+    its ACK resets the backoff at once."""
+    d = established()
+    d.send(b"t" * 100)
+    d.expect("P. 1:101(100) ack 1")
+    d.advance(0.2)
+    d.expect("P. 1:101(100) ack 1")
+    assert d.tcb.rtt.backoff == 1
+    d.advance(0.03)
+    d.inject(". 1:1(0) ack 101")
+    assert d.tcb.rtt.backoff == 0
+
+
+def test_go_back_n_after_rto_skips_sacked_data():
+    """After an RTO, everything not acknowledged is resent in slow start (RFC 5681 3.1),
+    except what the peer SACKed (RFC 6675 / RFC 2018)."""
+    d = established()
+    d.send(b"g" * 6 * MSS)
+    assert len(data_segments(d)) == 6
+    # Segments 3 and 5 arrived (SACK), the rest did not.
+    d.inject(". 1:1(0) ack 1", sack=(rel(d, 1 + 2 * MSS, 1 + 3 * MSS),
+                                     rel(d, 1 + 4 * MSS, 1 + 5 * MSS)))
+    data_segments(d)  # whatever limited transmit or the probe sent
+    d.advance(0.25)
+    d.inject(f". 1:1(0) ack {1 + MSS}", sack=(rel(d, 1 + 2 * MSS, 1 + 3 * MSS),
+                                               rel(d, 1 + 4 * MSS, 1 + 5 * MSS)))
+    d.inject(f". 1:1(0) ack {1 + 2 * MSS}", sack=(rel(d, 1 + 2 * MSS, 1 + 3 * MSS),
+                                                   rel(d, 1 + 4 * MSS, 1 + 5 * MSS)))
+    d.inject(f". 1:1(0) ack {1 + 3 * MSS}", sack=(rel(d, 1 + 4 * MSS, 1 + 5 * MSS),))
+    resent = {start for start, _ in data_segments(d)}
+    assert 1 + 2 * MSS not in resent and 1 + 4 * MSS not in resent
+    assert 1 + 3 * MSS in resent
+
+
+# ---------------------------------------------------------------------- recovery
+
+
+def test_fast_retransmit_on_the_third_duplicate_ack_newreno():
+    """RFC 5681 3.2 without SACK: the third duplicate ACK (not the second) resends the
+    first unacknowledged segment; ssthresh = FlightSize / 2, cwnd = ssthresh + 3 SMSS."""
+    d = established(sack=False)
+    d.send(b"f" * 10 * MSS)
+    assert len(data_segments(d)) == 10
+    d.inject(f". 1:1(0) ack {1 + MSS}")
+    data_segments(d)
+    for _ in range(2):
+        d.inject(f". 1:1(0) ack {1 + MSS}")
+        assert all(start != 1 + MSS for start, _ in data_segments(d))
+    d.inject(f". 1:1(0) ack {1 + MSS}")
+    d.expect(f". {1 + MSS}:{1 + 2 * MSS}({MSS}) ack 1")
+    assert d.stats["TcpExtTCPFastRetrans"] == 1
+    assert d.stats["TcpExtTCPRenoRecovery"] == 1
+    assert d.tcb.ssthresh == 9 * MSS // 2
+    assert d.tcb.cwnd == d.tcb.ssthresh + 3 * MSS
+
+
+def test_newreno_partial_ack_resends_the_next_hole_full_ack_ends_recovery():
+    """RFC 6582 3.2: a partial ACK (below `recover`) resends the next unacknowledged
+    segment at once and deflates cwnd; the full ACK ends recovery with
+    cwnd = min(ssthresh, FlightSize + SMSS)."""
+    d = established(sack=False)
+    d.send(b"n" * 10 * MSS)
+    data_segments(d)
+    for _ in range(4):  # segment 1 (relative 1..1449) lost: ACK 1 and three duplicates
+        d.inject(". 1:1(0) ack 1")
+    d.expect(f". 1:{1 + MSS}({MSS}) ack 1")
+    assert d.tcb.in_recovery and d.tcb.recover == (d.iss + 1 + 10 * MSS) & MASK
+    d.inject(f". 1:1(0) ack {1 + 4 * MSS}")  # partial: segment 5 was lost too
+    d.expect(f". {1 + 4 * MSS}:{1 + 5 * MSS}({MSS}) ack 1")
+    assert d.tcb.in_recovery
+    d.inject(f". 1:1(0) ack {1 + 10 * MSS}")  # full ACK
+    assert not d.tcb.in_recovery
+    assert d.tcb.cwnd == min(d.tcb.ssthresh, MSS + MSS)
+    assert d.stats["TcpRetransSegs"] == 2
+
+
+def test_sack_recovery_resends_only_the_holes():
+    """RFC 6675: with SACK, recovery starts when more than 2 SMSS above the first hole
+    are SACKed and resends exactly the lost segments, never SACKed ones."""
+    d = established()
+    d.send(b"s" * 10 * MSS)
+    data_segments(d)
+    # Segments 2 and 5 (relative 1449.., 5793..) are lost; the others arrive.
+    above = [rel(d, 1 + 2 * MSS, 1 + 4 * MSS)]
+    d.inject(f". 1:1(0) ack {1 + MSS}", sack=tuple(above))
+    assert not d.tcb.in_recovery  # 2 SMSS SACKed: not yet IsLost()
+    above = [rel(d, 1 + 5 * MSS, 1 + 7 * MSS), rel(d, 1 + 2 * MSS, 1 + 4 * MSS)]
+    d.inject(f". 1:1(0) ack {1 + MSS}", sack=tuple(above))
+    assert d.tcb.in_recovery
+    assert d.stats["TcpExtTCPSackRecovery"] == 1
+    # The first hole has 4 SMSS SACKed above it: lost, resent. The second has only 2:
+    # not yet lost (IsLost() needs more than DupThresh - 1 = 2 SMSS above).
+    assert data_segments(d) == [(1 + MSS, MSS)]
+    above = [rel(d, 1 + 5 * MSS, 1 + 10 * MSS), rel(d, 1 + 2 * MSS, 1 + 4 * MSS)]
+    d.inject(f". 1:1(0) ack {1 + MSS}", sack=tuple(above))
+    assert data_segments(d) == [(1 + 4 * MSS, MSS)]  # now it is; SACKed data never resent
+    d.inject(f". 1:1(0) ack {1 + 10 * MSS}")
+    assert not d.tcb.in_recovery
+    assert d.stats["TcpRetransSegs"] == 2
+
+
+def test_lost_retransmission_is_detected_and_resent():
+    """A retransmission is lost when data first sent after it is SACKed while it is
+    still missing (Linux TcpExtTCPLostRetransmit); it is resent without waiting for the
+    RTO."""
+    d = established()
+    d.send(b"L" * 40 * MSS)
+    data_segments(d)  # 10 segments out
+    for k in range(2, 5):  # segment 1 lost; 2..4 arrive
+        d.inject(". 1:1(0) ack 1", sack=(rel(d, 1 + MSS, 1 + k * MSS),))
+    assert d.tcb.in_recovery
+    assert data_segments(d)[-1] == (1, MSS)  # the retransmission (lost again, below)
+    top = (d.tcb.snd_max - d.iss) & MASK
+    d.inject(". 1:1(0) ack 1", sack=(rel(d, 1 + MSS, top),))  # the rest of the flight
+    new = data_segments(d)
+    assert new and all(start >= top for start, _ in new)  # new data, sent after it
+    assert d.stats["TcpExtTCPLostRetransmit"] == 0
+    top = (d.tcb.snd_max - d.iss) & MASK
+    d.inject(". 1:1(0) ack 1", sack=(rel(d, 1 + MSS, top),))
+    assert d.stats["TcpExtTCPLostRetransmit"] == 1
+    assert (1, MSS) in data_segments(d)
+    assert d.stats["TcpExtTCPTimeouts"] == 0
+
+
+def test_tail_loss_probe_before_the_rto():
+    """RFC 8985 7 (LS 122): with SACK and several segments unacknowledged, a probe goes
+    out 2 * SRTT + 2 ms after the last transmission, well before the 200 ms RTO."""
+    d = established()
+    d.send(b"T" * 3 * MSS)
+    assert len(data_segments(d)) == 3
+    d.advance(0.001)
+    d.expect_nothing()
+    d.advance(0.0015)
+    d.expect(f". {1 + 2 * MSS}:{1 + 3 * MSS}({MSS}) ack 1")  # the last segment again
+    assert d.stats["TcpExtTCPLossProbes"] == 1
+    d.advance(0.1)
+    d.expect_nothing()  # one probe per tail; then the RTO
+    d.advance(0.11)
+    d.expect(f". 1:{1 + MSS}({MSS}) ack 1")
+
+
+# ---------------------------------------------------------------------- receiving
+
+
+def test_quick_acks_at_start_then_delayed_ack_at_most_40_ms():
+    """Linux quick-ACK mode ACKs the first segments at once; after that a lone segment
+    waits for the delayed-ACK timer (40 ms, the issue's bound) and the second full-sized
+    one is ACKed at once (RFC 9293 3.8.6.3, RFC 5681 4.2)."""
+    d = established()
+    seq = 1
+    for _ in range(16):  # quick ACKs
+        d.inject(f". {seq}:{seq + MSS}({MSS}) ack 1")
+        seq += MSS
+        d.expect(f". 1:1(0) ack {seq}")
+    d.inject(f". {seq}:{seq + MSS}({MSS}) ack 1")
+    seq += MSS
+    d.expect_nothing()
+    d.advance(DELACK - 0.001)
+    d.expect_nothing()
+    d.advance(0.001)
+    d.expect(f". 1:1(0) ack {seq}")
+    assert d.stats["TcpExtDelayedACKs"] == 1
+    d.inject(f". {seq}:{seq + MSS}({MSS}) ack 1")
+    seq += MSS
+    d.expect_nothing()
+    d.inject(f". {seq}:{seq + MSS}({MSS}) ack 1")  # the second full-sized segment
+    seq += MSS
+    d.expect(f". 1:1(0) ack {seq}")
+
+
+def test_out_of_order_data_is_acked_at_once_with_sack_blocks():
+    """RFC 5681 4.2: out-of-order data and data filling a hole are ACKed at once; RFC
+    2018 4: the ACKs carry SACK blocks, the most recently changed first."""
+    d = established()
+    payload = bytes(random.Random(1).randbytes(5000))
+
+    def part(a: int, b: int) -> str:
+        return f"P. {a + 1}:{b + 1}({b - a}) ack 1"
+
+    def seg(a: int, b: int) -> None:
+        d.inject(part(a, b), payload=payload[a:b])
+
+    for _ in range(16):  # leave quick-ACK mode so "at once" is not quick-ACK's doing
+        d.tcb.quickacks = 0
+    seg(0, 1000)
+    data_segments(d)
+    d.out.clear()
+    seg(2000, 3000)
+    ack = d.expect(". 1:1(0) ack 1001")
+    assert [(a - d.peer_isn, b - d.peer_isn) for a, b in ack.sack] == [(2001, 3001)]
+    seg(4000, 5000)
+    ack = d.expect(". 1:1(0) ack 1001")
+    assert [(a - d.peer_isn, b - d.peer_isn) for a, b in ack.sack] == [(4001, 5001),
+                                                                         (2001, 3001)]
+    seg(2000, 3000)  # a duplicate: queued once, its block reported first
+    ack = d.expect(". 1:1(0) ack 1001")
+    assert [(a - d.peer_isn, b - d.peer_isn) for a, b in ack.sack][0] == (2001, 3001)
+    assert d.tcb.ofo.size == 2000
+    assert d.stats["TcpExtTCPOFOQueue"] == 2
+    seg(1000, 2000)  # fills the first hole
+    ack = d.expect(". 1:1(0) ack 3001")
+    assert [(a - d.peer_isn, b - d.peer_isn) for a, b in ack.sack] == [(4001, 5001)]
+    seg(3000, 4000)
+    ack = d.expect(". 1:1(0) ack 5001")
+    assert not ack.sack
+    assert d.read() == payload
+
+
+def test_duplicate_in_order_segment_is_dropped_and_acked():
+    d = established()
+    d.inject("P. 1:101(100) ack 1", payload=b"A" * 100)
+    d.expect(". 1:1(0) ack 101")
+    d.inject("P. 1:101(100) ack 1", payload=b"B" * 100)
+    d.expect(". 1:1(0) ack 101")  # an immediate duplicate ACK
+    d.inject("P. 51:151(100) ack 1", payload=b"C" * 100)  # overlapping: the new half only
+    d.expect(". 1:1(0) ack 151")
+    assert d.read() == b"A" * 100 + b"C" * 50
+
+
+def test_out_of_order_data_is_bounded_by_the_window():
+    d = established("tcp_rmem=8192", wscale=None)
+    wnd = d.tcb.rcv_adv - d.tcb.rcv_nxt
+    d.inject("P. 1001:20001(19000) ack 1")
+    assert d.tcb.ofo.size <= wnd - 1000
+    d.inject("P. 1:1001(1000) ack 1")
+    assert len(d.read()) <= wnd
+
+
+def test_receiver_sws_avoidance_and_window_update():
+    """RFC 9293 3.8.6.2.2: after the window closed, reading a few bytes does not reopen
+    it; the right edge moves only by at least min(buffer / 2, MSS), and a window update
+    is then sent at once."""
+    d = established("tcp_rmem=8192", wscale=None)
+    seq = 1
+    while d.tcb.rcv_adv != d.tcb.rcv_nxt:
+        n = min(MSS, (d.tcb.rcv_adv - d.tcb.rcv_nxt) & MASK)
+        d.inject(f". {seq}:{seq + n}({n}) ack 1")
+        seq += n
+    last = d.out[-1]
+    assert last.wnd == 0
+    d.out.clear()
+    d.read(100)
+    d.expect_nothing()
+    ack = d.tcb._make(ACK, d.tcb.snd_nxt, d.now)
+    assert ack.wnd == 0  # still closed: 100 bytes is silly
+    d.read(2000)
+    upd = d.expect(f". 1:1(0) ack {seq}")
+    assert upd.wnd >= 1460
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3000), st.integers(0, 4000), st.booleans()),
+                min_size=1, max_size=40))
+def test_the_advertised_right_edge_never_moves_left(steps):
+    """RFC 9293 3.8.6.2.1: no window shrinking, also through window-scale rounding
+    (a 64 KB buffer gives our window scale 1: the field counts 2-byte units)."""
+    d = established("tcp_rmem=65536")
+    tcb = d.tcb
+    seq = 1
+    edge = None
+    for size, read, ooo in steps:
+        start = seq + (size if ooo else 0)
+        d.inject(f". {start}:{start + size}({size}) ack 1")
+        if not ooo:
+            seq = (tcb.rcv_nxt - d.peer_isn) & MASK
+        d.read(read)
+        d.advance(0.05)
+        for seg in d.out:
+            if seg.flags & ACK:
+                right = (seg.ack + (seg.wnd << tcb.rcv_wscale)) & MASK
+                if edge is not None:
+                    assert (right - edge) & MASK < 1 << 31, "the right edge moved left"
+                edge = right
+        d.out.clear()
+
+
+def test_fin_after_out_of_order_data_waits_for_the_hole():
+    """LS 152: an out-of-order FIN takes effect only when the data before it arrives."""
+    d = established()
+    d.inject("FP. 101:201(100) ack 1")
+    assert d.tcb.state == State.ESTABLISHED
+    d.inject("P. 1:101(100) ack 1")
+    assert d.tcb.state == State.CLOSE_WAIT
+    fin_ack = d.out[-1]
+    assert (fin_ack.ack - d.peer_isn) & MASK == 202
+    assert not fin_ack.flags & FIN
+
+
+# ---------------------------------------------------------------------- data structures
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 400), st.integers(1, 120)), min_size=1,
+                max_size=60), st.sampled_from([0, MASK - 150]))
+def test_ofo_queue_reassembles_any_arrival_order(pieces, base):
+    """Segments of one byte stream in any order, overlapping and duplicated: the queue
+    keeps each byte once, its blocks sorted and disjoint, and hands over exactly the
+    stream (also across sequence-number wraparound)."""
+    stream = bytes(random.Random(len(pieces)).randbytes(600))
+    q = OfoQueue()
+    rcv_nxt = base
+    got = bytearray()
+    have: set[int] = set()
+    for off, n in pieces:
+        chunk = stream[off:off + n]
+        if not chunk:
+            continue
+        rel_nxt = (rcv_nxt - base) & MASK
+        if off <= rel_nxt < off + len(chunk):
+            new = chunk[rel_nxt - off:]
+            got += new
+            rcv_nxt = (rcv_nxt + len(new)) & MASK
+            more = q.pop(rcv_nxt)
+            got += more
+            rcv_nxt = (rcv_nxt + len(more)) & MASK
+        elif off > rel_nxt:
+            q.add((base + off) & MASK, chunk)
+            have.update(range(off, off + len(chunk)))
+        rel_nxt = (rcv_nxt - base) & MASK
+        have = {i for i in have if i >= rel_nxt}
+        assert q.size == len(have)
+        edges = [((b.start - base) & MASK, (b.end - base) & MASK) for b in q.blocks]
+        assert all(a < b for a, b in edges)
+        assert all(b1 < a2 for (_, b1), (a2, _) in zip(edges, edges[1:], strict=False))
+        assert {(a, b) for a, b in edges} == {((s - base) & MASK, (e - base) & MASK)
+                                               for s, e in q.sack_blocks(100)}
+    assert bytes(got) == stream[:len(got)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 100), st.integers(1, 30)), max_size=30),
+       st.integers(0, 60), st.sampled_from([1000, MASK - 40]))
+def test_scoreboard_matches_a_set_of_octets(blocks, advance_to, una):
+    sb = Scoreboard()
+    smax = (una + 100) & MASK
+    octets: set[int] = set()
+    for off, n in blocks:
+        n = min(n, 100 - off)
+        if n <= 0:
+            continue
+        sb.update((((una + off) & MASK, (una + off + n) & MASK),), una, smax)
+        octets.update(range(off, off + n))
+    assert sb.sacked == len(octets)
+    holes = sb.holes(una, smax, 10)
+    covered = set(octets)
+    for start, end, _lost in holes:
+        span = set(range((start - una) & MASK, (end - una) & MASK))
+        assert not span & covered
+        covered |= span
+    assert covered == set(range(100))
+    sb.advance((una + advance_to) & MASK)
+    assert sb.sacked == len({o for o in octets if o >= advance_to})

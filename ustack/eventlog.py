@@ -1,0 +1,110 @@
+"""Log lines for events worth a human's attention, rate-limited.
+
+One line per event: listen queue overflow, TIME_WAIT bucket overflow (timewait.py),
+connections we abort (RST on close with unread data, SO_LINGER, data after close),
+connections that time out, and, at INFO, connections reset by the peer. Every state
+change is logged at DEBUG. `ustack serve --log-level` picks what is shown.
+
+A flood of one kind of event (a SYN flood hitting a full backlog, a port scan drawing
+RSTs) must not flood the log, so each kind has a token bucket like the kernel's
+net_ratelimit(): a burst of `BURST` lines, then one per `INTERVAL` seconds; what was
+left out is counted and reported with the next line of that kind that gets through.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from .tcp.events import StateChanged
+from .tcp.state import State
+
+log = logging.getLogger("ustack.events")
+
+BURST = 10
+INTERVAL = 5.0  # seconds per token: at most 12 lines a minute per kind after the burst
+
+
+class RateLimiter:
+    """Token buckets by kind; `allow(kind)` says whether a line may be written now."""
+
+    def __init__(self, burst: int = BURST, interval: float = INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.interval = interval
+        self.clock = clock
+        self._buckets: dict[str, list[float]] = {}  # kind -> [tokens, last refill, missed]
+
+    def allow(self, kind: str) -> tuple[bool, int]:
+        """(may log, lines suppressed since the last one of this kind that was logged)."""
+        now = self.clock()
+        b = self._buckets.get(kind)
+        if b is None:
+            b = self._buckets[kind] = [float(self.burst), now, 0]
+        tokens = min(self.burst, b[0] + (now - b[1]) / self.interval)
+        b[1] = now
+        if tokens >= 1.0:
+            b[0] = tokens - 1.0
+            missed = int(b[2])
+            b[2] = 0
+            return True, missed
+        b[0] = tokens
+        b[2] += 1
+        return False, 0
+
+
+_limiter = RateLimiter()
+
+
+def event(level: int, kind: str, message: str, *args: object,
+          limiter: RateLimiter | None = None) -> None:
+    """Log one line of `kind` unless that kind is over its rate."""
+    if not log.isEnabledFor(level):
+        return
+    ok, missed = (limiter or _limiter).allow(kind)
+    if not ok:
+        return
+    if missed:
+        message += f" ({missed} similar messages suppressed)"
+    log.log(level, message, *args)
+
+
+# Causes (tcb.py's _set_state/_terminate strings) of aborts that we decided on.
+_OUR_ABORTS = ("abort()", "close() with unread data", "close() with SO_LINGER 0",
+               "SO_LINGER timeout", "data after close")
+
+
+def _conn(tcb) -> str:
+    return f"{tcb.local[0]}:{tcb.local[1]} <-> {tcb.remote[0]}:{tcb.remote[1]}"
+
+
+def state_observer(tcb, ev: object) -> None:
+    """A `stack.observers` entry: one line per abort, timeout or reset."""
+    if type(ev) is not StateChanged:
+        return
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %s -> %s %s", _conn(tcb), ev.old.name, ev.new.name, ev.cause)
+    if ev.new != State.CLOSED:
+        return
+    err = tcb.error
+    cause = ev.cause
+    if cause.startswith(_OUR_ABORTS):
+        event(logging.WARNING, "abort", "connection %s aborted in %s: %s, RST sent",
+              _conn(tcb), ev.old.name, cause)
+    elif err == E.ETIMEDOUT:
+        event(logging.WARNING, "timeout", "connection %s timed out in %s: %s",
+              _conn(tcb), ev.old.name, cause)
+    elif err in (E.ECONNRESET, E.EPIPE):
+        event(logging.INFO, "reset", "connection %s reset by peer in %s: %s",
+              _conn(tcb), ev.old.name, cause)
+    elif err == E.ECONNREFUSED:
+        event(logging.INFO, "refused", "connection %s refused: %s (%s)", _conn(tcb), cause,
+              os.strerror(err))
+
+
+def listen_overflow(port: int, backlog: int) -> None:
+    event(logging.WARNING, "listen-overflow",
+          "listen queue of port %d overflowed (backlog %d): SYN dropped", port, backlog)

@@ -1,0 +1,205 @@
+"""A Linux TUN interface as a stack device.
+
+The kernel sees an ordinary point-to-point interface (`ustack0`, 10.77.0.1/24 by
+default) and routes the rest of that subnet into it; every IPv4 packet it sends there
+arrives here as one `read()`, and every frame we `write()` is delivered to the kernel
+as if it came off a wire. `IFF_NO_PI` means frames are bare IP packets, no 4-byte
+packet-information header. The device is not persistent: closing the fd removes the
+interface, so a crashed daemon leaves nothing behind.
+
+This module knows nothing about TCP; it moves frames and counts what it had to drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+
+import pytun
+
+log = logging.getLogger("ustack.tun")
+
+TUN_PATH = "/dev/net/tun"
+# Frames drained per readiness callback. Without a cap a flood from the kernel could
+# starve timers and application callbacks; with it, the loop gets a turn every batch.
+READ_BATCH = 512
+# Biggest possible IPv4 packet; a read never truncates whatever MTU is configured.
+READ_SIZE = 65535
+
+
+class TunError(Exception):
+    """The TUN device could not be opened or configured; the message says why."""
+
+
+def parse_interface(text: str, default_prefix: int = 24) -> ipaddress.IPv4Interface:
+    """`"10.77.0.1/24"` (or a bare address, taking `default_prefix`) -> IPv4Interface."""
+    if "/" not in text:
+        text = f"{text}/{default_prefix}"
+    return ipaddress.IPv4Interface(text)
+
+
+def _open_error(name: str, exc: OSError | pytun.Error) -> TunError:
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if code == errno.ENOENT or not os.path.exists(TUN_PATH):
+        return TunError(f"{TUN_PATH} does not exist (load the tun module: modprobe tun)")
+    if code in (errno.EPERM, errno.EACCES):
+        return TunError(f"permission denied creating TUN device {name}: "
+                        "run as root or with CAP_NET_ADMIN")
+    if code == errno.EBUSY:
+        return TunError(f"TUN device name {name} is already in use")
+    if code == errno.EINVAL and os.path.exists(f"/sys/class/net/{name}"):
+        return TunError(f"an interface named {name} exists and is not a TUN device")
+    detail = exc.args[1] if len(exc.args) > 1 else str(exc)
+    return TunError(f"cannot create TUN device {name}: {detail}")
+
+
+class FdDevice:
+    """Frame I/O over any non-blocking, message-preserving fd (a TUN fd; in tests, one
+    end of a socketpair): batched reads into `receive`, writes with a bounded queue."""
+
+    def __init__(self, fd: int, *, name: str = "fd", queue_limit: int = 4096) -> None:
+        self.fd = fd
+        self.name = name
+        os.set_blocking(fd, False)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Frames the kernel could not take right now, oldest first. Bounded: when it is
+        # full we drop, the way a NIC's ring does, and TCP retransmits.
+        self._queue: deque[bytes] = deque()
+        self._queue_limit = queue_limit
+        self._writer_armed = False
+        self.rx_frames = 0
+        self.tx_frames = 0
+        self.tx_dropped = 0
+        self.closed = False
+
+    def start(self, loop: asyncio.AbstractEventLoop, receive: Callable[[bytes], None]) -> None:
+        """Deliver every frame read from the fd to `receive`, from `loop`'s reader."""
+        self._loop = loop
+        fd = self.fd
+
+        def on_readable() -> None:
+            for _ in range(READ_BATCH):
+                try:
+                    frame = os.read(fd, READ_SIZE)
+                except BlockingIOError:
+                    return
+                except OSError as exc:  # e.g. EIO while the link is being torn down
+                    log.debug("read from %s failed: %s", self.name, exc)
+                    return
+                if not frame:  # EOF (a socketpair peer closed); a TUN fd never says so
+                    loop.remove_reader(fd)
+                    return
+                self.rx_frames += 1
+                receive(frame)
+
+        loop.add_reader(fd, on_readable)
+        if self._queue and not self._writer_armed:  # written to before start()
+            loop.add_writer(fd, self._flush)
+            self._writer_armed = True
+
+    def write(self, frame: bytes) -> None:
+        """Hand one IPv4 frame to the kernel; queue it if the kernel is busy."""
+        if self.closed:
+            return
+        if self._queue:  # keep order: nothing overtakes frames already waiting
+            self._enqueue(frame)
+            return
+        try:
+            os.write(self.fd, frame)
+            self.tx_frames += 1
+        except BlockingIOError:
+            self._enqueue(frame)
+        except OSError as exc:
+            # A frame the kernel refuses (EINVAL, EIO during teardown) is lost like
+            # any other packet; raising here would unwind the stack's flush.
+            self.tx_dropped += 1
+            log.debug("write to %s failed: %s", self.name, exc)
+
+    def _enqueue(self, frame: bytes) -> None:
+        if len(self._queue) >= self._queue_limit:
+            self.tx_dropped += 1
+            return
+        self._queue.append(frame)
+        if not self._writer_armed and self._loop is not None:
+            self._loop.add_writer(self.fd, self._flush)
+            self._writer_armed = True
+
+    def _flush(self) -> None:
+        queue = self._queue
+        while queue:
+            try:
+                os.write(self.fd, queue[0])
+                self.tx_frames += 1
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.tx_dropped += 1
+                log.debug("write to %s failed: %s", self.name, exc)
+            queue.popleft()
+        if self._loop is not None:
+            self._loop.remove_writer(self.fd)
+        self._writer_armed = False
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the fd to become writable."""
+        return len(self._queue)
+
+    def close(self) -> None:
+        """Stop reading and writing; queued frames are dropped. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.fd)
+            if self._writer_armed:
+                self._loop.remove_writer(self.fd)
+        self._writer_armed = False
+        self._queue.clear()
+
+
+class TunDevice(FdDevice):
+    """One TUN interface: opened and configured in `__init__`, driven by a loop after
+    `start()`, removed by `close()`."""
+
+    def __init__(self, name: str = "ustack0", host_address: str = "10.77.0.1/24", *,
+                 mtu: int = 1500, queue_limit: int = 4096) -> None:
+        iface = parse_interface(host_address)
+        try:
+            dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+        except (OSError, pytun.Error) as exc:
+            raise _open_error(name, exc) from None
+        try:
+            dev.addr = str(iface.ip)
+            dev.netmask = str(iface.netmask)
+            dev.mtu = mtu
+            dev.up()
+        except (OSError, pytun.Error) as exc:
+            dev.close()
+            detail = exc.args[1] if len(exc.args) > 1 else str(exc)
+            raise TunError(f"cannot configure {name} as {iface}: {detail}") from None
+        super().__init__(dev.fileno(), name=dev.name, queue_limit=queue_limit)
+        self._dev = dev
+        self.host_address = iface
+        self.mtu = mtu
+
+    def __repr__(self) -> str:
+        return f"<TunDevice {self.name} {self.host_address}>"
+
+    def close(self) -> None:
+        """Stop I/O and close the fd; the (non-persistent) interface disappears."""
+        if self.closed:
+            return
+        super().close()
+        self._dev.close()
+
+    def __enter__(self) -> TunDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
