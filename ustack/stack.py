@@ -138,8 +138,9 @@ class Stack:
             stats["TcpInErrs"] += 1
             return
         # The demux key, sliced straight from the header: with a 20-byte IP header the
-        # addresses and ports are contiguous. A full dpkt parse costs ~17x a slice here
-        # (benchmarks/bench_wire.py), so the hot path uses slicing and struct.
+        # addresses and ports are contiguous. Measured by benchmarks/bench_wire.py: the
+        # slice 43 ns, our struct-based parse_tcp 1.2 us, a full dpkt.ip.IP parse 5.3 us,
+        # so the hot path slices and unpacks with struct and leaves dpkt to the tools.
         key = frame[12:24] if ihl == 20 else frame[12:20] + frame[ihl:ihl + 4]
         try:
             seg = parse_tcp(frame, ihl, total)
