@@ -106,6 +106,7 @@ def tun_run(size: int, loss: float, seed: int) -> list[dict]:
                                  capture_output=True).returncode:
                 if time.monotonic() > deadline or daemon.poll() is not None:
                     raise SystemExit("ustack serve did not come up")
+                time.sleep(0.1)
             out = www / "out.bin"
             t0 = time.perf_counter()
             subprocess.run(exe + ["curl", "-sS", "--fail", "--max-time", "600", "-o", str(out),

@@ -57,6 +57,12 @@ def test_no_timestamps_unless_both_sides_offer():
     d.inject("S 0:0(0) win 65535 <mss 1460,TS val 777 ecr 0>")
     assert d.expect("S. 0:0(0) ack 1").ts is None
 
+    d = Drill("tcp_timestamps=0")  # active open: the SYN offers none (LS 90)
+    d.connect()
+    assert d.expect("S 0:0(0)").ts is None
+    d.inject("S. 0:0(0) ack 1 win 65535 <mss 1460,TS val 777 ecr 1>")
+    assert d.expect(". 1:1(0) ack 1").ts is None and not d.tcb.ts_ok
+
 
 def test_active_open_offers_ts_and_drops_it_if_the_syn_ack_has_none():
     d = Drill()
@@ -101,6 +107,25 @@ def test_ts_recent_only_from_segments_covering_the_left_edge():
     d.inject("P. 1:11(10) ack 1 <TS val 5500 ecr 0>")  # fills it
     ack = d.expect(". 1:1(0) ack 21")
     assert ack.ts[1] == 5500 and d.tcb.ts_recent == 5500
+
+
+def test_delayed_ack_echoes_the_earliest_unacknowledged_tsval():
+    """RFC 7323 4.3 case (A): when one ACK covers several segments (a delayed ACK),
+    its TSecr is the TSval of the earliest of them, because only a segment at or left
+    of Last.ACK.sent (RCV.WUP) updates TS.Recent (Linux tcp_replace_ts_recent()): the
+    sender then measures the RTT including the ACK delay."""
+    d = Drill()
+    tcb = d.established_passive()
+    tcb.quickacks = 0  # past Linux's initial quick ACKs: small segments are delayed
+    d.inject("P. 1:11(10) ack 1 <TS val 6000 ecr 0>")
+    d.inject("P. 11:21(10) ack 1 <TS val 6010 ecr 0>")
+    d.expect_nothing()
+    d.advance(0.05)  # the delayed-ACK timer
+    ack = d.expect(". 1:1(0) ack 21")
+    assert ack.ts[1] == 6000 and tcb.ts_recent == 6000
+    d.inject("P. 21:31(10) ack 1 <TS val 6020 ecr 0>")  # at the new left edge
+    d.advance(0.05)
+    assert d.expect(". 1:1(0) ack 31").ts[1] == 6020
 
 
 def test_ack_of_unsent_data_does_not_update_ts_recent():
@@ -268,6 +293,25 @@ def test_syn_sent_rejects_a_syn_ack_echoing_the_future():
     d.inject(f"S. 0:0(0) ack 1 win 65535 <mss 1460,TS val 1 ecr {future}>")
     d.expect("R 1:1(0)")
     assert d.stats["TcpExtPAWSActive"] == 1 and d.tcb.state == State.SYN_SENT
+
+
+def test_syn_sent_rejects_a_syn_ack_echoing_a_tsval_before_our_first_syn():
+    """LS 97, Linux tcp_rcv_synsent_state_process(): the TSecr must lie in [the TSval of
+    our first SYN (retrans_stamp), now]; an older one (say, a SYN-ACK answering an
+    earlier incarnation's SYN) gets R seq=SEG.ACK and TcpExtPAWSActive. An echo of the
+    first SYN, received after a retransmission, is fine."""
+    d = Drill()
+    d.connect()
+    first = d.expect("S 0:0(0)")
+    d.advance(1.0)
+    d.expect("S 0:0(0)")  # the RTO: a retransmitted SYN, with a later TSval
+    old = (first.ts[0] - 1) & MASK
+    d.inject(f"S. 0:0(0) ack 1 win 65535 <mss 1460,TS val 1 ecr {old}>")
+    d.expect("R 1:1(0)")
+    assert d.stats["TcpExtPAWSActive"] == 1 and d.tcb.state == State.SYN_SENT
+    d.inject(f"S. 0:0(0) ack 1 win 65535 <mss 1460,TS val 2 ecr {first.ts[0]}>")
+    d.expect(". 1:1(0) ack 1")
+    assert d.tcb.state == State.ESTABLISHED and d.stats["TcpExtPAWSActive"] == 1
 
 
 # ---------------------------------------------------------------------- RTT from TS

@@ -15,8 +15,8 @@ from drill import PEER_ISN, Drill
 from drill_states import drill_in
 
 from ustack.tcp.state import State
-from ustack.tcp.timewait import BUCKET_MS, TimeWaitTable, ms32
-from ustack.wire.tcp import ACK
+from ustack.tcp.timewait import BUCKET_MS, TW_ACK, TimeWaitTable, ms32
+from ustack.wire.tcp import ACK, Segment
 
 MASK = 0xFFFFFFFF
 PEER_TS = 5000  # every peer TSval of drill_in() (its clock never moves while building)
@@ -129,6 +129,38 @@ def test_out_of_window_pure_ack_is_rate_limited_data_is_not():
     d.expect(". 2:2(0) ack 2")
 
 
+@pytest.mark.parametrize("seg, reply, restarts, alive", [
+    (". 2:2(0) ack 2", None, True, True),  # bare ACK at RCV.NXT: silent restart (53a)
+    ("F. 1:1(0) ack 2", ". 2:2(0) ack 2", True, True),  # retransmitted FIN (53b)
+    ("F. 2:2(0) ack 2", ". 2:2(0) ack 2", True, True),  # a "new" FIN at RCV.NXT (54)
+    ("P. 2:12(10) ack 2", ". 2:2(0) ack 2", True, True),  # new data: ACK, never RST (55)
+    ("P 2:12(10)", ". 2:2(0) ack 2", False, True),  # ACK-less data: answered only (53)
+    (". 7:7(0) ack 2", ". 2:2(0) ack 2", True, True),  # pure ACK, other seq (53b)
+    ("S. 0:0(0) ack 2", ". 2:2(0) ack 2", True, True),  # SYN-ACK: never accepted (54, 58)
+    ("R. 12:12(0) ack 2", None, False, True),  # in-window RST, not exact: ignored (57)
+    ("R 2:2(0)", None, False, False),  # exact RST, no ACK bit: the record goes (57)
+], ids=["bare-ack", "old-fin", "new-fin", "data", "ackless-data", "oow-ack", "syn-ack",
+        "inexact-rst", "exact-rst"])
+def test_time_wait_response_table(seg, reply, restarts, alive):
+    """LS 53-57, Linux tcp_timewait_state_process() (tcp_rfc1337=0): what each segment
+    draws from a TIME_WAIT record and whether it restarts the 2*MSL timer. Only
+    `paws_reject || th->ack` restarts out of window; a RST never restarts, and one not
+    exactly at RCV.NXT is ignored (no RFC 5961 challenge ACK in TIME_WAIT)."""
+    d, _ = tw_drill("tcp_msl=5")
+    d.advance(6)
+    d.inject(seg)
+    if reply is None:
+        d.expect_nothing()
+    else:
+        d.expect(reply)
+    d.expect_nothing()
+    assert d.stats["TcpOutRsts"] == 0
+    assert d.state == (State.TIME_WAIT if alive else State.CLOSED)
+    if alive:
+        d.advance(4.1)  # 10.1 s after entering: expired unless restarted at +6
+        assert d.state == (State.TIME_WAIT if restarts else State.CLOSED)
+
+
 # ---------------------------------------------------------------------- timer
 
 
@@ -208,6 +240,32 @@ def test_restarted_record_is_not_expired_by_its_old_bucket():
     assert d.state == State.CLOSED
 
 
+def test_restarts_within_one_bucket_queue_the_key_once():
+    """The expiry buckets hold one reference per record per 50 ms bucket, however many
+    segments restart it (Linux's inet_twsk_reschedule() just moves one timer): a flood
+    of in-window ACKs, which anyone who knows the four-tuple can send, must not grow
+    the table's memory."""
+    d, _ = tw_drill("tcp_msl=5")
+    tw = d.table.tw
+
+    def refs() -> int:
+        return sum(keys.count(d.key) for _, keys in tw.buckets)
+
+    assert refs() == 1
+    d.advance(1)
+    for _ in range(1000):
+        d.inject(". 2:2(0) ack 2")  # LS 53(a): each one restarts the timer
+    d.expect_nothing()
+    assert refs() == 2
+    d.advance(0.06)  # the next bucket
+    d.inject(". 2:2(0) ack 2")
+    assert refs() == 3
+    d.advance(9.9)
+    assert d.state == State.TIME_WAIT
+    d.advance(0.2)  # 10 s after the last restart
+    assert d.state == State.CLOSED and refs() == 0 and not tw.buckets
+
+
 # ---------------------------------------------------------------------- RST, PAWS
 
 
@@ -237,17 +295,39 @@ def test_paws_failing_segment_gets_ack_and_restart():
 
 
 def test_exact_rst_with_rfc1337_is_ignored_but_recorded():
-    """LS 57 with tcp_rfc1337=1: the RST is ignored, its TSval recorded as TS.Recent,
-    and (as Linux's in-window branch does) the timer restarted."""
+    """LS 57 with tcp_rfc1337=1: the RST is ignored and its TSval recorded as TS.Recent
+    (the TSecr of later TIME_WAIT ACKs), but it does not restart the timer (LS 53: "nor
+    by RSTs"; Linux tcp_timewait_state_process() reschedules only in the else branch
+    of `if (th->rst)`)."""
     d, _ = tw_drill("tcp_rfc1337=1", "tcp_msl=5")
     d.advance(6)
     d.inject("R. 2:2(0) ack 2 <TS val 7000 ecr 0>")
     d.expect_nothing()
-    assert d.table.tw.get(d.key).ts_recent == 7000
-    d.advance(9.9)
+    r = d.table.tw.get(d.key)
+    assert r.ts_recent == 7000
+    assert d.table.tw.ack_segment(d.key, r, d.now).ts[1] == 7000
+    d.advance(3.9)
     assert d.state == State.TIME_WAIT
-    d.inject("F. 1:1(0) ack 2")
-    assert d.expect(". 2:2(0) ack 2").ts[1] == 7000
+    d.advance(0.2)  # 10 s after entering: the RST at +6 did not restart it
+    assert d.state == State.CLOSED
+
+
+def test_time_wait_paws_forgets_ts_recent_after_24_days():
+    """RFC 7323 5.5 / Linux tcp_paws_check() (LS 92, 95): a TS.Recent recorded 24 days
+    ago or more no longer rejects anything. A record can hold such a stamp: segments
+    without TS are accepted on a TS connection (LS 99) and do not refresh it."""
+    d = Drill()
+    tw: TimeWaitTable = d.table.tw
+    now = 3_000_000.0
+    days24 = 24 * 86400
+    old = Segment(40000, 80, 7, 9, ACK, 100, b"x", ts=(4000, 0))
+    for key, age, rejected in ((bytes(12), days24 - 10, True), (bytes(11) + b"\1", days24, False)):
+        tw.insert(key, snd_nxt=9, rcv_nxt=7, ts_recent=5000, ts_recent_stamp=now - age,
+                  ts_offset=0, wnd=100, wscale=0, has_ts=True, now=now)
+        assert tw.paws_reject(tw.get(key), 4000, False, now) is rejected
+        before = d.stats["TcpExtPAWSTimewait"]
+        assert tw.process(key, old, now)[0] == TW_ACK  # data: ACKed either way
+        assert d.stats["TcpExtPAWSTimewait"] - before == rejected
 
 
 def test_in_window_bare_ack_updates_ts_recent():
@@ -310,6 +390,36 @@ def test_syn_with_older_tsval_is_answered_with_the_time_wait_ack():
     d.peer_isn = PEER_ISN
     d.expect(". 2:2(0) ack 2")
     assert d.state == State.TIME_WAIT and d.stats["TcpExtPAWSTimewait"] == 1
+
+
+def test_paws_rejected_ackless_syn_restarts_the_timer():
+    """LS 53(c): a PAWS-rejected non-RST restarts the timer even as an ACK-less SYN
+    (Linux: `if (paws_reject || th->ack) inet_twsk_reschedule()`), unlike the ACK-less
+    SYN that passes PAWS but is not newer (test_rejected_ackless_syn_does_not_restart)."""
+    d, _ = tw_drill("tcp_msl=5")
+    d.advance(6)
+    d.peer_isn = PEER_ISN + 100_000
+    d.inject("S 0:0(0) win 65535 <mss 1460,TS val 4000 ecr 0>")
+    d.peer_isn = PEER_ISN
+    d.expect(". 2:2(0) ack 2")
+    d.advance(9.9)
+    assert d.state == State.TIME_WAIT
+    d.advance(0.2)
+    assert d.state == State.CLOSED
+
+
+def test_isn_from_time_wait_is_never_zero():
+    """LS 60, Linux tcp_timewait_state_process(): isn = tw_snd_nxt + 65535 + 2, and
+    `if (isn == 0) isn++`: an old SND.NXT of 2**32 - 65537 gives ISS 1, not 0."""
+    d = Drill()
+    d.listen(80)
+    d.table.tw.insert(d.key, snd_nxt=2**32 - 65537, rcv_nxt=PEER_ISN + 2, ts_recent=PEER_TS,
+                      ts_recent_stamp=d.now, ts_offset=0, wnd=100, wscale=0, has_ts=True,
+                      now=d.now)
+    d.peer_isn = PEER_ISN + 100_000
+    d.inject("S 0:0(0) win 65535")
+    d.expect("S. 0:0(0) ack 1")
+    assert d.iss == 1 and d.key in d.table.est
 
 
 def test_syn_with_equal_tsval_needs_a_higher_isn():
@@ -384,6 +494,9 @@ def test_bucket_overflow_counts_and_logs_once_a_second(caplog):
     add_time_wait(d, 20003)  # the last ACK still went out (asserted inside)
     add_time_wait(d, 20004)
     assert len(d.table.tw) == 2 and len(d.table.est) == 0
+    # No eviction (lwIP's tcp_kill_timewait() would): the old records stay and the
+    # new connection gets none (Linux inet_twsk_alloc() failing in tcp_time_wait()).
+    assert {(k[8] << 8) | k[9] for k in d.table.tw.records} == {20001, 20002}
     assert d.stats["TcpExtTCPTimeWaitOverflow"] == 2 and d.stats["TcpExtTW"] == 2
     lines = [r for r in caplog.records if "time wait bucket table overflow" in r.getMessage()]
     assert len(lines) == 1

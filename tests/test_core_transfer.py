@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from drill import Drill
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pytest import approx
+from test_rto import model as rto_model
 
 from ustack.tcp.ofo import OfoQueue
+from ustack.tcp.rto import RTO_MAX
 from ustack.tcp.sack import Scoreboard
 from ustack.tcp.state import State
 from ustack.tcp.tcb import DELACK, IW_SEGMENTS
-from ustack.wire.tcp import ACK, FIN
+from ustack.wire.tcp import ACK, FIN, build_tcp
 
 MSS = 1448
 MASK = 0xFFFFFFFF
@@ -111,9 +115,45 @@ def test_nagle_full_sized_is_mss_minus_options_and_nodelay():
     d.expect_nothing()
     d.inject(". 1:1(0) ack 101")  # the small segment is acknowledged
     d.expect("P. 1549:1559(10) ack 1")
-    d.tcb.nodelay = True  # TCP_NODELAY
     d.send(b"e" * 5)
+    d.expect_nothing()  # Nagle holds it behind the 10 bytes in flight
+    d.tcb.nodelay = True  # TCP_NODELAY (TcpTransport.set_nodelay() then pushes)
+    d.call(d.tcb.output, d.now)
     d.expect("P. 1559:1564(5) ack 1")
+    d.send(b"f" * 5)
+    d.expect("P. 1564:1569(5) ack 1")
+
+
+@pytest.mark.parametrize("ts, blocks, full", [(True, 1, 1436), (True, 2, 1428),
+                                               (True, 3, 1420), (True, 5, 1420),
+                                               (False, 4, 1424), (False, 5, 1424)])
+def test_segments_carrying_sack_blocks_shrink_to_fit_the_mss(ts, blocks, full):
+    """RFC 6691: the sender reduces the data for the options it includes (Linux
+    tcp_current_mss()). While we hold out-of-order data our data segments carry SACK
+    blocks (4 + 8 bytes each, at most 3 beside timestamps, else 4), so they carry that
+    much less data and the IP packet stays within the 1500-byte MTU. Such a segment
+    counts as full-sized: Nagle holds nothing back behind it."""
+    d = established(*(() if ts else ("tcp_timestamps=0",)))
+    assert d.tcb.ts_ok == ts
+    d.tcb.quickacks = 0
+    for k in range(blocks):  # holes at 1..1000, 2000..3000, ...
+        d.inject(f"P. {1001 + 2000 * k}:{2001 + 2000 * k}(1000) ack 1")
+    d.out.clear()
+    d.send(b"x" * (3 * full + 100))
+    segs = [seg for seg in d.out if seg.payload]
+    assert [len(seg.payload) for seg in segs] == [full, full, full, 100]
+    for seg in segs:
+        assert len(seg.sack) == min(blocks, 3 if ts else 4)
+        assert 20 + len(build_tcp(seg, bytes(4), bytes(4))) <= 1500
+    d.out.clear()
+    d.inject(f"P. 1:{1 + 2000 * blocks}({2000 * blocks}) ack 1")  # the holes are filled
+    ack = d.expect(f". {1 + 3 * full + 100}:{1 + 3 * full + 100}(0) ack {1 + 2000 * blocks}")
+    assert not ack.sack
+    peer = 1 + 2000 * blocks
+    d.inject(f". {peer}:{peer}(0) ack {1 + 3 * full + 100}")
+    d.expect_nothing()
+    d.send(b"y" * 2 * (1448 if ts else 1460))
+    assert [len(seg.payload) for seg in d.out] == [1448 if ts else 1460] * 2
 
 
 def test_sender_sws_avoidance_waits_then_persist_overrides():
@@ -207,6 +247,134 @@ def test_timestamps_time_even_a_retransmission():
     d.advance(0.03)
     d.inject(". 1:1(0) ack 101")
     assert d.tcb.rtt.backoff == 0
+    # The sample is the 30 ms since the retransmission whose TSval came back, not the
+    # 230 ms since the first transmission: SRTT 0 -> 0 + (30 ms - 0) / 8 (RFC 6298 2.3).
+    assert d.tcb.rtt.srtt == approx(0.03 / 8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 150), st.integers(0, 3)), min_size=1, max_size=12))
+def test_rto_follows_rfc_6298_and_karn_over_any_loss_sequence(rounds):
+    """RFC 6298 on the fake clock, without timestamps. Each round sends one segment whose
+    first `lost` transmissions are lost; the peer ACKs `rtt_ms` after the last one.
+    Every retransmission must come when the reference model (tests/test_rto.py) says,
+    doubled per expiry up to 120 s (5.5); only rounds without a retransmission feed it
+    a sample (Karn, 3); an ACK without a sample keeps the backoff, a sample resets it."""
+    d = established("tcp_timestamps=0")
+    tcb = d.tcb
+    samples = [0.0]  # the handshake: SYN-ACK answered at once (Karn: sent once)
+    backoff = 0
+    seq = 1
+    for rtt_ms, lost in rounds:
+        d.send(b"k" * 100)
+        d.expect(f"P. {seq}:{seq + 100}(100) ack 1")
+        for _ in range(lost):
+            assert tcb.rto_at - d.now == approx(min(rto_model(samples, 0.2)[2] * 2 ** backoff,
+                                                    RTO_MAX))
+            d.advance(tcb.rto_at - d.now)
+            d.expect(f"P. {seq}:{seq + 100}(100) ack 1")
+            backoff += 1
+        d.advance(rtt_ms / 1000)
+        seq += 100
+        d.inject(f". 1:1(0) ack {seq}")
+        d.expect_nothing()
+        if not lost:
+            samples.append(rtt_ms / 1000)
+            backoff = 0
+        srtt, rttvar, rto = rto_model(samples, 0.2)
+        assert (tcb.rtt.srtt, tcb.rtt.rttvar, tcb.rtt.rto) == (approx(srtt), approx(rttvar),
+                                                                approx(rto))
+        assert (tcb.rtt.backoff == 0) == (backoff == 0)
+    assert d.stats["TcpRetransSegs"] == sum(lost for _, lost in rounds)
+
+
+@pytest.mark.parametrize("active", [True, False], ids=["syn", "syn_ack"])
+def test_handshake_retransmissions_start_from_the_1_s_initial_rto(active):
+    """RFC 6298 2.1 and 5.5: before any RTT sample the RTO is 1 s, doubled per expiry:
+    tcp_syn_retries = 6 SYN retransmissions, then ETIMEDOUT at 127 s;
+    tcp_synack_retries = 5 SYN-ACK retransmissions, then the embryo is dropped at 63 s
+    (Linux's timeline)."""
+    d = Drill()
+    t0 = d.now
+    if active:
+        d.connect()
+    else:
+        d.listen(80)
+        d.inject("S 0:0(0) win 65535")
+    pattern = "S 0:0(0)" if active else "S. 0:0(0) ack 1"
+    d.expect(pattern)
+    times = []
+    while (deadline := d.table.next_deadline()) is not None:
+        d.advance(deadline - d.now)
+        if d.out:
+            d.expect(pattern)
+            d.expect_nothing()
+            times.append(round(d.now - t0, 6))
+    assert times == ([1, 3, 7, 15, 31, 63] if active else [1, 3, 7, 15, 31])
+    assert round(d.now - t0, 6) == (127 if active else 63)
+    assert d.state == State.CLOSED
+
+
+def handshake_with_retransmissions(n: int, *, active: bool, ts: bool) -> Drill:
+    """ESTABLISHED after our SYN (active) or SYN-ACK (passive) was sent n + 1 times,
+    the peer answering the last one 50 ms later."""
+    d = Drill(*(() if ts else ("tcp_timestamps=0",)))
+    if active:
+        d.connect()
+        d.expect("S 0:0(0)")
+    else:
+        d.listen(80)
+        d.inject("S 0:0(0) win 65535")
+        d.expect("S. 0:0(0) ack 1")
+    for k in range(n):
+        d.advance(2 ** k)  # RFC 6298 2.1 and 5.5: 1 s, then doubled
+        d.expect("S 0:0(0)" if active else "S. 0:0(0) ack 1")
+    d.advance(0.05)
+    if active:
+        d.inject("S. 0:0(0) ack 1 win 65535")
+        d.expect(". 1:1(0) ack 1")
+    else:
+        d.inject(". 1:1(0) ack 1 win 1000")
+        d.accept()
+    assert d.tcb.state == State.ESTABLISHED and d.tcb.ts_ok == ts
+    return d
+
+
+@pytest.mark.parametrize("active", [True, False], ids=["active", "passive"])
+def test_rto_falls_back_to_3_s_after_a_retransmitted_handshake(active):
+    """RFC 6298 5.7 (Linux tcp_init_metrics(), TCP_TIMEOUT_FALLBACK): the SYN or SYN-ACK
+    timed out and, without timestamps, its answer gives no RTT sample (Karn), so data
+    starts with a 3 s RTO, not the initial 1 s and not the backed-off 2 s."""
+    d = handshake_with_retransmissions(1, active=active, ts=False)
+    assert d.tcb.rtt.srtt is None
+    d.send(b"x" * 100)
+    d.expect("P. 1:101(100) ack 1")
+    assert d.tcb.rto_at - d.now == approx(3.0)
+    d.advance(3.0)
+    d.expect("P. 1:101(100) ack 1")
+    assert d.tcb.rto_at - d.now == approx(6.0)
+
+
+@pytest.mark.parametrize("active", [True, False], ids=["active", "passive"])
+def test_timestamps_time_a_retransmitted_handshake_no_fallback(active):
+    """With timestamps the answer to the retransmitted SYN or SYN-ACK echoes its TSval:
+    a 50 ms sample (RFC 7323 4.1), so the RTO is SRTT + max(4 RTTVAR, 200 ms)."""
+    d = handshake_with_retransmissions(1, active=active, ts=True)
+    assert d.tcb.rtt.srtt == approx(0.05)
+    d.send(b"x" * 100)
+    d.expect("P. 1:101(100) ack 1")
+    assert d.tcb.rto_at - d.now == approx(0.05 + 0.2)
+
+
+@pytest.mark.parametrize("active", [True, False], ids=["active", "passive"])
+@pytest.mark.parametrize("n, iw", [(0, IW_SEGMENTS), (1, IW_SEGMENTS), (2, 1)])
+def test_initial_window_after_lost_handshake_segments(active, n, iw):
+    """RFC 6928 / RFC 5681 3.1: IW10, but one segment once the SYN or SYN-ACK was lost;
+    Linux (tcp_init_transfer()) lets a single retransmission pass, given the 1 s
+    initial RTO of RFC 6298, and cuts the window after more than one."""
+    d = handshake_with_retransmissions(n, active=active, ts=True)
+    d.send(b"w" * 20 * MSS)
+    assert len(data_segments(d)) == iw
 
 
 def test_go_back_n_after_rto_skips_sacked_data():
@@ -250,6 +418,23 @@ def test_fast_retransmit_on_the_third_duplicate_ack_newreno():
     assert d.stats["TcpExtTCPRenoRecovery"] == 1
     assert d.tcb.ssthresh == 9 * MSS // 2
     assert d.tcb.cwnd == d.tcb.ssthresh + 3 * MSS
+
+
+def test_fast_retransmit_on_the_third_duplicate_ack_with_sack():
+    """RFC 6675 / RFC 5681 3.2 with SACK: the first and second duplicate ACKs (each
+    SACKing one more segment above the hole) only allow new data; the third starts
+    recovery and resends the missing segment at once."""
+    d = established()
+    d.send(b"f" * 10 * MSS)
+    assert len(data_segments(d)) == 10
+    for k in (2, 3):
+        d.inject(". 1:1(0) ack 1", sack=(rel(d, 1 + MSS, 1 + k * MSS),))
+        assert not d.tcb.in_recovery
+        assert all(start != 1 for start, _ in data_segments(d))
+    d.inject(". 1:1(0) ack 1", sack=(rel(d, 1 + MSS, 1 + 4 * MSS),))
+    assert d.tcb.in_recovery and d.tcb.dupacks == 3
+    assert data_segments(d)[0] == (1, MSS)
+    assert d.stats["TcpExtTCPSackRecovery"] == 1 and d.stats["TcpExtTCPTimeouts"] == 0
 
 
 def test_newreno_partial_ack_resends_the_next_hole_full_ack_ends_recovery():

@@ -8,15 +8,18 @@ import asyncio
 import gc
 import hashlib
 import random
+import re
 
 import pytest
+from conftest import PYTHON, STACK_ADDRESS
 
 from ustack.cli import main
 from ustack.impair import REORDER_HOLD, Channel, DirectionSpec, Impairment, parse_spec
 from ustack.io.memory import MemoryLink
 from ustack.stack import Stack
 from ustack.stats import Stats
-from ustack.wire.ip import PROTO_TCP, build_ipv4, ip_to_bytes
+from ustack.wire.checksum import checksum
+from ustack.wire.ip import PROTO_ICMP, PROTO_TCP, build_ipv4, ip_to_bytes
 from ustack.wire.tcp import ACK, PSH, Segment, build_tcp
 
 A, B = "10.77.0.1", "10.77.0.2"
@@ -73,6 +76,88 @@ def test_cli_bad_impair_spec_exits_2_before_any_device(capsys, spec):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     assert "--impair" in lines[0]
+
+
+@pytest.mark.tun
+def test_bad_impair_spec_from_the_real_command_exits_2(netns):
+    # The real process (in a namespace of its own, should it get as far as a device).
+    proc = netns.run(PYTHON, "-m", "ustack", "serve", "--impair", "loss=0.1,in.delay=fast",
+                     timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith("ustack: bad --impair") and "in.delay" in lines[0]
+
+
+def echo_request(i: int) -> bytes:
+    """An ICMP echo request from A to B: the stack answers it synchronously."""
+    msg = bytearray(b"\x08\x00\x00\x00" + i.to_bytes(4, "big") + b"ping")
+    msg[2:4] = checksum(msg).to_bytes(2, "big")
+    return build_ipv4(ip_to_bytes(A), ip_to_bytes(B), PROTO_ICMP, bytes(msg), i)
+
+
+class Wire:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def write(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+
+@pytest.mark.parametrize("spec, replies, seen", [
+    ("in.loss=1", 0, 0),  # requests dropped before the stack sees them
+    ("out.loss=1", 0, 10),  # the stack answers, its replies are dropped
+    ("in.dup=1", 20, 20),  # each request twice, each answered
+    ("out.dup=1", 20, 10),  # each reply written twice
+    ("in.loss=1,out.loss=0", 0, 0),
+    ("loss=1,in.loss=0", 0, 10),  # a prefixed key overrides one direction only
+])
+async def test_each_direction_gets_its_own_spec(spec, replies, seen):
+    """"in" is what the device hands the stack, "out" what the stack writes."""
+    s = Stack(B, loop=asyncio.get_running_loop())
+    wire = Wire()
+    s.attach(wire)
+    s.set_impairment(Impairment(spec + ",seed=1", s.stats))
+    try:
+        for i in range(10):
+            s.receive(echo_request(i))
+        assert s.stats["IcmpInEchos"] == seen
+        assert len(wire.frames) == replies
+    finally:
+        s.close()
+
+
+def test_the_seed_fixes_each_directions_fate_independently():
+    """seed=N gives the same fate to the same frames, whatever the other direction does
+    (one random stream per direction); another seed gives another fate."""
+    def inbound_survivors(spec: str, outbound_traffic: bool) -> list[bytes]:
+        imp = Impairment(spec)
+        got = []
+        for f in frames(300):
+            if outbound_traffic:
+                for g in frames(3):
+                    imp.outbound.channel.push(g, 0.0)
+            imp.inbound.channel.push(f, 0.0)
+            got += imp.inbound.channel.pop_due(0.0)
+        return got
+
+    a = inbound_survivors("loss=0.5,dup=0.2,seed=7", False)
+    assert a == inbound_survivors("loss=0.5,dup=0.2,seed=7", True)
+    assert a != inbound_survivors("loss=0.5,dup=0.2,seed=8", False)
+
+
+@pytest.mark.tun
+def test_serve_applies_the_spec_per_direction_at_the_tun_boundary(daemon):
+    """`ustack serve --impair`: in.delay holds every frame the stack reads, out.dup
+    doubles every frame it writes; ping sees both (the delay as a lower bound only)."""
+    d = daemon("--impair", "in.delay=100ms,out.dup=1,seed=1")
+    assert "impairing" in d.stderr() and "in[delay=100ms] out[dup=1]" in d.stderr()
+    proc = d.run("ping", "-c", "3", "-i", "0.3", "-W", "5", STACK_ADDRESS, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DUP!" in proc.stdout
+    rtts = [float(t) for t in re.findall(r"time=([0-9.]+) ms", proc.stdout)]
+    # A loose bound: timers may fire a tick early.
+    assert len(rtts) >= 4 and min(rtts) >= 95, proc.stdout
 
 
 # ---------------------------------------------------------------------- the channel
@@ -213,6 +298,14 @@ async def transfer(spec_a: str | None, nbytes: int, seed: int = 5) -> tuple[Stac
     if spec_a:
         a.set_impairment(Impairment(spec_a, a.stats))
     data = random.Random(seed).randbytes(nbytes)
+    largest = {"out": 0}
+
+    def tap(direction: str, frame: bytes) -> None:
+        if direction == "out":
+            largest["out"] = max(largest["out"], len(frame))
+
+    a.taps.append(tap)
+    b.taps.append(tap)
 
     async def echo(reader, writer):
         while chunk := await reader.read(65536):
@@ -241,6 +334,9 @@ async def transfer(spec_a: str | None, nbytes: int, seed: int = 5) -> tuple[Stac
         writer.close()
         assert n == nbytes
         assert got.hexdigest() == hashlib.sha256(data).hexdigest()
+        # Both ends send data while holding out-of-order data, so data segments carry
+        # SACK blocks: they must still fit the MTU (RFC 6691).
+        assert largest["out"] <= 1500, largest
         return a, b
     finally:
         a.close()

@@ -10,6 +10,7 @@ import pytest
 from drill import LOCAL, PEER_ISN, REMOTE, Drill
 
 from ustack.table import make_key
+from ustack.tcp.context import Context
 from ustack.tcp.state import State
 from ustack.wire.ip import ip_to_bytes
 from ustack.wire.tcp import SYN
@@ -187,6 +188,20 @@ def test_tw_reuse_2_is_loopback_only():
         assert tcb.local[1] == 40000 and tcb.iss == 1000 + 65537
 
 
+def test_reused_isn_is_never_zero():
+    """LS 72, Linux tcp_twsk_unique(): write_seq = tw_snd_nxt + 65535 + 2, and
+    `if (!seq) seq = 1`."""
+    d = Drill("ip_local_port_range=40000 40000", "tcp_tw_reuse=1")
+    key = make_key(ip_to_bytes(REMOTE), ip_to_bytes(LOCAL), 80, 40000)
+    d.table.tw.insert(key, snd_nxt=2**32 - 65537, rcv_nxt=2000, ts_recent=77,
+                      ts_recent_stamp=d.now, ts_offset=0, wnd=100, wscale=0, has_ts=True,
+                      now=d.now)
+    d.advance(1.1)
+    tcb = connect(d)
+    assert tcb.local[1] == 40000 and tcb.iss == 1
+    assert syns(d)[0].seq == 1 and d.stats["TcpExtTWRecycled"] == 1
+
+
 def test_no_reuse_without_timestamps():
     """LS 70(b): only a TIME_WAIT that used timestamps can be reused (PAWS protects the
     new incarnation from the old one's duplicates, RFC 7323 5.8)."""
@@ -239,3 +254,15 @@ def test_isns_of_different_tuples_are_uncorrelated():
     other = Drill()
     other.ctx.secret = b"another-secret!!"
     assert connect(other, lport=50000).iss != isns[0]
+
+
+def test_each_stack_draws_its_own_secret():
+    """RFC 6528 3 ("the secret key ... SHOULD be ... random") and Linux secure_seq.c
+    (net_secret and ts_secret drawn at boot): two stacks started without a given secret
+    give the same four-tuple different ISNs and different TS offsets, so neither can be
+    learned from another host running ustack."""
+    key = make_key(ip_to_bytes(REMOTE), ip_to_bytes(LOCAL), 40000, 80)
+    a, b = Context(), Context()
+    assert a.secret != b.secret and len(a.secret) >= 16
+    assert a.isn(key, 100.0) != b.isn(key, 100.0)
+    assert a.ts_offset(key) != b.ts_offset(key)

@@ -8,6 +8,7 @@ calls into core calls; it touches no TCB fields beyond a few read-only views.
 Socket options, as methods on the transport (`writer.transport.set_linger(...)`):
   set_linger(onoff, seconds)   SO_LINGER: off, {1, 0} abort with RST, {1, N} wait_closed()
                                waits up to N s for everything to be acknowledged, then RST
+                               (deliberately unlike Linux, whose orphan runs on, LS 29)
   set_keepalive(on, idle=, interval=, count=)   SO_KEEPALIVE + TCP_KEEPIDLE/INTVL/CNT
   set_nodelay(on)              TCP_NODELAY (Nagle off)
 

@@ -18,7 +18,7 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPAbortOnData", "TcpExtTCPAbortOnLinger", "TcpExtTCPAbortOnTimeout",
     "TcpExtTCPAbortOnMemory", "TcpExtTCPChallengeACK", "TcpExtTCPSYNChallenge",
     "TcpExtTCPACKSkippedChallenge", "TcpExtTCPACKSkippedTimeWait", "TcpExtTCPACKSkippedSeq",
-    "TcpExtTCPACKSkippedPAWS", "TcpExtListenOverflows", "TcpExtListenDrops",
+    "TcpExtTCPACKSkippedPAWS", "TcpExtTCPACKSkippedSynRecv", "TcpExtListenOverflows", "TcpExtListenDrops",
     "TcpExtEmbryonicRsts", "TcpExtTCPTimeouts", "TcpExtTCPKeepAlive", "TcpExtTCPFastRetrans",
     "TcpExtTCPSlowStartRetrans", "TcpExtTCPLostRetransmit", "TcpExtTCPFullUndo",
     "TcpExtTCPOFOQueue", "TcpExtTCPOFODrop", "TcpExtTCPDupAcks", "TcpExtDelayedACKs",

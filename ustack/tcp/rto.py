@@ -8,6 +8,7 @@ from __future__ import annotations
 
 RTO_INITIAL = 1.0  # RFC 6298 2.1
 RTO_MAX = 120.0  # Linux TCP_RTO_MAX; RFC 6298 2.5 allows a maximum of at least 60 s
+RTO_FALLBACK = 3.0  # RFC 6298 5.7; Linux TCP_TIMEOUT_FALLBACK
 
 
 class RtoEstimator:
@@ -44,3 +45,11 @@ class RtoEstimator:
 
     def reset_backoff(self) -> None:
         self.backoff = 0
+
+    def handshake_done(self) -> None:
+        """RFC 6298 5.7 as Linux applies it (tcp_init_metrics()): a handshake that gave no
+        RTT sample (its SYN or SYN-ACK was retransmitted and no timestamp timed it) starts
+        the data transfer with a 3 s RTO instead of the 1 s initial one, unbacked-off."""
+        if self.srtt is None:
+            self.rto = max(self.rto, RTO_FALLBACK)
+            self.backoff = 0

@@ -227,6 +227,17 @@ class Tcb:
             seq = wnd_end
         self._emit(self._make(RST | ACK, seq, now))
 
+    def _send_stateless_rst(self, seg: Segment) -> None:
+        """The RST a segment would get if no connection owned it (RFC 9293 3.10.7.1,
+        LS 19, Linux tcp_v4_send_reset()): R seq=SEG.ACK if it has ACK, else R. seq 0
+        ack SEG.SEQ+SEG.LEN (SYN and FIN count one); no options."""
+        if seg.flags & ACK:
+            rst = Segment(self.local[1], self.remote[1], seg.ack, 0, RST)
+        else:
+            rst = Segment(self.local[1], self.remote[1], 0, (seg.seq + seg.seg_len) & MASK,
+                          RST | ACK)
+        self._emit(rst)
+
     def _oow_rate_limited(self, now: float, skipped: str) -> bool:
         """At most one dup/challenge ACK per tcp_invalid_ratelimit (LS 113, Linux
         __tcp_oow_rate_limited()); the time is taken when one is allowed."""
@@ -273,6 +284,15 @@ class Tcb:
     @property
     def in_flight(self) -> int:
         return (self.snd_nxt - self.snd_una) & MASK
+
+    def _send_mss(self) -> int:
+        """Payload bytes the next segment may carry: self.mss (the peer's MSS less the
+        timestamps every segment carries) less the SACK blocks `_make` will add while we
+        hold out-of-order data (RFC 6691: the sender reduces the data for the options it
+        includes; Linux tcp_current_mss()). NOP, NOP, SACK kind and length: 4 + 8 per block."""
+        if self.ofo and self.sack_ok:
+            return self.mss - 4 - 8 * min(len(self.ofo), 3 if self.ts_ok else 4)
+        return self.mss
 
     @property
     def send_queue(self) -> int:
@@ -453,7 +473,8 @@ class Tcb:
             # RFC 9293 3.10.4 / RFC 2525 2.17 / Linux: closing with unread data loses it,
             # so tell the peer with a RST instead of a FIN (LS 30).
             self.ctx.stats["TcpExtTCPAbortOnClose"] += 1
-            self._abort(now, "close() with unread data")
+            # Linux __tcp_close() sends this RST in every state (no tcp_need_reset()).
+            self._abort(now, "close() with unread data", rst=True)
             return
         if self.linger == 0:
             # SO_LINGER {1, 0}: abortive close (RFC 9293 3.10.5). Linux counts this as
@@ -473,9 +494,16 @@ class Tcb:
         """ABORT (RFC 9293 3.10.5): RST if synchronized, drop everything."""
         self._abort(now, "abort()")
 
-    def _abort(self, now: float, cause: str) -> None:
-        if self.state in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
-                          State.FIN_WAIT_2, State.SYN_RECEIVED, State.CLOSING, State.LAST_ACK):
+    def _abort(self, now: float, cause: str, rst: bool = False) -> None:
+        """RFC 9293 3.10.5 ABORT as Linux tcp_disconnect() does it (LS 31): R. from
+        SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1/2 and CLOSE_WAIT; from CLOSING and LAST_ACK
+        only while something (data or our FIN) is still unsent, since the RFC says
+        "delete the TCB" there and the peer already has all we will ever send. `rst`
+        forces the RST in those two states too (close() with unread data, LS 30)."""
+        st = self.state
+        if st in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.FIN_WAIT_2,
+                  State.SYN_RECEIVED) or (
+                st in (State.CLOSING, State.LAST_ACK) and (rst or not self.fin_sent)):
             self._send_rst(now)
         if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
             self.ctx.stats["TcpEstabResets"] += 1
@@ -519,7 +547,18 @@ class Tcb:
             self.keepalive_at = None
 
     def _arm_fin_wait_2(self, now: float) -> None:
-        """Orphaned FIN_WAIT_2 lives tcp_fin_timeout, at least 3.5 RTO (LS 41)."""
+        """Orphaned FIN_WAIT_2 lives tcp_fin_timeout, at least 3.5 RTO (LS 41).
+
+        Linux turns such an orphan into a FIN_WAIT2 minisocket (LS 43); ustack keeps the
+        TCB, and answers as LS 44 says: pure ACKs ignored, out-of-window segments ACKed
+        (rate-limited unless they carry data or FIN), data or a FIN beyond RCV.NXT ->
+        R seq=SEG.ACK and gone (TCPAbortOnData), the FIN at RCV.NXT -> ACK and TIME_WAIT,
+        an exact RST -> gone silently, expiry silent (LS 42). Deliberate deviations,
+        because issue 3 asks for RFC 5961 in every synchronized state: an in-window but
+        inexact RST and an in-window SYN get a challenge ACK here (RFC 5961 3.2, 4.2),
+        where the minisocket would discard itself silently (RST) or send R (SYN).
+        Counters differ slightly: TcpExtTW is not counted until TIME_WAIT, and a skipped
+        ACK counts as TCPACKSkippedSeq (Linux: TCPACKSkippedFinWait2)."""
         t = min(float(self.ctx.config.tcp_fin_timeout), FIN_TIMEOUT_MAX)
         self.close_at = now + max(t, 3.5 * self.rtt.current())
         self.keepalive_at = None
@@ -558,8 +597,10 @@ class Tcb:
         offered_ts = bool(self.ctx.config.tcp_timestamps)
         self._negotiate(seg, offered_ts)
         if flags & ACK:
-            if self.ts_ok and seg.ts[1] and sq.gt(seg.ts[1], self._ts_now(now)):
-                # TSecr from the future (LS 97): not an answer to our SYN.
+            if self.ts_ok and seg.ts[1] and not sq.in_range(
+                    seg.ts[1], self._ts_now(self.created), (self._ts_now(now) + 1) & MASK):
+                # TSecr outside [our first SYN's TSval, now] (LS 97, Linux
+                # tcp_rcv_synsent_state_process()): not an answer to our SYN.
                 self.ctx.stats["TcpExtPAWSActive"] += 1
                 self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
                 return
@@ -568,7 +609,7 @@ class Tcb:
             self.snd_wnd = seg.wnd << self.snd_wscale
             self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
-            self.retries = 0
+            self._handshake_done()
             self.rtt.reset_backoff()
             self.rto_at = None
             self._set_state(State.ESTABLISHED, f"on {format_segment(seg)}")
@@ -674,7 +715,12 @@ class Tcb:
                 self._send_synack(now)  # the peer retransmitted its SYN
                 return
             if flags & SYN:
-                pass  # challenge ACK below
+                if st == State.SYN_RECEIVED and self.listener is not None:
+                    # A passive embryo answers an out-of-window SYN (another ISN) with
+                    # a rate-limited ACK, not a counted challenge (Linux tcp_check_req()).
+                    self._oow_ack(now, "TcpExtTCPACKSkippedSynRecv")
+                    return
+                # challenge ACK below
             elif seg.payload or flags & FIN:
                 self._send_ack(now)  # data-bearing: never rate-limited (LS 114)
                 return
@@ -698,7 +744,24 @@ class Tcb:
                 # sends no further ACK.
                 syn_ack_open = True
             elif st == State.SYN_RECEIVED and seg.seq == self.irs:
-                self._send_synack(now)
+                # The peer retransmitted its SYN: resend the SYN-ACK; a passive embryo
+                # does so at most once per tcp_invalid_ratelimit (Linux tcp_check_req()).
+                if self.listener is None or not self._oow_rate_limited(
+                        now, "TcpExtTCPACKSkippedSynRecv"):
+                    self._send_synack(now)
+                return
+            elif st == State.SYN_RECEIVED and self.listener is not None:
+                # An in-window SYN with another ISN in a passive SYN_RECEIVED. RFC 9293
+                # 3.10.7.4 fourth says "return this connection to the LISTEN state";
+                # Linux (tcp_check_req() -> embryonic_reset) also answers it with a
+                # no-socket RST (LS 19 form, R. 0 ack SEG.SEQ+1 for a bare SYN) and
+                # drops the request: TcpAttemptFails, TcpExtEmbryonicRsts. ustack does
+                # the same, rather than RFC 5961's challenge ACK, which applies to the
+                # synchronized states proper (a simultaneous open below).
+                stats["TcpAttemptFails"] += 1
+                stats["TcpExtEmbryonicRsts"] += 1
+                self._send_stateless_rst(seg)
+                self._terminate(0, f"SYN with another ISN, on {format_segment(seg)}")
                 return
             else:
                 stats["TcpExtTCPSYNChallenge"] += 1
@@ -721,6 +784,8 @@ class Tcb:
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
             if self.listener is not None:
                 self.ctx.stats["TcpPassiveOpens"] += 1  # not for a simultaneous open
+            # Before _process_ack(): an RTT sample it takes replaces the fallback RTO.
+            self._handshake_done()
             self._set_state(State.ESTABLISHED, f"on {format_segment(seg)}")
             self.events.append(Connected())
             self._arm_keepalive(now)
@@ -734,10 +799,13 @@ class Tcb:
             return
         # sixth/seventh/eighth: text and FIN
         if seg.payload or flags & FIN:
-            if self.orphan and st in (State.FIN_WAIT_1, State.FIN_WAIT_2) and seg.payload and \
+            if self.orphan and st in (State.FIN_WAIT_1, State.FIN_WAIT_2) and \
                     sq.gt((seg.seq + len(seg.payload)) & MASK, self.rcv_nxt):
                 # Data for an application that closed: it can never be read (RFC 1122
-                # 4.2.2.13, LS 32). Reset in the no-socket form and drop the TCB.
+                # 4.2.2.13, LS 32). Reset in the no-socket form and drop the TCB. Linux's
+                # test (tcp_rcv_state_process() step 7: END_SEQ - FIN > RCV.NXT) also
+                # catches a bare FIN beyond RCV.NXT, i.e. with a hole before it ("FIN
+                # not at RCV.NXT", LS 44): it announces data we would have to receive.
                 stats["TcpExtTCPAbortOnData"] += 1
                 self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
                 self._terminate(0, f"data after close, on {format_segment(seg)}")
@@ -749,6 +817,18 @@ class Tcb:
                 self.ack_now = True
         self.output(now)
         self._arm_keepalive(now)
+
+    def _handshake_done(self) -> None:
+        """Data transfer begins (Linux tcp_init_transfer()). RFC 6298 5.7: without an RTT
+        sample from the handshake the RTO is 3 s (RtoEstimator.handshake_done()). RFC
+        5681 3.1: after a lost SYN or SYN-ACK the initial window is one segment; Linux,
+        given RFC 6298's 1 s initial RTO, only applies this after more than one
+        retransmission (and undoes it when timestamps prove them spurious; ustack does
+        not)."""
+        if self.retries > 1:
+            self.cwnd = self.mss
+        self.retries = 0
+        self.rtt.handshake_done()
 
     def _reset_by_peer(self, seg: Segment) -> None:
         """An acceptable RST (RFC 9293 3.10.7.4 second, LS 110-111)."""
@@ -945,7 +1025,7 @@ class Tcb:
         """Resend up to `limit` octets (at most one MSS) from `seq`, with the FIN if it
         falls there. Returns the sequence space sent, 0 if there was nothing to send."""
         off = sq.diff(seq, self.buf_seq)
-        n = min(limit, self.mss)
+        n = min(limit, self._send_mss())
         payload = b""
         flags = ACK
         if 0 <= off < len(self.sndbuf) and n > 0:
@@ -1094,7 +1174,7 @@ class Tcb:
         unsent = sq.diff(self.buf_end, self.snd_nxt)
         room = self.snd_wnd - self.in_flight
         if unsent > 0 and room > 0 and self.snd_nxt == self.snd_max:
-            n = min(unsent, self.mss, room)
+            n = min(unsent, self._send_mss(), room)
             off = sq.diff(self.snd_nxt, self.buf_seq)
             self._transmit(ACK | PSH if n == unsent else ACK, bytes(self.sndbuf[off:off + n]),
                            now)
@@ -1249,6 +1329,7 @@ class Tcb:
             # Outside SACK recovery: what is in flight less what the peer SACKed.
             flight = self.in_flight - (sb.sacked_below(self.snd_nxt) if sb else 0)
         cwnd = self.cwnd
+        smss = self._send_mss()  # full-sized for Nagle and SWS: with this segment's options
         if not self.in_recovery and not self.sack_ok and 0 < self.dupacks < DUPTHRESH:
             cwnd += self.dupacks * mss  # RFC 3042 limited transmit
         while True:
@@ -1257,7 +1338,7 @@ class Tcb:
             unsent = sq.diff(buf_end, nxt)
             if unsent > 0:
                 room = min(self.snd_wnd - self.in_flight, cwnd - flight)
-                n = min(unsent, mss, room)
+                n = min(unsent, smss, room)
                 if sq.lt(nxt, self.snd_max):
                     # Go-back-N after an RTO (RFC 5681 3.1, RFC 6298 5.4), in slow start,
                     # skipping what the peer SACKed; no Nagle/SWS for data already sent.
@@ -1273,7 +1354,7 @@ class Tcb:
                     if self.snd_wnd == 0 or room <= 0 and self.snd_una == self.snd_max:
                         self._arm_persist(now)
                     break
-                elif n < mss and not force:
+                elif n < smss and not force:
                     if n < unsent:
                         # RFC 9293 3.8.6.2.1 sender SWS avoidance: a window-limited partial
                         # segment only if it is at least half the largest window the peer
@@ -1325,7 +1406,7 @@ class Tcb:
         elif self.rtt_seq is None and n:
             self.rtt_seq = seq
             self.rtt_time = now
-        if 0 < len(payload) < self.mss:
+        if 0 < len(payload) < self._send_mss():
             self.snd_sml = (seq + len(payload)) & MASK
         self.snd_nxt = (seq + n) & MASK
         if sq.gt(self.snd_nxt, self.snd_max):
@@ -1365,10 +1446,15 @@ class Tcb:
             self.linger_at = None
             if self.state in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK,
                               State.ESTABLISHED, State.CLOSE_WAIT):
-                # SO_LINGER N > 0 ran out with data or our FIN unacknowledged: reset. Linux
-                # would keep the orphan running (LS 29); the issue asks for a RST.
+                # SO_LINGER N > 0 ran out with data or our FIN unacknowledged: reset.
+                # A deliberate deviation from Linux, whose close() just stops waiting
+                # and lets the orphan run on (LS 29, sk_stream_wait_close()): ustack's
+                # SO_LINGER contract (issue 3, aio.py) is "everything acknowledged
+                # within N s, or RST", so an application that waited N s knows the
+                # connection is over either way. Counted as TCPAbortOnLinger, the MIB
+                # Linux uses for its other linger-driven abort (TCP_LINGER2 < 0, LS 33).
                 self.ctx.stats["TcpExtTCPAbortOnLinger"] += 1
-                self._abort(now, "SO_LINGER timeout")
+                self._abort(now, "SO_LINGER timeout", rst=True)
         if self.close_at is not None and now >= self.close_at:
             self.close_at = None
             if self.state == State.FIN_WAIT_2:
@@ -1411,7 +1497,13 @@ class Tcb:
         else:
             limit = cfg.tcp_retries2
         if self.retries > limit:
-            # Give up (LS 124, 125): no RST is sent; the application sees ETIMEDOUT.
+            # Give up (LS 124, 125): state CLOSED, TCPAbortOnTimeout, and no RST on the
+            # wire; a live application sees ETIMEDOUT. The issue says an orphan "is
+            # reset"; ustack deliberately keeps Linux's silent death, as RFC 9293 3.8.3
+            # (R2: "close the connection") and RFC 1122 4.2.3.5 ask no RST either: the
+            # peer has not answered for minutes, so a RST would most likely be lost too,
+            # and a peer that does come back gets a no-socket RST for its next segment
+            # (LS 100). Scenario files then agree with the kernel's trace.
             stats["TcpExtTCPAbortOnTimeout"] += 1
             if st in (State.ESTABLISHED, State.CLOSE_WAIT):
                 stats["TcpEstabResets"] += 1

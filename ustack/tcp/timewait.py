@@ -11,9 +11,10 @@ few minutes, so a wrapping clock is exact for it and the table never needs an ep
 
 Expiry is bucketed: keys are appended to 50 ms time buckets in a deque, and since
 2*MSL is one constant, buckets come out in expiry order. Restarting a record's timer
-re-appends its key to the newest bucket; the stale reference is skipped when its old
-bucket comes due (the record's own expiry says it is not yet time). O(1) amortised per
-record, one deadline for the whole table, never a timer per record.
+re-appends its key to the newest bucket (unless it is there already); the stale
+reference is skipped when its old bucket comes due (the record's own expiry says it is
+not yet time). O(1) amortised per record, one deadline for the whole table, never a
+timer per record.
 
 `process()` is the verdict function of Linux's tcp_timewait_state_process(): it
 returns what to do; the table acts on it.
@@ -108,8 +109,9 @@ class TimeWaitTable:
     def _put(self, key: bytes, r: TwRecord) -> None:
         self.records[key] = _REC.pack(*r)
 
-    def _enqueue(self, key: bytes, now: float) -> None:
-        idx = int((now + 2 * self.ctx.config.tcp_msl) * 1000) // BUCKET_MS
+    def _enqueue(self, key: bytes, expires_ms: int) -> None:
+        """Queue `key` in the bucket of its expiry (absolute ms, not wrapped)."""
+        idx = expires_ms // BUCKET_MS
         buckets = self.buckets
         if buckets and buckets[-1][0] >= idx:
             buckets[-1][1].append(key)
@@ -138,13 +140,14 @@ class TimeWaitTable:
             else:
                 self._overflow_unlogged += 1
             return False
-        t = ms32(now)
+        now_ms = int(now * 1000)
+        expires = now_ms + 2000 * self.ctx.config.tcp_msl
         r = TwRecord(snd_nxt, rcv_nxt, ts_recent, ts_offset,
                      sec32(ts_recent_stamp) if has_ts else 0,
-                     (t + 2000 * self.ctx.config.tcp_msl) & MASK, 0, t,
+                     expires & MASK, 0, now_ms & MASK,
                      wnd, wscale, F_HAS_TS if has_ts else 0)
         self._put(key, r)
-        self._enqueue(key, now)
+        self._enqueue(key, expires)
         # Linux __inet_twsk_schedule() (LS 50): a TIME_WAIT scheduled for at most 4 s
         # counts as TWKilled, a longer one as TW. Here: tcp_msl <= 2.
         stats["TcpExtTWKilled" if self.ctx.config.tcp_msl <= 2 else "TcpExtTW"] += 1
@@ -156,9 +159,18 @@ class TimeWaitTable:
                 hook(key, why)
 
     def _restart(self, key: bytes, r: TwRecord, now: float) -> TwRecord:
-        """Restart the 2*MSL timer (RFC 9293 3.10.7.4; Linux inet_twsk_reschedule())."""
-        r = r._replace(expires=(ms32(now) + 2000 * self.ctx.config.tcp_msl) & MASK)
-        self._enqueue(key, now)
+        """Restart the 2*MSL timer (RFC 9293 3.10.7.4; Linux inet_twsk_reschedule()).
+
+        The key is queued again only when the new expiry falls in a later bucket than
+        the one already holding it: restarts cost no memory beyond one reference per
+        record per 50 ms, however fast a peer (or a spoofer who knows the four-tuple)
+        sends segments that restart it."""
+        now_ms = int(now * 1000)
+        expires = now_ms + 2000 * self.ctx.config.tcp_msl
+        queued = now_ms + sq.diff(r.expires, now_ms & MASK)  # the old expiry, unwrapped
+        r = r._replace(expires=expires & MASK)
+        if expires // BUCKET_MS > queued // BUCKET_MS:
+            self._enqueue(key, expires)
         return r
 
     def next_expiry(self) -> float | None:
@@ -238,8 +250,11 @@ class TimeWaitTable:
                 # applies RFC 1337's fix F1 and ignores it (LS 57).
                 self.remove(key, f"on {format_segment(seg)}")
                 return TW_NOTHING, None
-            # LS 53(a): silently restart; Linux does this for an ignored exact RST too.
-            r = self._restart(key, r, now)
+            # LS 53(a): a bare ACK restarts the timer silently. An exact RST ignored under
+            # tcp_rfc1337=1 does not (Linux: inet_twsk_reschedule() is in the else branch
+            # of `if (th->rst)`), but its TSval is still recorded.
+            if not flags & RST:
+                r = self._restart(key, r, now)
             if ts is not None:
                 r = r._replace(ts_recent=ts[0], ts_recent_stamp=sec32(now))
             self._put(key, r)
