@@ -212,6 +212,18 @@ def test_rto_backs_off_exponentially_up_to_120_s():
     assert d.stats["TcpExtTCPTimeouts"] == 15
 
 
+@pytest.mark.parametrize("floor_ms", [20, 200, 1000])
+def test_rto_floor_is_tcp_rto_min_ms(floor_ms):
+    """RFC 6298 2.4 with Linux's floor (LS 120): with SRTT = RTTVAR = 0 after the
+    handshake, RTO = SRTT + max(4 RTTVAR, tcp_rto_min) is exactly the knob."""
+    d = established(f"tcp_rto_min_ms={floor_ms}")
+    d.send(b"r" * 100)
+    d.expect("P. 1:101(100) ack 1")
+    assert d.tcb.rto_at - d.now == approx(floor_ms / 1000)
+    d.advance(floor_ms / 1000)
+    d.expect("P. 1:101(100) ack 1")
+
+
 def test_karn_keeps_the_backoff_until_an_unambiguous_sample():
     """RFC 6298 3 and 5 (Karn): no RTT sample from a retransmitted segment (no TS), so
     its ACK leaves the backed-off RTO in place; the ACK of a segment sent once gives a
@@ -549,6 +561,46 @@ def test_quick_acks_at_start_then_delayed_ack_at_most_40_ms():
     d.inject(f". {seq}:{seq + MSS}({MSS}) ack 1")  # the second full-sized segment
     seq += MSS
     d.expect(f". 1:1(0) ack {seq}")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1, 100, 700, MSS]), st.integers(0, 80)),
+                min_size=1, max_size=40))
+def test_every_byte_is_acked_within_40_ms_and_every_second_full_segment_at_once(steps):
+    """RFC 9293 3.8.6.3 / RFC 5681 4.2 with the issue's bound, over any arrival pattern of
+    in-order segments (after quick-ACK mode): an ACK covers each byte at most 40 ms
+    after it arrived, and at once when two full-sized segments are unacknowledged."""
+    d = established()
+    d.tcb.quickacks = 0
+    acks: list[tuple[float, int]] = []  # (time sent, relative ACK)
+
+    def collect() -> None:
+        for seg in d.out:
+            acks.append((d.now, (seg.ack - d.peer_isn) & MASK))
+        d.out.clear()
+
+    def run_until(t: float) -> None:
+        while (deadline := d.table.next_deadline()) is not None and deadline <= t:
+            d.advance(max(deadline - d.now, 0))
+            collect()
+        d.advance(t - d.now)
+        collect()
+
+    seq = 1
+    arrivals = []  # (time, relative end)
+    for size, gap_ms in steps:
+        run_until(d.now + gap_ms / 1000)
+        acked = max((a for _, a in acks), default=1)
+        d.inject(f"P. {seq}:{seq + size}({size}) ack 1")
+        seq += size
+        collect()
+        arrivals.append((d.now, seq))
+        if seq - acked >= 2 * MSS:
+            assert acks and acks[-1] == (d.now, seq), "two full segments, no immediate ACK"
+    run_until(d.now + 1)
+    for t, end in arrivals:
+        first = min(at for at, a in acks if a >= end)
+        assert first - t <= 0.040 + 1e-9  # the issue's bound, not tcb.DELACK
 
 
 def test_out_of_order_data_is_acked_at_once_with_sack_blocks():
