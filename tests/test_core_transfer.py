@@ -389,6 +389,20 @@ def test_initial_window_after_lost_handshake_segments(active, n, iw):
     assert len(data_segments(d)) == iw
 
 
+def test_pure_acks_carry_snd_max_while_go_back_n_rewinds_snd_nxt():
+    """After an RTO, SND.NXT goes back to resend from SND.UNA (RFC 5681 3.1), but a pure
+    ACK carries the highest sequence sent (Linux's snd_nxt, tcp_acceptable_seq()): the
+    peer may hold all of it already, and would drop an ACK left of its RCV.NXT unread."""
+    d = established(sack=False)  # no tail loss probe before the RTO
+    d.send(b"g" * 3 * MSS)
+    assert len(data_segments(d)) == 3
+    d.advance(0.2)
+    d.expect(f". 1:{1 + MSS}({MSS}) ack 1")  # go-back-N: SND.NXT rewound
+    assert (d.tcb.snd_nxt - d.iss) & MASK == 1 + MSS
+    d.inject("P. 1:101(100) ack 1")  # the peer's data, no news about ours
+    d.expect(f". {1 + 3 * MSS}:{1 + 3 * MSS}(0) ack 101")
+
+
 def test_go_back_n_after_rto_skips_sacked_data():
     """After an RTO, everything not acknowledged is resent in slow start (RFC 5681 3.1),
     except what the peer SACKed (RFC 6675 / RFC 2018)."""

@@ -482,14 +482,18 @@ class ControlServer:
         except ValueError as exc:
             raise RequestError(str(exc)) from None
         sub = _Subscriber(flt, _field(req, "segments", bool, False))
-        await self._send(writer, {"ok": True, "filter": str(flt)})
+        # Subscribed before the reply: a client that acts on "ok" (`ustack trace` prints
+        # "tracing ..." then) must not miss an event of the next loop iteration.
         self._subs.append(sub)
         if sub.segments and not self._tap_installed:
             self.stack.taps.append(self._tap)
             self._tap_installed = True
-        # The client says nothing more; its EOF (or a broken pipe) ends the subscription.
-        eof = asyncio.ensure_future(_until_eof(reader))
+        eof = None
         try:
+            await self._send(writer, {"ok": True, "filter": str(flt)})
+            # The client says nothing more; its EOF (or a broken pipe) ends the
+            # subscription.
+            eof = asyncio.ensure_future(_until_eof(reader))
             while not eof.done():
                 waiter = asyncio.ensure_future(sub.wake.wait())
                 await asyncio.wait({waiter, eof}, return_when=asyncio.FIRST_COMPLETED)
@@ -507,7 +511,8 @@ class ControlServer:
                     writer.write(("\n".join(chunk) + "\n").encode())
                     await writer.drain()
         finally:
-            eof.cancel()
+            if eof is not None:
+                eof.cancel()
             self._subs.remove(sub)
             if not any(s.segments for s in self._subs):
                 self._remove_tap()

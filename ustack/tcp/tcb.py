@@ -211,7 +211,12 @@ class Tcb:
             self.ctx.stats["TcpOutRsts"] += 1
 
     def _send_ack(self, now: float) -> None:
-        self._emit(self._make(ACK, self.snd_nxt, now))
+        # seq = SND.MAX, Linux's snd_nxt (tcp_acceptable_seq()), not our snd_nxt, which
+        # an RTO rewinds for go-back-N: the peer may already hold data up to SND.MAX, and
+        # a zero-length segment left of its RCV.NXT is unacceptable (RFC 9293 3.10.7.4),
+        # so it would drop the ACK unread. Two ends in go-back-N at once then never
+        # learn of each other's progress and time out.
+        self._emit(self._make(ACK, self.snd_max, now))
 
     def _send_rst(self, now: float) -> None:
         """A RST from a live socket: R. seq=SND.NXT ack=RCV.NXT, with TS (LS 18).
