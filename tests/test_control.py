@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import os
 import shutil
 import socket
@@ -270,15 +271,120 @@ async def test_ss_time_wait_timer_and_filters(env):
     await start_echo(e.peer.start_server, PEER, 7)
     rc, out, err = await e.tool("connect", PEER, "7", stdin=b"ping\n")
     assert rc == 0 and out == "ping\n", err
-    # We closed first (stdin EOF -> FIN) but the echo server closes right after: who
-    # holds TIME_WAIT depends on the order; look for it on both stacks.
-    await until(lambda: len(e.stack.table.tw) + len(e.peer.table.tw) == 1)
-    if len(e.stack.table.tw):
-        rc, out, _ = await e.tool("ss", "-o", "--state", "time-wait", f"{PEER}:7")
-        row = out.splitlines()[1]
-        assert row.startswith("TIME-WAIT") and "timer:(timewait," in row
-        rc, out, _ = await e.tool("ss", "-a", "port", "1234")
-        assert len(out.splitlines()) == 1  # only the header
+    # We closed first (stdin EOF -> FIN); the echo server closes only once it has read
+    # our FIN, so the TIME_WAIT is ours (FIN_WAIT_2 or CLOSING -> TIME_WAIT).
+    await until(lambda: len(e.stack.table.tw) == 1)
+    assert len(e.peer.table.tw) == 0
+    rc, out, _ = await e.tool("ss", "-o", "--state", "time-wait", f"{PEER}:7")
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith("TIME-WAIT") and "timer:(timewait," in lines[1]
+    assert lines[1].split()[-2].endswith(",0)")  # no retransmissions; then the age
+    rc, out, _ = await e.tool("ss", "-o", "--state", "time-wait", "--json")
+    (row,) = json.loads(out)["connections"]
+    assert row["timer_name"] == "timewait" and row["timer_retrans"] == 0
+    assert 0 < row["timer_left"] <= 60.0  # counts down from 2 * tcp_msl
+    rc, out, _ = await e.tool("ss", "-a", "port", "1234")
+    assert len(out.splitlines()) == 1  # only the header
+    rc, out, _ = await e.tool("ss")  # the default view leaves TIME-WAIT out, as ss does
+    assert len(out.splitlines()) == 1
+
+
+async def test_ss_retransmission_timer_counts_and_age(env):
+    """ss -o: timer:(on,TIME,N) while a segment goes unacknowledged, N the retransmissions
+    so far; the last column is the connection's age."""
+    from ustack.apps.discard import start_discard
+    e = await env()
+    await start_discard(e.peer.start_server, PEER, 9)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ustack", "connect", "--control", e.path, PEER, "9",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    await until(lambda: any(t.state == State.ESTABLISHED for t in e.stack.table.est.values()),
+                timeout=30)
+    e.link.drop = lambda side, frame: side == 1  # nothing from ustack arrives any more
+    proc.stdin.write(b"lost in transit\n")
+    await proc.stdin.drain()
+
+    async def rows() -> list[dict]:
+        rc, out, err = await e.tool("ss", "--json")
+        assert rc == 0, err
+        return json.loads(out)["connections"]
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 60
+    while not (r := await rows()) or not r[0]["timer_retrans"]:
+        assert loop.time() < end, r
+    (row,) = r
+    assert row["state"] == "ESTAB" and row["timer_name"] == "on" and row["send_q"] == 16
+    assert row["timer_left"] >= 0 and row["age"] > 0
+    rc, out, _ = await e.tool("ss", "-o")
+    line = out.splitlines()[1]
+    timer, age = line.split()[-2:]
+    assert timer.startswith("timer:(on,") and int(timer.rstrip(")").split(",")[-1]) >= 1
+    assert age.endswith("s") and age != "-"
+    assert e.stack.stats["TcpRetransSegs"] >= 1
+    e.link.drop = None  # the next retransmission gets through
+    proc.stdin.close()
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err_b
+
+
+def test_ss_state_names_and_filters_as_ss_spells_them():
+    """State names as `ss -tan` prints them, filters as `ss state NAME` spells them
+    (iproute2 ss.c: sstate_name[], scan_state())."""
+    import argparse
+
+    from ustack.tcp.state import SS_FILTERS
+    from ustack.tools.ss import states_wanted
+
+    def wanted(*names: str) -> frozenset[State]:
+        return states_wanted(argparse.Namespace(state=list(names), listening=False,
+                                                all=False))
+    assert {s.name: s.ss_name for s in State} == {
+        "CLOSED": "UNCONN", "LISTEN": "LISTEN", "SYN_SENT": "SYN-SENT",
+        "SYN_RECEIVED": "SYN-RECV", "ESTABLISHED": "ESTAB", "FIN_WAIT_1": "FIN-WAIT-1",
+        "FIN_WAIT_2": "FIN-WAIT-2", "CLOSE_WAIT": "CLOSE-WAIT", "CLOSING": "CLOSING",
+        "LAST_ACK": "LAST-ACK", "TIME_WAIT": "TIME-WAIT"}
+    for name in ("established", "syn-sent", "syn-recv", "fin-wait-1", "fin-wait-2",
+                 "time-wait", "closed", "close-wait", "last-ack", "listening", "closing",
+                 "all", "connected", "synchronized", "bucket", "big"):
+        assert name in SS_FILTERS
+    assert set(SS_FILTERS["bucket"]) == {State.SYN_RECEIVED, State.TIME_WAIT}
+    assert wanted("connected") == frozenset(State) - {State.LISTEN, State.CLOSED}
+    assert wanted("synchronized") == wanted("connected") - {State.SYN_SENT}
+    assert wanted("big") == frozenset(State) - wanted("bucket")
+    assert wanted("Time-Wait") == {State.TIME_WAIT}  # ss ignores case
+    for alias, name in (("syn-rcv", "syn-recv"), ("close", "closed"),
+                        ("unconnected", "closed"), ("listen", "listening"),
+                        ("estab", "established")):
+        assert wanted(alias) == wanted(name)
+
+
+async def test_ss_state_fin_wait_2(env):
+    e = await env()
+    release = asyncio.Event()
+
+    async def holder(reader, writer):  # reads to EOF, closes only when told
+        await reader.read()
+        await release.wait()
+        writer.close()
+
+    await e.peer.start_server(holder, PEER, 9002)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ustack", "connect", "--control", e.path, PEER, "9002",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.close()  # our FIN at once; the peer acknowledges it and waits
+    await until(lambda: any(t.state == State.FIN_WAIT_2 for t in e.stack.table.est.values()),
+                timeout=30)
+    rc, out, err = await e.tool("ss", "--state", "fin-wait-2")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("FIN-WAIT-2") and f"{PEER}:9002" in lines[1]
+    rc, out, _ = await e.tool("ss", "--state", "fin-wait-1", "--state", "time-wait")
+    assert len(out.splitlines()) == 1
+    release.set()
+    await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
 
 
 def test_ms_timer_like_ss():
@@ -333,6 +439,78 @@ async def test_nstat_counts_listed_mib_names(env):
         assert n in names
 
 
+def test_every_counter_is_incremented_somewhere():
+    """A counter nstat shows must have an increment in ustack/: `stats[NAME] += ...`
+    (NAME a literal, or either arm of a conditional), or NAME passed to a helper that
+    increments it. A name declared in stats.py and never counted would read 0 forever."""
+    import ast
+
+    from ustack.stats import NAMES
+    used: set[str] = set()
+    for path in (REPO / "ustack").rglob("*.py"):
+        if path.name == "stats.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript):
+                used.update(c.value for c in ast.walk(node.target.slice)
+                            if isinstance(c, ast.Constant) and isinstance(c.value, str))
+            elif isinstance(node, ast.Call):
+                used.update(a.value for a in node.args
+                            if isinstance(a, ast.Constant) and isinstance(a.value, str))
+    assert [n for n in NAMES if n not in used] == []
+
+
+async def test_listen_overflow_counts_and_logs(env, caplog, monkeypatch):
+    """A SYN to a listener whose backlog is full is dropped, counted (ListenOverflows,
+    ListenDrops) and logged once, at WARNING."""
+    from ustack import eventlog
+    monkeypatch.setattr(eventlog, "_limiter", eventlog.RateLimiter())
+    caplog.set_level(logging.WARNING, logger="ustack.events")
+    e = await env()
+
+    async def never(reader, writer):
+        writer.close()
+
+    await e.stack.start_server(never, STACK, 8000, backlog=1)
+    e.link.drop = lambda side, frame: side == 1  # SYN-ACKs lost: handshakes stay half-open
+    tries = [asyncio.ensure_future(e.peer.open_connection(STACK, 8000)) for _ in range(2)]
+    try:
+        await until(lambda: e.stack.stats["TcpExtListenOverflows"] >= 1)
+        rep = await e.request({"op": "nstat", "client": "overflow"})
+        assert rep["counters"]["TcpExtListenOverflows"] >= 1
+        assert rep["counters"]["TcpExtListenDrops"] == rep["counters"]["TcpExtListenOverflows"]
+        lines = [r for r in caplog.records if r.name == "ustack.events"]
+        assert lines and lines[0].levelno == logging.WARNING
+        assert lines[0].getMessage() == \
+            "listen queue of port 8000 overflowed (backlog 1): SYN dropped"
+    finally:
+        for t in tries:
+            t.cancel()
+        await asyncio.gather(*tries, return_exceptions=True)
+
+
+def test_event_log_is_rate_limited_per_kind(caplog, monkeypatch):
+    """A flood (a SYN flood on a full backlog) logs BURST lines, then one per INTERVAL
+    that says how many were left out; other kinds are not held back."""
+    from ustack import eventlog
+    now = [0.0]
+    monkeypatch.setattr(eventlog, "_limiter", eventlog.RateLimiter(clock=lambda: now[0]))
+    caplog.set_level(logging.WARNING, logger="ustack.events")
+    for _ in range(eventlog.BURST + 5):
+        eventlog.listen_overflow(80, 128)
+    assert len(caplog.records) == eventlog.BURST
+    now[0] += eventlog.INTERVAL
+    eventlog.listen_overflow(80, 128)
+    assert caplog.records[-1].getMessage().endswith("SYN dropped (5 similar messages "
+                                                     "suppressed)")
+    eventlog.event(logging.WARNING, "abort", "another kind")
+    assert caplog.records[-1].getMessage() == "another kind"
+    caplog.clear()
+    caplog.set_level(logging.ERROR, logger="ustack.events")  # --log-level error
+    eventlog.event(logging.WARNING, "abort", "not shown")
+    assert caplog.records == []
+
+
 # ---------------------------------------------------------------------- capture
 
 
@@ -358,7 +536,9 @@ async def test_capture_start_stop_read_back_with_dpkt_and_tcpdump(env):
     flags = [s.flags for s in segs]
     assert flags[0] == dpkt.tcp.TH_SYN and flags[1] == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK
     assert any(s.data == b"hello" for s in segs)
-    assert sum(1 for fl in flags if fl & dpkt.tcp.TH_FIN) == 2
+    # One FIN each way (counted by sender and seq: a stall of the loop longer than an
+    # RTO may add a retransmission of one).
+    assert len({(s.sport, s.seq) for s in segs if s.flags & dpkt.tcp.TH_FIN}) == 2
     if shutil.which("tcpdump"):
         proc = await asyncio.create_subprocess_exec(
             "tcpdump", "-nr", str(pcap), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -478,6 +658,33 @@ async def test_connect_refused_and_addrnotavail_exit_1(env):
     assert holder.returncode == 0
 
 
+async def test_connect_reset_by_peer_exits_1(env):
+    e = await env()
+
+    async def rude(reader, writer):
+        writer.transport.abort()  # RST at once
+
+    await e.peer.start_server(rude, PEER, 9003)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ustack", "connect", "--control", e.path, PEER, "9003",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 30)  # stdin stays open
+    assert proc.returncode == 1
+    assert err_b.decode().strip() == f"ustack connect: {PEER}:9003: Connection reset by peer"
+    assert e.stack.stats["TcpEstabResets"] == 1
+
+
+async def test_connect_timeout_exits_1(env):
+    """No answer to the SYN: tcp_syn_retries=1 gives up after 1 + 2 s (RFC 6298 backoff)."""
+    e = await env("tcp_syn_retries=1")
+    e.link.drop = lambda side, frame: side == 1  # every SYN is lost
+    rc, out, err = await e.tool("connect", PEER, "9004", stdin=b"")
+    assert rc == 1
+    assert err.strip() == f"ustack connect: {PEER}:9004: Connection timed out"
+    assert e.stack.stats["TcpAttemptFails"] == 1
+    assert e.stack.stats["TcpRetransSegs"] == 1  # the one SYN retransmission
+
+
 async def test_connect_linger_zero_aborts_without_time_wait(env):
     e = await env()
     got = bytearray()
@@ -590,20 +797,29 @@ async def test_ladder_from_pcap_four_way_close_with_retransmission(env):
                                 "--stack", STACK, "port", "80")
     assert rc == 0, err
     segs, root = _segments(svg)
-    flags = [g.get("data-flags") for g in segs]
-    assert flags[:3] == ["S", "S.", "."]
-    fins = [g for g in segs if "F" in g.get("data-flags")]
-    assert len(fins) == 3  # client FIN, server FIN (lost), its retransmission
-    assert [g.get("data-retrans") for g in fins] == ["0", "0", "1"]
-    assert [g.get("data-lost") for g in fins] == ["0", "1", "0"]
-    assert fins[0].get("data-seq") == "6" and fins[0].get("data-ack") == "6"
-    retrans = fins[2]
-    assert "retransmission" in retrans.find(f"{SVG}text").text
+    # Only the loss of the server's first FIN is scripted. A stall of the test's loop
+    # longer than an RTO (200 ms) can add a spurious retransmission anywhere, so the
+    # checks below are per sender and do not count segments overall.
+    originals = [g.get("data-flags") for g in segs if g.get("data-retrans") == "0"]
+    assert originals[:3] == ["S", "S.", "."]
+    client = segs[0].get("data-src")
+    server_ep = f"{STACK}:80"
+
+    def fins(src: str) -> list[ET.Element]:
+        return [g for g in segs if g.get("data-src") == src and "F" in g.get("data-flags")]
+
+    client_fin = fins(client)[0]
+    assert client_fin.get("data-retrans") == "0"
+    assert client_fin.get("data-seq") == "6" and client_fin.get("data-ack") == "6"
+    first, *again = fins(server_ep)
+    assert (first.get("data-retrans"), first.get("data-lost")) == ("0", "1")
+    assert again and all(g.get("data-retrans") == "1" for g in again)
+    assert [g.get("data-lost") for g in again][-1] == "0"  # the last one arrived
+    retrans = again[0]
+    assert retrans.find(f"{SVG}text").text.startswith("retransmission: F. seq 6 ack 7")
     assert retrans.find(f"{SVG}line").get("stroke-dasharray")
     states = [(t.get("data-host"), st) for t in root.findall(f".//{SVG}text[@class='state']")
               for st in t.get("data-states").split()]
-    client = segs[0].get("data-src")
-    server_ep = f"{STACK}:80"
     assert (client, "SYN_SENT") in states and (server_ep, "SYN_RECEIVED") in states
     assert (client, "FIN_WAIT_1") in states and (server_ep, "CLOSE_WAIT") in states
     assert (server_ep, "LAST_ACK") in states and (server_ep, "CLOSED") in states
@@ -638,7 +854,8 @@ async def test_ladder_live_uses_real_states_and_time_wait_end(env):
     out, err = await asyncio.wait_for(proc.communicate(), 40)
     assert proc.returncode == 0, err
     segs, root = _segments(svg)
-    assert [g.get("data-flags") for g in segs][:3] == ["S", "S.", "."]
+    assert [g.get("data-flags") for g in segs if g.get("data-retrans") == "0"][:3] == \
+        ["S", "S.", "."]
     states = [(t.get("data-host"), st) for t in root.findall(f".//{SVG}text[@class='state']")
               for st in t.get("data-states").split()]
     me = f"{STACK}:8080"
@@ -646,7 +863,9 @@ async def test_ladder_live_uses_real_states_and_time_wait_end(env):
     assert (me, "CLOSED") in states  # the 2MSL expiry, a row of its own
     tw = root.findall(f".//{SVG}g[@class='time-wait']")
     assert [g.get("data-host") for g in tw] == [me]
-    assert 1.5 <= float(tw[0].get("data-seconds")) <= 5.0  # 2 * tcp_msl, loosely
+    # 2 * tcp_msl = 2 s at least (the 2MSL timer never fires early; how late it fires
+    # depends on the machine's load, so there is no upper bound here).
+    assert float(tw[0].get("data-seconds")) >= 1.9
 
 
 async def test_connect_linger_n_waits_for_the_fin_to_be_acked(env):

@@ -27,7 +27,10 @@ _BY_SS_NAME = {s.ss_name: s for s in State}
 # ss's default (ss.c SS_CONN): every state but LISTEN, CLOSE, TIME-WAIT and SYN-RECV.
 DEFAULT_STATES = frozenset(s for s in State if s not in (
     State.LISTEN, State.CLOSED, State.TIME_WAIT, State.SYN_RECEIVED))
-ALIASES = {"listen": "listening", "estab": "established", "syn-received": "syn-recv"}
+# Other spellings ss accepts (ss.c scan_state()), and the obvious ones it prints.
+ALIASES = {"listen": "listening", "estab": "established", "syn-received": "syn-recv",
+           "syn-rcv": "syn-recv", "close": "closed", "unconnected": "closed",
+           "unconn": "closed"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
