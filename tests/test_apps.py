@@ -199,6 +199,18 @@ async def test_large_file_sha256(tmp_path):
 # -- connection handling ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("path", "line"), [("/a.txt", "HTTP/1.1 200 OK"),
+                                            ("/nope", "HTTP/1.1 404 Not Found")])
+async def test_status_line_has_a_reason_phrase(tmp_path, path, line):
+    (tmp_path / "a.txt").write_bytes(b"a")
+    async with http(root=tmp_path) as port:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        first = await asyncio.wait_for(reader.readline(), 2)
+        writer.close()
+    assert first.decode("latin-1").rstrip("\r\n") == line  # h11 answers as HTTP/1.1
+
+
 async def test_http10_server_closes_first(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"a")
     async with http(root=tmp_path) as port:

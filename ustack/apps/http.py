@@ -24,6 +24,7 @@ import os
 import pathlib
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -261,7 +262,9 @@ class _Session:
             ("Content-Length", str(length)),
             *extra,
         ]
-        self.writer.write(self.conn.send(h11.Response(status_code=status, headers=headers)))
+        # h11 leaves the reason phrase empty unless given one: "HTTP/1.1 200 OK", please.
+        self.writer.write(self.conn.send(h11.Response(
+            status_code=status, headers=headers, reason=HTTPStatus(status).phrase)))
 
     async def _send_bytes(
         self,
