@@ -30,7 +30,7 @@ from .wire.ip import (
     header_ok,
     ip_to_bytes,
 )
-from .wire.tcp import ParseError, build_tcp, parse_tcp
+from .wire.tcp import OptionError, ParseError, build_tcp, parse_tcp
 
 log = logging.getLogger("ustack")
 
@@ -94,10 +94,10 @@ class Stack:
         for tap in self.taps:
             tap("in", frame)
         stats = self.stats
-        stats["IpInReceives"] += 1
         n = len(frame)
         if n and frame[0] >> 4 == 6:
-            return  # IPv6 (e.g. the kernel's router solicitations): not ours, not an error
+            return  # IPv6 (e.g. the kernel's router solicitations): not ours, not counted
+        stats["IpInReceives"] += 1
         if n < 20 or frame[0] >> 4 != 4:
             stats["IpInHdrErrors"] += 1
             return
@@ -144,9 +144,10 @@ class Stack:
         key = frame[12:24] if ihl == 20 else frame[12:20] + frame[ihl:ihl + 4]
         try:
             seg = parse_tcp(frame, ihl, total)
-        except ParseError:
+        except ParseError as exc:
             stats["TcpInErrs"] += 1
-            stats["TcpExtTCPBadOptions"] += 1
+            if isinstance(exc, OptionError):  # a bad data offset is no bad option
+                stats["TcpExtTCPBadOptions"] += 1
             return
         stats["TcpInSegs"] += 1
         self.table.input(key, seg, self.loop.time())

@@ -32,6 +32,9 @@ from .state import State
 
 MASK = 0xFFFFFFFF
 DEFAULT_MSS = 536  # RFC 9293 3.7.1: assumed when the peer sends no MSS option
+# Linux net.ipv4.tcp_min_snd_mss (CVE-2019-11479): a smaller MSS option is raised to
+# this, else the options every segment carries could leave no room for data.
+MIN_SND_MSS = 48
 OUR_MSS = 1460  # TUN MTU 1500 - 40
 TS_OPT_LEN = 12
 DELACK = 0.040  # Linux TCP_DELACK_MIN, the issue's "at most 40 ms"
@@ -328,7 +331,7 @@ class Tcb:
     def _negotiate(self, syn: Segment, we_offered_ts: bool) -> None:
         """Apply the options of the peer's SYN or SYN-ACK (RFC 7323 2.2, 3.2; RFC 9293 3.7.1)."""
         cfg = self.ctx.config
-        self.peer_mss = syn.mss if syn.mss else DEFAULT_MSS
+        self.peer_mss = max(syn.mss, MIN_SND_MSS) if syn.mss else DEFAULT_MSS
         self.ws_ok = bool(cfg.tcp_window_scaling and syn.wscale is not None)
         if self.ws_ok:
             self.snd_wscale = syn.wscale

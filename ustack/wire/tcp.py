@@ -25,6 +25,10 @@ class ParseError(ValueError):
     """A malformed header or option: the segment is dropped and counted."""
 
 
+class OptionError(ParseError):
+    """A malformed option (counted as TcpExtTCPBadOptions as well as TcpInErrs)."""
+
+
 @dataclass(slots=True)
 class Segment:
     sport: int = 0
@@ -122,30 +126,30 @@ def _parse_options(seg: Segment, buf: bytes | memoryview, i: int, end: int) -> N
             i += 1
             continue
         if i + 1 >= end:
-            raise ParseError(f"option {kind} has no length byte")
+            raise OptionError(f"option {kind} has no length byte")
         length = buf[i + 1]
         if length < 2 or i + length > end:
-            raise ParseError(f"option {kind} has bad length {length}")
+            raise OptionError(f"option {kind} has bad length {length}")
         if kind == OPT_MSS:
             if length != 4:
-                raise ParseError(f"MSS option length {length}")
+                raise OptionError(f"MSS option length {length}")
             seg.mss = (buf[i + 2] << 8) | buf[i + 3]
         elif kind == OPT_WSCALE:
             if length != 3:
-                raise ParseError(f"window scale option length {length}")
+                raise OptionError(f"window scale option length {length}")
             # RFC 7323 2.3: a shift above 14 is treated as 14.
             seg.wscale = min(buf[i + 2], 14)
         elif kind == OPT_SACK_PERM:
             if length != 2:
-                raise ParseError(f"SACK-permitted option length {length}")
+                raise OptionError(f"SACK-permitted option length {length}")
             seg.sack_perm = True
         elif kind == OPT_TS:
             if length != 10:
-                raise ParseError(f"timestamp option length {length}")
+                raise OptionError(f"timestamp option length {length}")
             seg.ts = _II.unpack_from(buf, i + 2)
         elif kind == OPT_SACK:
             if (length - 2) % 8:
-                raise ParseError(f"SACK option length {length}")
+                raise OptionError(f"SACK option length {length}")
             seg.sack = tuple(
                 _II.unpack_from(buf, j) for j in range(i + 2, i + length, 8)
             )
