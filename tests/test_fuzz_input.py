@@ -423,6 +423,13 @@ CASES = {
     "total_past_frame": (ipv4(X_IP, S_IP, 6, GOOD_TCP, total=100), {HDR: 1}, False),
     "ip_checksum": (ipv4(X_IP, S_IP, 6, GOOD_TCP, csum_ok=False), {HDR: 1}, False),
     "not_our_address": (ipv4(X_IP, C_IP, 6, GOOD_TCP), {"IpInAddrErrors": 1}, False),
+    # Martian sources (RFC 1122 3.2.1.3) never get an answer, least of all a RST.
+    **{f"martian_source_{name}": (ipv4(ip_to_bytes(src), S_IP, 6, GOOD_TCP),
+                                  {"IpInAddrErrors": 1}, False)
+       for name, src in (("zero", "0.0.0.0"), ("this_net", "0.1.2.3"),
+                         ("loopback", "127.0.0.1"), ("multicast", "224.0.0.1"),
+                         ("class_e", "240.0.0.1"), ("broadcast", "255.255.255.255"),
+                         ("ourselves", SERVER))},
     "more_fragments": (ipv4(X_IP, S_IP, 6, GOOD_TCP, frag=0x2000), {"IpReasmFails": 1}, False),
     "fragment_offset": (ipv4(X_IP, S_IP, 6, GOOD_TCP, frag=0x0001), {"IpReasmFails": 1}, False),
     "udp": (ipv4(X_IP, S_IP, 17, GOOD_TCP), {"IpInUnknownProtos": 1}, False),

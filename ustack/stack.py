@@ -109,6 +109,13 @@ class Stack:
         if frame[16:20] != self.addr_bytes:
             stats["IpInAddrErrors"] += 1
             return
+        first = frame[12]
+        if first == 0 or first == 127 or first >= 224 or frame[12:16] == self.addr_bytes:
+            # A martian source (RFC 1122 3.2.1.3: 0/8, loopback, multicast, class E and
+            # broadcast; or our own address) must never get an answer, least of all a
+            # RST: Linux drops these in ip_route_input_slow().
+            stats["IpInAddrErrors"] += 1
+            return
         if (frame[6] & 0x3F) or frame[7]:
             stats["IpReasmFails"] += 1  # fragments: ustack does not reassemble
             return
