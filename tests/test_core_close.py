@@ -570,6 +570,28 @@ def test_data_after_close_gets_rst(state):
     assert d.stats["TcpOutRsts"] == 1
 
 
+@pytest.mark.parametrize("state", [State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK])
+def test_data_past_the_peers_own_fin_gets_rst(state):
+    """RFC 9293 3.10.7.4 (eighth) / RFC 1122 4.2.2.13 / Linux tcp_rcv_state_process()
+    step 7: after the peer's FIN, a segment that starts below RCV.NXT and runs past it
+    carries data beyond the end of the stream: R seq=SEG.ACK, the connection is reset
+    (EPIPE in CLOSE_WAIT, as tcp_reset() says), TcpExtTCPAbortOnData. A plain
+    retransmission that ends at the FIN is only re-ACKed."""
+    d = drill_in(state)
+    ack = 1  # acknowledges nothing new (in CLOSING and LAST_ACK our FIN stays unACKed)
+    d.inject(f"F. 1:1(0) ack {ack}")  # the FIN again: re-ACKed
+    d.expect(f". {d.rel_snd}:{d.rel_snd}(0) ack 2")
+    assert d.state == state
+    d.inject(f"P. 1:11(10) ack {ack}")  # ten bytes where the FIN was
+    d.expect(f"R {ack}:{ack}(0)")
+    d.expect_nothing()
+    assert d.state == State.CLOSED
+    assert d.stats["TcpExtTCPAbortOnData"] == 1
+    if state == State.CLOSE_WAIT:
+        assert d.tcb.error == errno.EPIPE
+        assert d.stats["TcpEstabResets"] == 1
+
+
 def test_data_after_shutdown_is_not_data_after_close():
     """LS 32 applies only to orphans: after shutdown() data is still delivered."""
     d = drill_in(State.FIN_WAIT_2, orphan=False)

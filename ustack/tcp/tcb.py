@@ -820,6 +820,15 @@ class Tcb:
                 return
             if st in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
                 self._process_text(seg, now)
+            elif (seg.payload and sq.lt(seg.seq, self.rcv_nxt)
+                  and sq.gt((seg.seq + len(seg.payload)) & MASK, self.rcv_nxt)):
+                # CLOSE_WAIT, CLOSING, LAST_ACK: data running past the peer's own FIN
+                # (RFC 9293 3.10.7.4 eighth: the FIN closed the sequence space). Linux
+                # tcp_rcv_state_process() step 7 resets, as RFC 1122 4.2.2.13 says.
+                stats["TcpExtTCPAbortOnData"] += 1
+                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
+                self._reset_by_peer(seg)
+                return
             elif flags & FIN or seg.payload:
                 # CLOSE_WAIT, CLOSING, LAST_ACK: the peer already sent FIN; re-ACK.
                 self.ack_now = True
