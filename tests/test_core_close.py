@@ -103,6 +103,20 @@ def test_close_in_syn_sent_sends_nothing():
     assert d.state == State.CLOSED
     d.inject("S. 0:0(0) ack 1 win 65535")
     d.expect("R 1:1(0)")
+    assert d.stats["TcpExtTCPAbortOnData"] == 0
+
+
+def test_linger_zero_close_in_syn_sent_sends_nothing_but_counts():
+    """LS 31, 36: with SO_LINGER {1, 0} close() in SYN_SENT still sends nothing, and
+    Linux's __tcp_close() counts the abort as TcpExtTCPAbortOnData."""
+    d = Drill()
+    d.connect()
+    d.expect("S 0:0(0)")
+    d.tcb.linger = 0
+    d.close()
+    d.expect_nothing()
+    assert d.state == State.CLOSED
+    assert d.stats["TcpExtTCPAbortOnData"] == 1
 
 
 def test_syn_retries_exhausted_etimedout():

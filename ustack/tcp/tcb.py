@@ -474,6 +474,9 @@ class Tcb:
         if self.state in (State.CLOSED, State.TIME_WAIT):
             return
         if self.state == State.SYN_SENT:
+            if self.linger == 0:
+                # Linux __tcp_close() counts the SO_LINGER {1, 0} abort here too (LS 31).
+                self.ctx.stats["TcpExtTCPAbortOnData"] += 1
             self._terminate(0, "close()")  # nothing sent (LS 36)
             return
         unread += len(self.rcvbuf)
