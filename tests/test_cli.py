@@ -95,6 +95,23 @@ def test_bad_arguments_exit_2(argv):
 
 
 @pytest.mark.parametrize("argv", [
+    ["connect", "10.77.0.1", "65536"],
+    ["connect", "10.77.0.1", "0"],
+    ["connect", "10.77.0.1", "http"],
+    ["connect", "10.77.0.1", "80", "--linger", "-1"],
+    ["capture", "start"],
+    ["ladder", "--text"],
+])
+def test_tool_usage_errors_exit_2_before_any_control_socket(argv, capsys):
+    """A wrong command line is a usage error (status 2, one `error:` line), told apart
+    from a daemon that is not there (status 1)."""
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--control", "/nonexistent/ustack.sock"])
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv", [
     ["--address", "10.77.1.2/24"],           # not in the host side's network
     ["--address", "10.77.0.1/24"],           # same as the host side
 ])

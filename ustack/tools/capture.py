@@ -21,12 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["start", "stop", "list"])
     p.add_argument("file", nargs="?", metavar="FILE",
                    help="pcap file (required for start; stop without FILE stops all)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "start" and not args.file:
-        return fail("capture", "capture start needs a FILE")
+        args.parser.error("capture start needs a FILE")  # a usage error: exit status 2
     req: dict = {"op": "capture", "action": args.action}
     if args.file:
         req["file"] = os.path.abspath(args.file)
