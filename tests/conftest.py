@@ -2,7 +2,9 @@
 
 Tests marked `@pytest.mark.tun` need root and /dev/net/tun. Without them they skip, with
 the reason, so `pytest` works on a laptop; with CI=true they fail, so a CI machine that
-lost its privileges cannot pass by skipping everything that matters.
+lost its privileges cannot pass by skipping everything that matters. Tests marked
+`@pytest.mark.netns` need root only: they put their own kernel sockets in a namespace
+(`inside_netns`), e.g. to compare ustack with the kernel's TCP on a private loopback.
 
 Every packet these fixtures cause stays inside a namespace the fixture created (only
 10.77.0.0/16 addresses, a TUN device that lives and dies in that namespace), and every
@@ -11,6 +13,7 @@ namespace is deleted on teardown, after the processes started in it are killed b
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import shutil
@@ -41,10 +44,30 @@ def tun_missing_reason() -> str | None:
     return None
 
 
+def netns_missing_reason() -> str | None:
+    """Why `netns` tests (a namespace, no TUN device) cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    if shutil.which("ip") is None:
+        return "needs the ip command (iproute2)"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here, not in pyproject.toml, so adding it did not change the file whose
+    # hash decides whether scripts/setup reinstalls the venv.
+    config.addinivalue_line(
+        "markers", "netns: needs root (runs its own sockets in a network namespace); "
+                   "fails instead of skipping when CI=true")
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("tun") is None:
+    if item.get_closest_marker("tun") is not None:
+        reason = tun_missing_reason()
+    elif item.get_closest_marker("netns") is not None:
+        reason = netns_missing_reason()
+    else:
         return
-    reason = tun_missing_reason()
     if reason is None:
         return
     if os.environ.get("CI", "").lower() == "true":
@@ -128,6 +151,32 @@ def make_netns() -> Iterator[Callable[[], Netns]]:
 def netns(make_netns: Callable[[], Netns]) -> Netns:
     """A fresh namespace for this test; `.name` is what `ip netns list` shows."""
     return make_netns()
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@pytest.fixture
+def inside_netns(netns: Netns) -> Iterator[Netns]:
+    """Move the test's own thread into a fresh namespace for the duration of the test.
+
+    Kernel sockets the test opens in-process (even on 127.0.0.1) then live in that
+    namespace and its private loopback, so their packets never touch the host's stack.
+    setns(2) moves only the calling thread; pytest and the asyncio loop run on it. The
+    thread goes back home before the namespace is deleted, also on failure."""
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{netns.name}") as ns:
+        _setns(ns.fileno())
+        try:
+            yield netns
+        finally:
+            _setns(home.fileno())
 
 
 class Daemon:

@@ -1,7 +1,8 @@
 """The built-in services, run on the kernel's loopback via plain asyncio.start_server.
 
 They only use the streams API, so passing them asyncio.start_server exercises exactly the
-code that runs on ustack.
+code that runs on ustack. The loopback is that of a namespace each test creates
+(`inside_netns`), so no packet touches the host's own network stack.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ustack.apps.echo import start_echo
 from ustack.apps.http import start_http
 
 HOST = "127.0.0.1"
+
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("inside_netns")]
 
 
 @contextlib.asynccontextmanager

@@ -41,6 +41,13 @@ def test_bad_value_exits_2_with_one_line(capsys, setting):
     lines = stderr_lines(capsys)
     assert len(lines) == 1
     assert setting.split("=")[0] in lines[0]
+    assert all(knob in lines[0] for knob in KNOBS)  # the line names the valid knobs
+
+
+def test_a_bad_value_is_not_rescued_by_a_later_good_one(capsys):
+    # Last value wins for valid values; every value must still be valid.
+    assert main(["serve", "--set", "tcp_msl=0", "--set", "tcp_msl=5"]) == 2
+    assert len(stderr_lines(capsys)) == 1
 
 
 def test_set_last_value_wins():

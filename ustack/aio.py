@@ -66,6 +66,7 @@ class TcpTransport(asyncio.Transport):
         self._reading_paused = False
         self._eof_pending = False
         self._eof_delivered = False
+        self._eof_written = False
         self._writing_paused = False
         # The write buffer holds unacknowledged data too, so size it like a kernel
         # socket's send buffer (tcp_wmem): room for a full window plus new data, which
@@ -124,6 +125,8 @@ class TcpTransport(asyncio.Transport):
     def write(self, data) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__}")
+        if self._eof_written:  # as asyncio's and uvloop's socket transports
+            raise RuntimeError("Cannot call write() after write_eof()")
         if not data:
             return
         if self._error is not None or self._tcb.state == State.CLOSED and not self._closing:
@@ -140,6 +143,7 @@ class TcpTransport(asyncio.Transport):
     def write_eof(self) -> None:
         if self._closing or self._error is not None:
             return
+        self._eof_written = True
         self._stack.call(self._tcb, self._tcb.shutdown, self._stack.now())
 
     def can_write_eof(self) -> bool:
@@ -295,7 +299,7 @@ class Server(asyncio.AbstractServer):
         self._stack = stack
         self._factory = protocol_factory
         self._listener = stack.table.listen(host, port, backlog, owner=self)
-        self.sockets = [ListenSocket(host, port)]
+        self.sockets = [ListenSocket(host, self._listener.port)]  # port 0: the one chosen
         self._serving = True
         self._closed = asyncio.get_running_loop().create_future()
         self._transports: set[TcpTransport] = set()

@@ -214,6 +214,9 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         _say(f"serving on {args.address.ip} via {device.name} ({services})")
         await stop.wait()
         log.info("shutting down")
+        for server in servers:
+            server.close()
+        await _reset_connections(stack)
     finally:
         for server in servers:
             server.close()
@@ -224,6 +227,23 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         if stack is not None:
             stack.close()
         device.close()
+
+
+async def _reset_connections(stack, grace: float = 1.0) -> None:
+    """On shutdown: reset every connection (the stack dies with the process, so it
+    cannot finish a close), then give the handlers a moment to see it and return. A
+    handler still running when the loop ends would be cancelled, and asyncio 3.11's
+    StreamReaderProtocol logs a traceback for a cancelled client_connected_cb."""
+    for tcb in list(stack.table.est.values()):
+        owner = tcb.owner
+        if owner is not None:
+            owner.abort()
+        else:  # not accepted yet
+            stack.call(tcb, tcb.abort, stack.now())
+    tasks = asyncio.all_tasks() - {asyncio.current_task()}
+    if tasks:
+        await asyncio.wait(tasks, timeout=grace)
+    await asyncio.sleep(0)  # the RSTs go out from the flush scheduled by the aborts
 
 
 async def _start_observability(stack, args: argparse.Namespace, name: str):

@@ -197,6 +197,8 @@ class TcpTable:
     # ------------------------------------------------------------------ user calls
 
     def listen(self, ip: str, port: int, backlog: int = 128, owner: object = None) -> Listener:
+        if port == 0:
+            port = self._free_port()
         if port in self.listeners:
             raise OSError(E.EADDRINUSE, "Address already in use")
         backlog = max(1, min(backlog, self.ctx.config.somaxconn,
@@ -204,6 +206,21 @@ class TcpTable:
         lst = Listener(ip_to_bytes(ip or "0.0.0.0"), port, backlog, owner)
         self.listeners[port] = lst
         return lst
+
+    def _free_port(self) -> int:
+        """bind() to port 0: a port of ip_local_port_range that no listener, connection
+        or TIME_WAIT record uses, from a random start (Linux inet_csk_find_open_port())."""
+        lo, hi = self.ctx.config.ip_local_port_range
+        used = set(self.listeners)
+        used.update((key[10] << 8) | key[11] for key in self.est)
+        used.update((key[10] << 8) | key[11] for key in self.tw.records)
+        n = hi - lo + 1
+        start = self.ctx.rng.randrange(n)
+        for i in range(n):
+            port = lo + (start + i) % n
+            if port not in used:
+                return port
+        raise OSError(E.EADDRINUSE, "Address already in use")
 
     def unlisten(self, lst: Listener, now: float) -> None:
         """close() on a listener: children not yet accepted are reset (LS 34)."""

@@ -1068,7 +1068,10 @@ class Tcb:
         """Resend the first unacknowledged segment (data and/or FIN) at SND.UNA, up to
         the data the peer SACKed, and restart the timer."""
         una = self.snd_una
-        limit = self.mss
+        # Only what was sent before (Linux resends the skb as it was): new bytes here
+        # would skip the window check and run past SND.MAX, so the peer's ACK for them
+        # would look like an ACK of unsent data, be dropped, and the connection stall.
+        limit = min(self.mss, sq.diff(self.snd_max, una))
         blk = self.sb.next_sacked(una) if self.sb else None
         if blk is not None and sq.gt(blk[0], una):
             limit = min(limit, sq.diff(blk[0], una))
