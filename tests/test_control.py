@@ -290,6 +290,28 @@ async def test_ss_time_wait_timer_and_filters(env):
     assert len(out.splitlines()) == 1
 
 
+async def test_ss_says_how_many_time_wait_entries_it_left_out(env, monkeypatch):
+    """A million TIME_WAIT rows would stall the daemon, so it lists at most
+    table.TW_ROWS of them; ss must then say how many more exist, never truncate
+    silently."""
+    import ustack.table
+
+    monkeypatch.setattr(ustack.table, "TW_ROWS", 3)
+    e = await env("tcp_msl=30")
+    now = e.stack.now()
+    for i in range(5):
+        key = bytes([10, 77, 0, 1, 10, 77, 0, 2]) + (40000 + i).to_bytes(2, "big") + b"\0\x50"
+        assert e.stack.table.tw.insert(key, snd_nxt=1, rcv_nxt=1, ts_recent=0,
+                                       ts_recent_stamp=now, ts_offset=0, wnd=1000, wscale=0,
+                                       has_ts=False, now=now)
+    rc, out, err = await e.tool("ss", "--state", "time-wait")
+    assert rc == 0
+    assert len(out.splitlines()) == 1 + 3
+    assert "2 more TIME-WAIT entries not listed" in err
+    rc, out, err = await e.tool("ss", "--state", "established")
+    assert "not listed" not in err  # nothing about TIME-WAIT was asked for
+
+
 async def test_ss_retransmission_timer_counts_and_age(env):
     """ss -o: timer:(on,TIME,N) while a segment goes unacknowledged, N the retransmissions
     so far; the last column is the connection's age."""

@@ -15,7 +15,9 @@ connection into a stream.
 
   {"op": "ping"}                -> {"ok", "version", "name", "address", "pid"}
   {"op": "status"}              -> Stack.status(): connections, stats, time_wait count
-  {"op": "ss"}                  -> {"ok", "now", "address", "connections": [row, ...]}
+  {"op": "ss"}                  -> {"ok", "now", "address", "connections": [row, ...],
+                                    "time_wait": count}; at most table.TW_ROWS rows are
+                                    TIME-WAIT, "time_wait" is the true count
         row: state (ss spelling: ESTAB, TIME-WAIT ...), local, peer, recv_q, send_q,
         timer ("" or "on,0.200s,0" as in table.rows), timer_name, timer_left,
         timer_retrans, age (s since the connection began), state_age (s in this state)
@@ -354,7 +356,8 @@ class ControlServer:
                 row["state_age"] = row.get("age")
             else:
                 row["state_age"] = round(now - entered, 3)
-        return {"now": time.time(), "address": self.stack.address, "connections": rows}
+        return {"now": time.time(), "address": self.stack.address, "connections": rows,
+                "time_wait": len(self.stack.table.tw)}
 
     def _op_nstat(self, req: dict) -> dict:
         client = _field(req, "client", str, "default")

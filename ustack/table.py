@@ -30,6 +30,9 @@ from .wire.tcp import ACK, RST, SYN, Segment
 Tx = tuple[bytes, bytes, Segment]  # (source address, destination address, segment)
 PERTURB_SIZE = 1 << 16  # Linux INET_TABLE_PERTURB_SIZE
 
+# TIME_WAIT rows listed by rows(); beyond it ss and the status page say how many more.
+TW_ROWS = 10000
+
 
 def make_key(remote_ip: bytes, local_ip: bytes, rport: int, lport: int) -> bytes:
     """The demux key in the orientation of an *incoming* frame."""
@@ -342,8 +345,10 @@ class TcpTable:
 
     # ------------------------------------------------------------------ views
 
-    def rows(self, now: float) -> list[dict]:
-        """One dict per connection for ss, the status page and the control socket."""
+    def rows(self, now: float, tw_limit: int | None = None) -> list[dict]:
+        """One dict per connection for ss, the status page and the control socket; at
+        most `tw_limit` TIME_WAIT records (the oldest), since a million rows would stall
+        the loop. `len(self.tw)` is the true count, to say what was left out."""
         out = []
         for lst in self.listeners.values():
             out.append({"state": "LISTEN", "local": f"{ip_to_str(lst.ip)}:{lst.port}",
@@ -359,7 +364,7 @@ class TcpTable:
                 "timer": f"{t[0]},{t[1]:.3f}s,{t[2]}" if t else "",
                 "age": round(now - tcb.created, 3),
             })
-        for key in itertools.islice(self.tw.records, 10000):  # not a 1 M-key list
+        for key in itertools.islice(self.tw.records, TW_ROWS if tw_limit is None else tw_limit):
             r = self.tw.get(key)
             out.append({
                 "state": "TIME-WAIT",

@@ -127,7 +127,7 @@ def status_page(snapshot: dict) -> bytes:
 <style>body{{font-family:monospace}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #999;padding:2px 6px;text-align:left}}</style></head>
 <body><h1>ustack</h1>
-<h2>Connections ({len(rows)})</h2>
+<h2>Connections ({len(rows)} listed; TIME-WAIT in all: {snapshot.get("time_wait", 0)})</h2>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Counters</h2>
 <table><tbody>{counters}</tbody></table>

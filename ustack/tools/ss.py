@@ -167,7 +167,12 @@ def run(args: argparse.Namespace) -> int:
             rep = ctl.request({"op": "ss"})
     except (ToolError, ValueError) as exc:
         return fail("ss", str(exc))
+    listed_tw = sum(1 for r in rep["connections"] if r["state"] == "TIME-WAIT")
     rows = select(rep["connections"], states, f, args.close_wait_threshold)
+    missing = rep.get("time_wait", listed_tw) - listed_tw
+    if missing > 0 and any(r["state"] == "TIME-WAIT" for r in rows):
+        print(f"ustack ss: {missing} more TIME-WAIT entries not listed (the daemon lists "
+              f"the {listed_tw} oldest)", file=sys.stderr)
     if args.json:
         json.dump({"address": rep.get("address"), "connections": rows}, sys.stdout, indent=1)
         sys.stdout.write("\n")
