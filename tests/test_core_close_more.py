@@ -1,8 +1,8 @@
 """More close-path behaviours of the core, one scripted test each, from the audit of
 issue 3 against RFC 9293 3.10, RFC 5961 and LINUX-SPEC ("LS n"): the orphaned FIN_WAIT_2
-(LS 41-44), a SYN in SYN_RECEIVED (Linux tcp_check_req()), SO_LINGER and ABORT state by
-state (RFC 9293 3.10.5, LS 29-31), segments without ACK (LS 13), FIN with data in the
-closing states, and the issue's --set knobs."""
+(LS 41-44), a SYN in SYN_RECEIVED (Linux tcp_check_req()), a listener's close (LS 34),
+SO_LINGER and ABORT state by state (RFC 9293 3.10.5, LS 29-31), segments without ACK
+(LS 13), FIN with data in the closing states, and the issue's --set knobs."""
 
 from __future__ import annotations
 
@@ -239,6 +239,41 @@ def test_out_of_window_rst_in_syn_received_is_dropped():
     d.expect_nothing()
     assert d.state == State.SYN_RECEIVED
     assert d.stats["TcpExtEmbryonicRsts"] == 0
+
+
+# ---------------------------------------------------------------------- listener close
+
+
+def test_listener_close_resets_children_not_yet_accepted():
+    """LS 34: close() on a listener resets each established child still in its accept
+    queue (R. seq=SND.NXT ack=RCV.NXT)."""
+    d = Drill()
+    lst = d.listen(80)
+    d.inject("S 0:0(0) win 65535")
+    d.expect("S. 0:0(0) ack 1")
+    d.inject(". 1:1(0) ack 1")
+    assert len(lst.accept_queue) == 1
+    d.table.unlisten(lst, d.now)
+    d._drain_tx()
+    d.expect("R. 1:1(0) ack 1")
+    assert d.state == State.CLOSED and lst.accept_queue == []
+
+
+def test_listener_close_drops_half_open_children_silently():
+    """LS 34: a half-open child (SYN_RECEIVED) goes silently when its listener closes,
+    and the peer's handshake ACK then gets a no-socket RST (LS 101) instead of
+    completing a connection that nobody would accept."""
+    d = drill_in(State.SYN_RECEIVED)
+    lst = d.table.listeners[80]
+    d.table.unlisten(lst, d.now)
+    d._drain_tx()
+    d.expect_nothing()
+    assert d.state == State.CLOSED and lst.half_open == 0 and lst.accept_queue == []
+    d.advance(5.0)  # no SYN-ACK retransmission either
+    d.expect_nothing()
+    d.inject(". 1:1(0) ack 1")
+    d.expect("R 1:1(0)")
+    assert d.state == State.CLOSED and lst.accept_queue == []
 
 
 # ---------------------------------------------------------------------- SO_LINGER, ABORT

@@ -4,6 +4,7 @@ dpkt is an independent implementation: it recomputes the IPv4, TCP and ICMP chec
 they are zeroed before serialization, and it parses TCP options on its own.
 """
 
+import socket
 import struct
 
 import dpkt
@@ -19,6 +20,7 @@ from ustack.wire.ip import (
     build_ipv4,
     header_ok,
     ip_to_bytes,
+    ip_to_str,
 )
 from ustack.wire.tcp import (
     ACK,
@@ -218,6 +220,23 @@ def test_header_ok_detects_corruption():
     assert header_ok(frame, 20)
     frame[8] ^= 0x01  # TTL
     assert not header_ok(frame, 20)
+
+
+@given(addrs)
+def test_ip_conversions_agree_with_the_socket_module(packed):
+    """ip_to_bytes/ip_to_str are pure (no socket in the core) but must match
+    inet_aton/inet_ntoa on dotted quads, and raise OSError on anything else as they do."""
+    text = socket.inet_ntoa(packed)
+    assert ip_to_str(packed) == text
+    assert ip_to_bytes(text) == packed
+
+
+@pytest.mark.parametrize("bad", ["", "x", "1.2.3.4.5", "256.0.0.1", "10.0.0.1 "])
+def test_ip_to_bytes_rejects_non_dotted_quads(bad):
+    with pytest.raises(OSError):
+        ip_to_bytes(bad)
+    with pytest.raises(OSError):
+        ip_to_str(b"\x01\x02\x03")
 
 
 @given(u16, u16, st.binary(max_size=1473))

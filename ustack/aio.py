@@ -3,7 +3,8 @@
 Existing asyncio code runs unchanged: `open_connection`/`start_server` return real
 `asyncio.StreamReader`/`StreamWriter` pairs, `create_connection`/`create_server` take a
 protocol factory. The transport turns core events into protocol callbacks and user
-calls into core calls; it touches no TCB fields beyond a few read-only views.
+calls into core calls; it touches no TCB fields beyond a few read-only views and the
+socket-option flags (`linger`, `nodelay`).
 
 Socket options, as methods on the transport (`writer.transport.set_linger(...)`):
   set_linger(onoff, seconds)   SO_LINGER: off, {1, 0} abort with RST, {1, N} wait_closed()
@@ -24,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import errno as E
 import os
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from .tcp.events import (
     Connected,
@@ -35,6 +38,13 @@ from .tcp.events import (
 )
 from .tcp.state import State
 from .tcp.tcb import Tcb
+
+if TYPE_CHECKING:
+    from .stack import Stack
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+Buffer = bytes | bytearray | memoryview
 
 
 def _error(errno: int) -> OSError:
@@ -54,7 +64,7 @@ def _protocol_unread(protocol: asyncio.BaseProtocol) -> int:
 
 
 class TcpTransport(asyncio.Transport):
-    def __init__(self, stack, tcb: Tcb, protocol: asyncio.Protocol) -> None:
+    def __init__(self, stack: Stack, tcb: Tcb, protocol: asyncio.Protocol) -> None:
         super().__init__()
         self._stack = stack
         self._tcb = tcb
@@ -82,7 +92,7 @@ class TcpTransport(asyncio.Transport):
 
     # --- info
 
-    def get_extra_info(self, name: str, default=None):
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
             return self._tcb.remote
         if name == "sockname":
@@ -122,7 +132,7 @@ class TcpTransport(asyncio.Transport):
 
     # --- writing
 
-    def write(self, data) -> None:
+    def write(self, data: Buffer) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__}")
         if self._eof_written:  # as asyncio's and uvloop's socket transports
@@ -137,7 +147,7 @@ class TcpTransport(asyncio.Transport):
         self._stack.call(self._tcb, self._tcb.send, bytes(data), self._stack.now())
         self._maybe_pause_writing()
 
-    def writelines(self, list_of_data) -> None:
+    def writelines(self, list_of_data: Iterable[Buffer]) -> None:
         self.write(b"".join(list_of_data))
 
     def write_eof(self) -> None:
@@ -295,7 +305,8 @@ class ListenSocket:
 
 
 class Server(asyncio.AbstractServer):
-    def __init__(self, stack, protocol_factory, host: str, port: int, backlog: int) -> None:
+    def __init__(self, stack: Stack, protocol_factory: ProtocolFactory, host: str, port: int,
+                 backlog: int) -> None:
         self._stack = stack
         self._factory = protocol_factory
         self._listener = stack.table.listen(host, port, backlog, owner=self)
@@ -336,7 +347,7 @@ class Server(asyncio.AbstractServer):
     async def serve_forever(self) -> None:
         await asyncio.shield(self._closed)
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Server:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -344,16 +355,17 @@ class Server(asyncio.AbstractServer):
         await self.wait_closed()
 
 
-async def create_server(stack, protocol_factory, host: str | None, port: int, *,
-                        backlog: int = 128) -> Server:
+async def create_server(stack: Stack, protocol_factory: ProtocolFactory, host: str | None,
+                        port: int, *, backlog: int = 128) -> Server:
     host = host or stack.address
     if host not in (stack.address, "0.0.0.0"):
         raise OSError(E.EADDRNOTAVAIL, f"Cannot assign requested address: {host}")
     return Server(stack, protocol_factory, host, port, backlog)
 
 
-async def create_connection(stack, protocol_factory, host: str, port: int, *,
-                            local_port: int | None = None):
+async def create_connection(stack: Stack, protocol_factory: ProtocolFactory, host: str,
+                            port: int, *, local_port: int | None = None
+                            ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
     loop = stack.loop
     tcb = stack.table.connect(stack.address, host, port, stack.now(), lport=local_port)
     protocol = protocol_factory()
@@ -370,8 +382,9 @@ async def create_connection(stack, protocol_factory, host: str, port: int, *,
     return transport, protocol
 
 
-async def open_connection(stack, host: str, port: int, *, limit: int = 2 ** 16,
-                          local_port: int | None = None):
+async def open_connection(stack: Stack, host: str, port: int, *, limit: int = 2 ** 16,
+                          local_port: int | None = None
+                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = stack.loop
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
@@ -381,8 +394,8 @@ async def open_connection(stack, host: str, port: int, *, limit: int = 2 ** 16,
     return reader, writer
 
 
-async def start_server(stack, client_connected_cb, host: str | None, port: int, *,
-                       limit: int = 2 ** 16, backlog: int = 128) -> Server:
+async def start_server(stack: Stack, client_connected_cb: ClientConnected, host: str | None,
+                       port: int, *, limit: int = 2 ** 16, backlog: int = 128) -> Server:
     loop = stack.loop
 
     def factory() -> asyncio.StreamReaderProtocol:

@@ -65,13 +65,19 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .tcp.events import StateChanged
 from .tcp.state import State
+from .tcp.tcb import Tcb
 from .tools.filter import Filter
 from .tools.filter import parse as parse_filter
-from .wire.ip import ip_to_str
+from .wire.ip import ip_to_bytes, ip_to_str
 from .wire.tcp import ParseError, flag_string, parse_tcp
+
+if TYPE_CHECKING:
+    from .pcap import Captures
+    from .stack import Stack
 
 log = logging.getLogger("ustack.control")
 
@@ -80,8 +86,8 @@ RUN_DIR = "/run/ustack"
 MAX_LINE = 64 * 1024
 TRACE_QUEUE = 10000  # events buffered per trace client before we start dropping
 NSTAT_CLIENTS = 64  # nstat histories kept (least recently used goes first)
-GAUGES = ("TcpCurrEstab",)
-PASSIVE_MAX = 1 << 20  # reported as current values, never as differences
+GAUGES = ("TcpCurrEstab",)  # reported as current values, never as differences
+PASSIVE_MAX = 1 << 20  # who-opened-it entries kept for the trace (oldest go first)
 
 FRAME = struct.Struct("!cI")
 F_DATA, F_EOF, F_EXIT = b"D", b"E", b"X"
@@ -119,7 +125,7 @@ _ACK_RE = re.compile(r"\back (\d+)")
 _NOISE_RE = re.compile(r" win \d+| <[^>]*>")
 
 
-def relative_cause(tcb, cause: str) -> str:
+def relative_cause(tcb: Tcb, cause: str) -> str:
     """Rewrite a cause like "on F. seq 3705312 ack 9123 win 502 <TS ...>" with seq and
     ack relative to the peer's and our ISN ("on F. seq 812 ack 1"), tcpdump style."""
     if " seq " not in cause and not cause.startswith("seq"):
@@ -156,8 +162,8 @@ class _Subscriber:
 class ControlServer:
     """The server side. `await start()`, later `close()`; the stack runs meanwhile."""
 
-    def __init__(self, stack, path: str | os.PathLike, *, name: str = "ustack",
-                 captures=None) -> None:
+    def __init__(self, stack: Stack, path: str | os.PathLike, *, name: str = "ustack",
+                 captures: Captures | None = None) -> None:
         from .pcap import Captures  # dpkt: the daemon needs it, the clients do not
 
         self.stack = stack
@@ -404,9 +410,7 @@ class ControlServer:
 
     # ------------------------------------------------------------------ observers
 
-    def _observe(self, tcb, ev: object) -> None:
-        if type(ev) is not StateChanged:
-            return
+    def _observe(self, tcb: Tcb, ev: StateChanged) -> None:
         now = self.stack.now()
         local, peer = _ep(tcb.local), _ep(tcb.remote)
         passive = tcb.listener is not None
@@ -533,7 +537,7 @@ class ControlServer:
         if linger is not None and linger < 0:
             raise RequestError("linger must be >= 0 seconds")
         try:
-            socket.inet_aton(host)
+            ip_to_bytes(host)  # the stack's own parser: what it accepts, connect() does
         except OSError:
             raise RequestError(f"bad IPv4 address {host!r}") from None
         from .aio import create_connection

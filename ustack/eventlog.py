@@ -18,9 +18,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .tcp.events import StateChanged
 from .tcp.state import State
+
+if TYPE_CHECKING:
+    from .tcp.events import StateChanged
+    from .tcp.tcb import Tcb
 
 log = logging.getLogger("ustack.events")
 
@@ -77,14 +81,12 @@ _OUR_ABORTS = ("abort()", "close() with unread data", "close() with SO_LINGER 0"
                "SO_LINGER timeout", "data after close")
 
 
-def _conn(tcb) -> str:
+def _conn(tcb: Tcb) -> str:
     return f"{tcb.local[0]}:{tcb.local[1]} <-> {tcb.remote[0]}:{tcb.remote[1]}"
 
 
-def state_observer(tcb, ev: object) -> None:
+def state_observer(tcb: Tcb, ev: StateChanged) -> None:
     """A `stack.observers` entry: one line per abort, timeout or reset."""
-    if type(ev) is not StateChanged:
-        return
     if log.isEnabledFor(logging.DEBUG):
         log.debug("%s %s -> %s %s", _conn(tcb), ev.old.name, ev.new.name, ev.cause)
     if ev.new != State.CLOSED:

@@ -17,8 +17,12 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dpkt
+
+if TYPE_CHECKING:
+    from .stack import Stack
 
 log = logging.getLogger("ustack.pcap")
 
@@ -81,7 +85,7 @@ class PcapTap:
 class Captures:
     """The captures running on one stack, by absolute file path."""
 
-    def __init__(self, stack) -> None:
+    def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.taps: dict[str, PcapTap] = {}
 

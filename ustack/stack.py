@@ -13,13 +13,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from .config import Config
 from .impair import Impairment
 from .stats import Stats
 from .table import TcpTable
 from .tcp.context import Context
+from .tcp.events import StateChanged
 from .tcp.tcb import Tcb
 from .wire.checksum import ones_sum
 from .wire.ip import (
@@ -32,7 +33,11 @@ from .wire.ip import (
 )
 from .wire.tcp import OptionError, ParseError, build_tcp, parse_tcp
 
+if TYPE_CHECKING:
+    from .aio import ClientConnected, ProtocolFactory, Server, TcpTransport
+
 log = logging.getLogger("ustack")
+T = TypeVar("T")
 
 
 class Device(Protocol):
@@ -59,8 +64,8 @@ class Stack:
         self.taps: list[Tap] = []
         self.impair: Impairment | None = None  # see set_impairment()
         # Hooks for the layers around the core: an impairment layer (ingress/egress
-        # filters), pcap taps, and state-change observers (trace).
-        self.observers: list[Callable[[Tcb, object], None]] = []
+        # filters), pcap taps, and state-change observers (trace, event log).
+        self.observers: list[Callable[[Tcb, StateChanged], None]] = []
         self._pending: list[tuple[Tcb, list]] = []
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
@@ -196,9 +201,13 @@ class Stack:
         # Called from inside the table; delivery waits for _flush so that protocol
         # callbacks never re-enter the core while it is processing a segment.
         self._pending.append((tcb, tcb.events[:]))
-        for obs in self.observers:
+        if self.observers:
             for ev in tcb.events:
-                obs(tcb, ev)
+                # Only state changes: the per-segment events (data, send space) would
+                # cost every observer a call per packet for nothing.
+                if type(ev) is StateChanged:
+                    for obs in self.observers:
+                        obs(tcb, ev)
         self._kick()
 
     def _kick(self) -> None:
@@ -228,10 +237,9 @@ class Stack:
         if tx:
             out = tx[:]
             tx.clear()
-            src_default = self.addr_bytes
             for src, dst, seg in out:
-                self._write(build_ipv4(src or src_default, dst, PROTO_TCP,
-                                       build_tcp(seg, src, dst), self._next_ident()))
+                self._write(build_ipv4(src, dst, PROTO_TCP, build_tcp(seg, src, dst),
+                                       self._next_ident()))
         if self._pending:
             self._kick()
         self._arm_timer()
@@ -253,7 +261,7 @@ class Stack:
         self.table.handle_timers(self.loop.time())
         self._flush()
 
-    def call(self, tcb: Tcb, fn: Callable, *args):
+    def call(self, tcb: Tcb, fn: Callable[..., T], *args: object) -> T:
         """Run a user call on a TCB and schedule the transmission it causes."""
         try:
             return self.table.call(tcb, self.loop.time(), fn, *args)
@@ -262,24 +270,27 @@ class Stack:
 
     # ------------------------------------------------------------------ asyncio API
 
-    async def start_server(self, client_connected_cb, host: str | None = None,
-                           port: int = 0, *, limit: int = 2 ** 16, backlog: int = 128):
+    async def start_server(self, client_connected_cb: ClientConnected, host: str | None = None,
+                           port: int = 0, *, limit: int = 2 ** 16, backlog: int = 128
+                           ) -> Server:
         from .aio import start_server
         return await start_server(self, client_connected_cb, host, port, limit=limit,
                                   backlog=backlog)
 
     async def open_connection(self, host: str, port: int, *, limit: int = 2 ** 16,
-                              local_port: int | None = None):
+                              local_port: int | None = None
+                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         from .aio import open_connection
         return await open_connection(self, host, port, limit=limit, local_port=local_port)
 
-    async def create_server(self, protocol_factory, host: str | None = None, port: int = 0,
-                            *, backlog: int = 128):
+    async def create_server(self, protocol_factory: ProtocolFactory, host: str | None = None,
+                            port: int = 0, *, backlog: int = 128) -> Server:
         from .aio import create_server
         return await create_server(self, protocol_factory, host, port, backlog=backlog)
 
-    async def create_connection(self, protocol_factory, host: str, port: int, *,
-                                local_port: int | None = None):
+    async def create_connection(self, protocol_factory: ProtocolFactory, host: str, port: int,
+                                *, local_port: int | None = None
+                                ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
         from .aio import create_connection
         return await create_connection(self, protocol_factory, host, port,
                                        local_port=local_port)

@@ -45,6 +45,3 @@ class Stats(dict[str, int]):
 
     def __missing__(self, key: str) -> int:
         raise KeyError(f"unknown counter {key!r}")
-
-    def snapshot(self) -> dict[str, int]:
-        return dict(self)

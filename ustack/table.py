@@ -16,22 +16,27 @@ import errno as E
 import hashlib
 import itertools
 from collections.abc import Callable
+from typing import TypeVar
 
 from .eventlog import listen_overflow
 from .tcp.context import Context
 from .tcp.events import StateChanged
 from .tcp.state import State
-from .tcp.tcb import Tcb
+from .tcp.tcb import Tcb, no_socket_rst
 from .tcp.timewait import TW_ACK, TW_SYN, TimeWaitTable, TwRecord, sec32
 from .timerq import TimerQueue
 from .wire.ip import ip_to_bytes, ip_to_str
 from .wire.tcp import ACK, RST, SYN, Segment
 
+T = TypeVar("T")
 Tx = tuple[bytes, bytes, Segment]  # (source address, destination address, segment)
 PERTURB_SIZE = 1 << 16  # Linux INET_TABLE_PERTURB_SIZE
 
 # TIME_WAIT rows listed by rows(); beyond it ss and the status page say how many more.
 TW_ROWS = 10000
+# TCBs the timer heap never holds: gone, or handed over to a TIME_WAIT record. A set,
+# not two State comparisons: _after() runs for every segment.
+_UNTIMED = frozenset((State.CLOSED, State.TIME_WAIT))
 
 
 def make_key(remote_ip: bytes, local_ip: bytes, rport: int, lport: int) -> bytes:
@@ -139,15 +144,9 @@ class TcpTable:
 
     def _reset_unknown(self, key: bytes, seg: Segment) -> None:
         """RST for a segment no connection owns (RFC 9293 3.10.7.1, LS 19, 100)."""
-        flags = seg.flags
-        if flags & RST:
+        if seg.flags & RST:
             return  # never answer a RST with a RST
-        if flags & ACK:
-            rst = Segment(seg.dport, seg.sport, seg.ack, 0, RST)
-        else:
-            rst = Segment(seg.dport, seg.sport, 0, (seg.seq + seg.seg_len) & 0xFFFFFFFF,
-                          RST | ACK)
-        self._send_stateless(key, rst)
+        self._send_stateless(key, no_socket_rst(seg, seg.dport, seg.sport))
 
     def _send_stateless(self, key: bytes, seg: Segment) -> None:
         stats = self.ctx.stats
@@ -167,7 +166,7 @@ class TcpTable:
             if self.on_tcb_event is not None:
                 self.on_tcb_event(tcb)
             tcb.events.clear()
-        if tcb.state != State.CLOSED and tcb.state != State.TIME_WAIT:
+        if tcb.state not in _UNTIMED:
             self.timers.schedule(tcb)
 
     def _on_state(self, tcb: Tcb, ev: StateChanged, now: float) -> None:
@@ -226,13 +225,19 @@ class TcpTable:
         raise OSError(E.EADDRINUSE, "Address already in use")
 
     def unlisten(self, lst: Listener, now: float) -> None:
-        """close() on a listener: children not yet accepted are reset (LS 34)."""
+        """close() on a listener (LS 34): children not yet accepted are reset; half-open
+        ones are dropped silently, so the peer's next segment gets a no-socket RST
+        instead of completing a connection that nobody would accept."""
         lst.closed = True
         if self.listeners.get(lst.port) is lst:
             del self.listeners[lst.port]
         for tcb in list(lst.accept_queue):
             self.call(tcb, now, tcb.abort, now)
         lst.accept_queue.clear()
+        if lst.half_open:
+            for tcb in [t for t in self.est.values()
+                        if t.listener is lst and t.state == State.SYN_RECEIVED]:
+                self.call(tcb, now, tcb._terminate, 0, "listener closed")
 
     def connect(self, local_ip: str, remote_ip: str, rport: int, now: float,
                 owner: object = None, lport: int | None = None) -> Tcb:
@@ -317,7 +322,7 @@ class TcpTable:
                 break
         raise OSError(E.EADDRNOTAVAIL, "Cannot assign requested address")
 
-    def call(self, tcb: Tcb, now: float, fn: Callable, *args):
+    def call(self, tcb: Tcb, now: float, fn: Callable[..., T], *args: object) -> T:
         """Run a user call on a TCB (send, recv, close ...) and do the bookkeeping."""
         try:
             return fn(*args)

@@ -21,11 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 
 import uvloop  # noqa: E402
+from tun_stack import add_tun_args, tun_stack  # noqa: E402
 
 from ustack.control import ControlServer  # noqa: E402
-from ustack.io.tun import TunDevice, parse_interface  # noqa: E402
 from ustack.pcap import Captures  # noqa: E402
-from ustack.stack import Stack  # noqa: E402
 
 
 async def abort_after_one_line(reader: asyncio.StreamReader,
@@ -41,34 +40,27 @@ async def stdin_closed() -> None:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    loop = asyncio.get_running_loop()
-    device = TunDevice(args.tun, args.host_address)
-    stack = Stack(str(parse_interface(args.address).ip))
-    stack.attach(device)
-    captures = Captures(stack)
-    if args.pcap:
-        captures.start(args.pcap)
-    control = ControlServer(stack, args.control, name=args.tun, captures=captures)
-    try:
-        await control.start()
-        server = await stack.start_server(abort_after_one_line, stack.address, args.port)
-        device.start(loop, stack.receive)
-        print("ready", flush=True)
-        await stdin_closed()
-        server.close()
-        return 0
-    finally:
-        control.close()
-        captures.stop()
-        stack.close()
-        device.close()
+    with tun_stack(args) as (stack, device):
+        captures = Captures(stack)
+        if args.pcap:
+            captures.start(args.pcap)
+        control = ControlServer(stack, args.control, name=args.tun, captures=captures)
+        try:
+            await control.start()
+            server = await stack.start_server(abort_after_one_line, stack.address, args.port)
+            device.start(asyncio.get_running_loop(), stack.receive)
+            print("ready", flush=True)
+            await stdin_closed()
+            server.close()
+            return 0
+        finally:
+            control.close()
+            captures.stop()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tun", default="ustack0")
-    parser.add_argument("--address", default="10.77.0.2/24")
-    parser.add_argument("--host-address", default="10.77.0.1/24")
+    add_tun_args(parser)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control", required=True)
     parser.add_argument("--pcap", default=None)

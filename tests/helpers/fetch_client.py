@@ -20,36 +20,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 
 import uvloop  # noqa: E402
+from tun_stack import add_tun_args, connect_when_up, tun_stack  # noqa: E402
 
-from ustack.io.tun import TunDevice, parse_interface  # noqa: E402
-from ustack.stack import Stack  # noqa: E402
+from ustack.io.tun import parse_interface  # noqa: E402
 
 CONNECT_TIMEOUT = 20.0  # loose: how long the test may take to start its server
 FETCH_TIMEOUT = 120.0
 
 
-async def connect(stack: Stack, host: str, port: int):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CONNECT_TIMEOUT
-    while True:
-        try:
-            return await asyncio.wait_for(stack.open_connection(host, port), 5)
-        except (TimeoutError, OSError):
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
 async def fetch(args: argparse.Namespace) -> int:
-    loop = asyncio.get_running_loop()
     host = parse_interface(args.host_address)
-    device = TunDevice(args.tun, str(host))
-    stack = Stack(str(parse_interface(args.address).ip))
-    stack.attach(device)
-    device.start(loop, stack.receive)
-    print(f"tun {device.name} up", file=sys.stderr, flush=True)
-    try:
-        reader, writer = await connect(stack, str(host.ip), args.port)
+    with tun_stack(args) as (stack, device):
+        device.start(asyncio.get_running_loop(), stack.receive)
+        print(f"tun {device.name} up", file=sys.stderr, flush=True)
+        reader, writer = await connect_when_up(stack, str(host.ip), args.port,
+                                               wait=CONNECT_TIMEOUT,
+                                               retry_on=(TimeoutError, OSError))
         writer.write(f"GET {args.path} HTTP/1.0\r\nHost: {host.ip}\r\n\r\n".encode())
         await writer.drain()
         response = await asyncio.wait_for(reader.read(), FETCH_TIMEOUT)
@@ -64,16 +50,11 @@ async def fetch(args: argparse.Namespace) -> int:
         # Let the close handshake run before the device disappears.
         await asyncio.sleep(0.2)
         return 0
-    finally:
-        stack.close()
-        device.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tun", default="ustack0")
-    parser.add_argument("--address", default="10.77.0.2/24")
-    parser.add_argument("--host-address", default="10.77.0.1/24")
+    add_tun_args(parser)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", required=True)
     parser.add_argument("--out", required=True)

@@ -24,25 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 
 import uvloop  # noqa: E402
+from tun_stack import add_tun_args, connect_when_up, tun_stack  # noqa: E402
 
 from ustack.config import Config, apply_settings  # noqa: E402
-from ustack.io.tun import TunDevice, parse_interface  # noqa: E402
+from ustack.io.tun import parse_interface  # noqa: E402
 from ustack.stack import Stack  # noqa: E402
 
 SERVER_WAIT = 20.0  # loose: how long the test may take to start its server
 STEP_TIMEOUT = 15.0
-
-
-async def first_connect(stack: Stack, host: str, port: int):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SERVER_WAIT
-    while True:
-        try:
-            return await asyncio.wait_for(stack.open_connection(host, port), 5)
-        except (TimeoutError, ConnectionRefusedError):
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 async def one_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -71,20 +60,20 @@ async def until_closed_by_us(stack: Stack, timeout: float) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    loop = asyncio.get_running_loop()
     host = parse_interface(args.host_address)
     config = apply_settings(Config(), args.set)
-    device = TunDevice(args.tun, str(host))
-    stack = Stack(str(parse_interface(args.address).ip), config=config)
-    stack.attach(device)
-    device.start(loop, stack.receive)
-    print(f"tun {device.name} up", file=sys.stderr, flush=True)
-    result: dict = {"ok": 0, "errno": None, "ports": []}
-    try:
+    with tun_stack(args, config) as (stack, device):
+        device.start(asyncio.get_running_loop(), stack.receive)
+        print(f"tun {device.name} up", file=sys.stderr, flush=True)
+        result: dict = {"ok": 0, "errno": None, "ports": []}
         for i in range(args.count):
             try:
                 if i == 0:
-                    reader, writer = await first_connect(stack, str(host.ip), args.port)
+                    # Only a missing server is waited for: any other failure (no
+                    # free port) is the result.
+                    reader, writer = await connect_when_up(
+                        stack, str(host.ip), args.port, wait=SERVER_WAIT,
+                        retry_on=(TimeoutError, ConnectionRefusedError))
                 else:
                     reader, writer = await asyncio.wait_for(
                         stack.open_connection(str(host.ip), args.port), STEP_TIMEOUT)
@@ -100,16 +89,11 @@ async def run(args: argparse.Namespace) -> dict:
         result["tw"] = len(stack.table.tw)
         result["recycled"] = stack.stats["TcpExtTWRecycled"]
         return result
-    finally:
-        stack.close()
-        device.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tun", default="ustack0")
-    parser.add_argument("--address", default="10.77.0.2/24")
-    parser.add_argument("--host-address", default="10.77.0.1/24")
+    add_tun_args(parser)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE")

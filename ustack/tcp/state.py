@@ -42,11 +42,6 @@ class State(IntEnum):
         """The peer may still send data (its FIN has not been received)."""
         return self in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
 
-    @property
-    def fin_sent(self) -> bool:
-        return self in (State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING, State.LAST_ACK,
-                        State.TIME_WAIT)
-
 
 _SS_NAMES = {
     State.CLOSED: "UNCONN", State.LISTEN: "LISTEN", State.SYN_SENT: "SYN-SENT",

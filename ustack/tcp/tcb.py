@@ -26,7 +26,7 @@ from .events import (
     StateChanged,
 )
 from .ofo import OfoQueue
-from .rto import RTO_INITIAL, RtoEstimator
+from .rto import RtoEstimator
 from .sack import DUPTHRESH, Scoreboard
 from .state import State
 
@@ -43,6 +43,23 @@ IW_SEGMENTS = 10  # RFC 6928
 TCP_PAWS_24DAYS = 24 * 86400  # RFC 7323 5.5
 PAWS_OK, PAWS_DROP, PAWS_OLD_ACK = 0, 1, 2  # _paws_disordered() verdicts
 FIN_TIMEOUT_MAX = 120.0
+
+# State sets tested once or more per segment. A frozenset test is one hash lookup; a
+# tuple of State members costs an enum attribute lookup per member (~40 ns each).
+_NO_INPUT = frozenset((State.CLOSED, State.TIME_WAIT))  # TIME_WAIT: see timewait.py
+_NO_OUTPUT = frozenset((State.CLOSED, State.LISTEN, State.SYN_SENT, State.SYN_RECEIVED,
+                        State.TIME_WAIT))
+_RECEIVING = frozenset((State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2))
+_OPEN = frozenset((State.ESTABLISHED, State.CLOSE_WAIT))  # where a loss probe may go out
+
+
+def no_socket_rst(seg: Segment, sport: int, dport: int) -> Segment:
+    """The RST a segment would get if no connection owned it (RFC 9293 3.10.7.1, LS 19,
+    Linux tcp_v4_send_reset()): R seq=SEG.ACK if it has ACK, else R. seq 0 ack
+    SEG.SEQ+SEG.LEN (SYN and FIN count one); no options."""
+    if seg.flags & ACK:
+        return Segment(sport, dport, seg.ack, 0, RST)
+    return Segment(sport, dport, 0, (seg.seq + seg.seg_len) & MASK, RST | ACK)
 
 
 class Tcb:
@@ -236,15 +253,9 @@ class Tcb:
         self._emit(self._make(RST | ACK, seq, now))
 
     def _send_stateless_rst(self, seg: Segment) -> None:
-        """The RST a segment would get if no connection owned it (RFC 9293 3.10.7.1,
-        LS 19, Linux tcp_v4_send_reset()): R seq=SEG.ACK if it has ACK, else R. seq 0
-        ack SEG.SEQ+SEG.LEN (SYN and FIN count one); no options."""
-        if seg.flags & ACK:
-            rst = Segment(self.local[1], self.remote[1], seg.ack, 0, RST)
-        else:
-            rst = Segment(self.local[1], self.remote[1], 0, (seg.seq + seg.seg_len) & MASK,
-                          RST | ACK)
-        self._emit(rst)
+        """Answer `seg` with the no-socket RST (`no_socket_rst`); for a segment with ACK
+        that is R seq=SEG.ACK."""
+        self._emit(no_socket_rst(seg, self.local[1], self.remote[1]))
 
     def _oow_rate_limited(self, now: float, skipped: str) -> bool:
         """At most one dup/challenge ACK per tcp_invalid_ratelimit (LS 113, Linux
@@ -581,7 +592,7 @@ class Tcb:
         st = self.state
         if st == State.SYN_SENT:
             self._syn_sent_input(seg, now)
-        elif st not in (State.CLOSED, State.TIME_WAIT):  # TIME_WAIT: see timewait.py
+        elif st not in _NO_INPUT:
             self._synchronized_input(seg, now)
         self._update_deadline()
 
@@ -592,7 +603,7 @@ class Tcb:
         if flags & ACK and not sq.in_range(seg.ack, (self.iss + 1) & MASK,
                                            (self.snd_nxt + 1) & MASK):
             if not flags & RST:
-                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
+                self._send_stateless_rst(seg)  # R seq=SEG.ACK
             return
         # second, check the RST bit
         if flags & RST:
@@ -613,7 +624,7 @@ class Tcb:
                 # TSecr outside [our first SYN's TSval, now] (LS 97, Linux
                 # tcp_rcv_synsent_state_process()): not an answer to our SYN.
                 self.ctx.stats["TcpExtPAWSActive"] += 1
-                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
+                self._send_stateless_rst(seg)  # R seq=SEG.ACK
                 return
             self._rtt_sample_ack(seg, now)
             self.snd_una = seg.ack
@@ -787,7 +798,7 @@ class Tcb:
         self.probes_out = 0
         if st == State.SYN_RECEIVED:
             if not sq.in_range(seg.ack, (self.snd_una + 1) & MASK, (self.snd_nxt + 1) & MASK):
-                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
+                self._send_stateless_rst(seg)  # R seq=SEG.ACK
                 return
             # RFC 7323 2.2: the window of a segment with SYN is never scaled.
             self.snd_wnd = seg.wnd if flags & SYN else seg.wnd << self.snd_wscale
@@ -818,10 +829,10 @@ class Tcb:
                 # catches a bare FIN beyond RCV.NXT, i.e. with a hole before it ("FIN
                 # not at RCV.NXT", LS 44): it announces data we would have to receive.
                 stats["TcpExtTCPAbortOnData"] += 1
-                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
+                self._send_stateless_rst(seg)  # R seq=SEG.ACK
                 self._terminate(0, f"data after close, on {format_segment(seg)}")
                 return
-            if st in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
+            if st in _RECEIVING:
                 self._process_text(seg, now)
             elif (seg.payload and sq.lt(seg.seq, self.rcv_nxt)
                   and sq.gt((seg.seq + len(seg.payload)) & MASK, self.rcv_nxt)):
@@ -829,7 +840,7 @@ class Tcb:
                 # (RFC 9293 3.10.7.4 eighth: the FIN closed the sequence space). Linux
                 # tcp_rcv_state_process() step 7 resets, as RFC 1122 4.2.2.13 says.
                 stats["TcpExtTCPAbortOnData"] += 1
-                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST))
+                self._send_stateless_rst(seg)  # R seq=SEG.ACK
                 self._reset_by_peer(seg)
                 return
             elif flags & FIN or seg.payload:
@@ -953,17 +964,18 @@ class Tcb:
                 # tcp_ack_probe()).
                 self.persist_at = None
                 self.rtt.reset_backoff()
+        if not (self.fin_sent and self.snd_una == self.snd_max):
+            return True  # our FIN is not (yet) acknowledged: no state change here
         st = self.state
-        our_fin_acked = self.fin_sent and self.snd_una == self.snd_max
-        if st == State.FIN_WAIT_1 and our_fin_acked:
+        if st == State.FIN_WAIT_1:
             self._set_state(State.FIN_WAIT_2, f"on {format_segment(seg)}")
             self.linger_at = None
             if self.orphan:
                 self._arm_fin_wait_2(now)
-        elif st == State.CLOSING and our_fin_acked:
+        elif st == State.CLOSING:
             self._enter_time_wait(now, f"on {format_segment(seg)}")
             return False
-        elif st == State.LAST_ACK and our_fin_acked:
+        elif st == State.LAST_ACK:
             # LAST_ACK -> CLOSED, no TIME_WAIT for the passive closer (LS 11).
             self._terminate(0, f"on {format_segment(seg)}")
             return False
@@ -1175,7 +1187,7 @@ class Tcb:
         RTO (Linux's PTO would add the 200 ms floor and be about the RTO; LS 122)."""
         if (self.tlp_high is not None or self.in_recovery or self.recover is not None
                 or not self.sack_ok or self.rtt.srtt is None or self.retries
-                or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT)
+                or self.state not in _OPEN
                 or sq.diff(self.snd_max, self.snd_una) <= self.mss):
             self.pto_at = None
             return
@@ -1189,7 +1201,7 @@ class Tcb:
         """RFC 8985 7.3: send one new segment if the peer's window allows, else resend
         the last one, so that an ACK (with SACK) comes back and recovery can start
         without waiting for the RTO."""
-        if (self.state not in (State.ESTABLISHED, State.CLOSE_WAIT) or self.in_recovery
+        if (self.state not in _OPEN or self.in_recovery
                 or self.recover is not None or self.tlp_high is not None
                 or self.snd_una == self.snd_max):
             return
@@ -1329,10 +1341,7 @@ class Tcb:
 
         `force`: the persist timer ran out while the usable window was too small for
         sender SWS avoidance; send what fits anyway (RFC 9293 3.8.6.2.1, the override)."""
-        st = self.state
-        if st in (State.CLOSED, State.LISTEN, State.SYN_SENT, State.TIME_WAIT):
-            return
-        if st == State.SYN_RECEIVED:
+        if self.state in _NO_OUTPUT:
             return
         sent = False
         mss = self.mss
@@ -1493,24 +1502,20 @@ class Tcb:
         st = self.state
         self.retries += 1
         stats["TcpExtTCPTimeouts"] += 1
-        if st == State.SYN_SENT:
-            if self.retries > cfg.tcp_syn_retries:
+        if st == State.SYN_SENT or st == State.SYN_RECEIVED:
+            # Resend the SYN or SYN-ACK with backoff (RFC 6298 5.5) until Linux's
+            # tcp_syn_retries / tcp_synack_retries run out.
+            syn_sent = st == State.SYN_SENT
+            if self.retries > (cfg.tcp_syn_retries if syn_sent else cfg.tcp_synack_retries):
                 stats["TcpAttemptFails"] += 1
-                self._terminate(E.ETIMEDOUT, "SYN retries exhausted")
+                self._terminate(E.ETIMEDOUT, "SYN retries exhausted" if syn_sent
+                                else "SYN-ACK retries exhausted")
                 return
             self.rtt.back_off()
-            self._send_syn(now)
-            self.rtt_seq = None
-            stats["TcpRetransSegs"] += 1
-            self.rto_at = now + self.rtt.current()
-            return
-        if st == State.SYN_RECEIVED:
-            if self.retries > cfg.tcp_synack_retries:
-                stats["TcpAttemptFails"] += 1
-                self._terminate(E.ETIMEDOUT, "SYN-ACK retries exhausted")
-                return
-            self.rtt.back_off()
-            self._send_synack(now)
+            if syn_sent:
+                self._send_syn(now)
+            else:
+                self._send_synack(now)
             self.rtt_seq = None
             stats["TcpRetransSegs"] += 1
             self.rto_at = now + self.rtt.current()
@@ -1612,4 +1617,4 @@ class Tcb:
         return None
 
 
-__all__ = ["Tcb", "RTO_INITIAL", "OUR_MSS"]
+__all__ = ["Tcb", "no_socket_rst", "OUR_MSS"]

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 
 from . import filter as flt
 from .client import Control, ToolError, add_control_args, fail
@@ -58,7 +59,7 @@ def subscribe(ctl: Control, filter_text: str, segments: bool) -> dict:
     return ctl.request({"op": "trace", "filter": filter_text, "segments": segments})
 
 
-def events(ctl: Control):
+def events(ctl: Control) -> Iterator[dict]:
     """The daemon's events (dicts) until it closes the stream."""
     for line in ctl.file:
         try:

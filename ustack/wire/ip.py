@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import ipaddress
 import struct
 
 from .checksum import checksum, ones_sum
@@ -13,12 +13,22 @@ PROTO_TCP = 6
 _IP = struct.Struct("!BBHHHBBH4s4s")
 
 
+# Pure conversions, not socket.inet_aton/inet_ntoa: the core imports no socket module.
+# Bad input raises OSError, as those do.
+
+
 def ip_to_bytes(addr: str) -> bytes:
-    return socket.inet_aton(addr)
+    """A dotted quad as 4 bytes (no inet_aton shorthand such as "10.1")."""
+    try:
+        return ipaddress.IPv4Address(addr).packed
+    except ValueError:
+        raise OSError(f"illegal IPv4 address {addr!r}") from None
 
 
 def ip_to_str(addr: bytes) -> str:
-    return socket.inet_ntoa(addr)
+    if len(addr) != 4:
+        raise OSError(f"packed IPv4 address must be 4 bytes, not {len(addr)}")
+    return f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}"
 
 
 def build_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int = 0,
