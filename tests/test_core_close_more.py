@@ -11,7 +11,7 @@ from drill import PEER_ISN, Drill
 from drill_states import drill_in
 
 from ustack.config import KNOBS, Config, apply_settings
-from ustack.tcp.events import DataReceived, EofReceived
+from ustack.tcp.events import DataReceived, EofReceived, StateChanged
 from ustack.tcp.state import State
 from ustack.wire.tcp import ACK, RST
 
@@ -333,6 +333,9 @@ def test_abort_in_closing_and_last_ack_sends_nothing(state):
     d.abort()
     d.expect_nothing()
     assert d.state == State.CLOSED
+    # The trace and the log say so, rather than claiming a RST.
+    (closed,) = [ev for ev in d.events if isinstance(ev, StateChanged)]
+    assert closed.cause == "abort(), nothing sent"
     d.inject("F. 1:1(0) ack 2")
     d.expect("R 2:2(0)")
 

@@ -94,7 +94,7 @@ def state_observer(tcb: Tcb, ev: StateChanged) -> None:
     err = tcb.error
     cause = ev.cause
     if cause.startswith(_OUR_ABORTS):
-        event(logging.WARNING, "abort", "connection %s aborted in %s: %s, RST sent",
+        event(logging.WARNING, "abort", "connection %s aborted in %s: %s",
               _conn(tcb), ev.old.name, cause)
     elif err == E.ETIMEDOUT:
         event(logging.WARNING, "timeout", "connection %s timed out in %s: %s",

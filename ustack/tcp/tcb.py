@@ -523,13 +523,15 @@ class Tcb:
         "delete the TCB" there and the peer already has all we will ever send. `rst`
         forces the RST in those two states too (close() with unread data, LS 30)."""
         st = self.state
-        if st in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.FIN_WAIT_2,
-                  State.SYN_RECEIVED) or (
-                st in (State.CLOSING, State.LAST_ACK) and (rst or not self.fin_sent)):
+        sent = st in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.FIN_WAIT_2,
+                      State.SYN_RECEIVED) or (
+            st in (State.CLOSING, State.LAST_ACK) and (rst or not self.fin_sent))
+        if sent:
             self._send_rst(now)
         if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
             self.ctx.stats["TcpEstabResets"] += 1
-        self._terminate(0, cause)
+        # The cause says what went out, for the trace and the log (eventlog.py).
+        self._terminate(0, f"{cause}, {'RST sent' if sent else 'nothing sent'}")
 
     def _terminate(self, err: int, cause: str) -> None:
         """Delete the TCB: state CLOSED, timers off, the application told."""
