@@ -33,6 +33,33 @@ HOST_ADDRESS = "10.77.0.1"
 READY_TIMEOUT = 15.0  # loose: a cold start on a loaded 2-core VM takes ~1 s
 
 
+def eventually(probe: Callable[[], object], ok: Callable[[object], bool],
+               timeout: float = 15.0) -> object:
+    """Poll `probe` until `ok(result)`; the last result either way. A close handshake
+    finishes a moment after the command that caused it exits, so the first look may be
+    too early; the timeout is loose, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if ok(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
+def kernel_listener(backlog: int = 8) -> str:
+    """The start of a kernel-side server script (run with `python -c SCRIPT PORT` in the
+    namespace): bound to the host address, listening, "ready" printed. The caller appends
+    what the server does with `s`."""
+    return f"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("{HOST_ADDRESS}", int(sys.argv[1])))
+s.listen({backlog})
+print("ready", flush=True)
+"""
+
+
 def tun_missing_reason() -> str | None:
     """Why `tun` tests cannot run here, or None if they can."""
     if os.geteuid() != 0:

@@ -17,12 +17,20 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import dpkt
 import pytest
-from conftest import HOST_ADDRESS, PYTHON, REPO, STACK_ADDRESS, Daemon, Netns
+from conftest import (
+    HOST_ADDRESS,
+    PYTHON,
+    REPO,
+    STACK_ADDRESS,
+    Daemon,
+    Netns,
+    eventually,
+    kernel_listener,
+)
 
 pytestmark = pytest.mark.tun
 
@@ -34,17 +42,6 @@ TUN = "ustack0"  # the daemon's default interface name
 
 def tool(d: Daemon, ctl: Path, name: str, *argv: str, **kw) -> subprocess.CompletedProcess:
     return d.run(PYTHON, "-m", "ustack", name, "--control", str(ctl), *argv, **kw)
-
-
-def eventually(probe: Callable[[], object], ok: Callable[[object], bool],
-               timeout: float = 15.0) -> object:
-    """Poll `probe` until `ok(result)`; the last result either way."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if ok(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
 
 
 def stack_rows(d: Daemon, ctl: Path, peer: str) -> list[dict]:
@@ -130,13 +127,7 @@ def has(tcp: dpkt.tcp.TCP, flag: int) -> bool:
 
 # A kernel server: accept one connection, say "accepted", then close it when a line
 # arrives on stdin and say "closed" (close() has returned: the FIN is on its way).
-CLOSE_ON_CUE_SERVER = f"""
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("{HOST_ADDRESS}", int(sys.argv[1])))
-s.listen(1)
-print("ready", flush=True)
+CLOSE_ON_CUE_SERVER = kernel_listener(1) + """
 c, _ = s.accept()
 print("accepted", flush=True)
 sys.stdin.readline()

@@ -14,12 +14,10 @@ import os
 import re
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import HOST_ADDRESS, PYTHON, REPO, STACK_ADDRESS, Daemon
+from conftest import HOST_ADDRESS, PYTHON, REPO, STACK_ADDRESS, Daemon, eventually
 
 pytestmark = pytest.mark.tun
 
@@ -58,18 +56,6 @@ def kernel_time_wait(d: Daemon, port: int) -> list[str]:
 
 def stack_rows_for(rows: list[dict], port: int) -> list[dict]:
     return [r for r in rows if r["peer"] == f"{HOST_ADDRESS}:{port}"]
-
-
-def eventually(probe: Callable[[], object], ok: Callable[[object], bool],
-               timeout: float = 10.0) -> object:
-    """Poll `probe` until `ok(result)`; return the last result either way. The close
-    handshake finishes a moment after curl exits, so the first look may be too early."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if ok(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)
 
 
 def test_ping(daemon):

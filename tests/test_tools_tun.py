@@ -12,13 +12,12 @@ import os
 import shutil
 import stat
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import dpkt
 import pytest
-from conftest import HOST_ADDRESS, PYTHON, STACK_ADDRESS, Daemon
+from conftest import HOST_ADDRESS, PYTHON, STACK_ADDRESS, Daemon, eventually, kernel_listener
 
 pytestmark = pytest.mark.tun
 
@@ -26,26 +25,14 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 # A kernel server in the namespace: accept one connection, send "bye", close at once
 # (ustack's side is then in CLOSE_WAIT until its application closes).
-BYE_SERVER = f"""
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("{HOST_ADDRESS}", int(sys.argv[1])))
-s.listen(8)
-print("ready", flush=True)
+BYE_SERVER = kernel_listener() + """
 c, _ = s.accept()
 c.sendall(b"bye")
 c.close()
 """
 
 # A kernel sink: accept one connection, read until EOF or reset, say which.
-SINK_SERVER = f"""
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("{HOST_ADDRESS}", int(sys.argv[1])))
-s.listen(8)
-print("ready", flush=True)
+SINK_SERVER = kernel_listener() + """
 c, _ = s.accept()
 got = b""
 try:
@@ -69,15 +56,6 @@ def start_server(d: Daemon, script: str, port: int) -> subprocess.Popen:
                          stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     return proc
-
-
-def eventually(probe, ok, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if ok(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)
 
 
 def test_ss_nstat_capture_and_ladder_on_a_live_daemon(daemon, tmp_path: Path):

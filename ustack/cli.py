@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .config import KNOBS, Config, ConfigError, apply_settings
@@ -44,14 +44,24 @@ def _interface(text: str) -> ipaddress.IPv4Interface:
         raise argparse.ArgumentTypeError(f"bad IPv4 address {text!r}: {exc}") from None
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad port {text!r}: not a number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"bad port {value}: must be 0..65535 (0 disables)")
-    return value
+def int_arg(what: str, lo: int, hi: int | None = None, note: str = "") -> Callable[[str], int]:
+    """An argparse type for an integer in [lo, hi] (no upper bound if hi is None); the
+    error names `what` and the range. Shared by `serve` and the tools."""
+    span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: not a number") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"bad {what} {value}: must be {span}{note}")
+        return value
+
+    return parse
+
+
+_port = int_arg("port", 0, 65535, " (0 disables)")
 
 
 def _directory(text: str) -> Path:

@@ -25,28 +25,9 @@ import socket
 import sys
 import threading
 
+from ..cli import int_arg
 from ..control import F_DATA, F_EOF, F_EXIT, FRAME
 from .client import Control, ToolError, add_control_args, fail
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad port {text!r}: not a number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"bad port {value}: must be 1..65535")
-    return value
-
-
-def _seconds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad linger {text!r}: not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"bad linger {value}: must be >= 0 seconds")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "stdin to the connection, the connection to stdout.")
     add_control_args(p)
     p.add_argument("host", metavar="HOST")
-    p.add_argument("port", metavar="PORT", type=_port)
-    p.add_argument("--linger", metavar="SECONDS", type=_seconds, default=None,
+    p.add_argument("port", metavar="PORT", type=int_arg("port", 1, 65535))
+    p.add_argument("--linger", metavar="SECONDS", type=int_arg("linger", 0), default=None,
                    help="SO_LINGER: 0 = end of input aborts with RST")
     p.add_argument("--nodelay", action="store_true", help="TCP_NODELAY")
     p.add_argument("-v", "--verbose", action="store_true",
