@@ -549,6 +549,19 @@ class Tcb:
         if old != State.TIME_WAIT:  # the application heard of the close when TIME_WAIT began
             self.events.append(ConnectionClosed(err))
 
+    def set_linger(self, seconds: float | None) -> None:
+        """SO_LINGER: None is off; 0 makes close() abort with a RST (RFC 9293 3.10.5);
+        N > 0 gives close() N seconds to get everything acknowledged, else RST."""
+        self.linger = seconds
+
+    def set_nodelay(self, on: bool, now: float) -> None:
+        """TCP_NODELAY: Nagle off; turning it on sends what Nagle held back (Linux
+        tcp_push_pending_frames() from do_tcp_setsockopt())."""
+        self.nodelay = on
+        if on:
+            self.output(now)
+            self._update_deadline()
+
     def set_keepalive(self, on: bool, now: float, idle: int | None = None,
                       intvl: int | None = None, cnt: int | None = None) -> None:
         """SO_KEEPALIVE with optional TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT overrides."""
