@@ -187,8 +187,7 @@ class TcpTable:
         """Swap the full TCB for a compact record (Linux tcp_time_wait(), LS 51)."""
         if self.est.get(tcb.key) is tcb:
             del self.est[tcb.key]
-        tcb.close_at = tcb.deadline = None  # the record's bucket now keeps the time
-        wnd_field = min(tcb._rcv_window() >> tcb.rcv_wscale, 65535)
+        wnd_field = min(tcb.rcv_window() >> tcb.rcv_wscale, 65535)
         # On overflow the TCB just goes: the last ACK was already sent (LS 64). snd_max
         # is Linux's snd_nxt (ours rewinds on an RTO); in TIME_WAIT they are equal.
         self.tw.insert(tcb.key, snd_nxt=tcb.snd_max, rcv_nxt=tcb.rcv_nxt,
@@ -237,7 +236,7 @@ class TcpTable:
         if lst.half_open:
             for tcb in [t for t in self.est.values()
                         if t.listener is lst and t.state == State.SYN_RECEIVED]:
-                self.call(tcb, now, tcb._terminate, 0, "listener closed")
+                self.call(tcb, now, tcb.drop, "listener closed")
 
     def connect(self, local_ip: str, remote_ip: str, rport: int, now: float,
                 owner: object = None, lport: int | None = None) -> Tcb:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 class Timed(Protocol):
     deadline: float | None
-    _armed: float | None
+    queued: float | None  # the deadline this queue holds for it; only TimerQueue writes it
 
 
 class TimerQueue:
@@ -31,9 +31,9 @@ class TimerQueue:
         d = item.deadline
         if d is None:
             return
-        armed = item._armed
-        if armed is None or d < armed:
-            item._armed = d
+        queued = item.queued
+        if queued is None or d < queued:
+            item.queued = d
             heapq.heappush(self._heap, (d, next(self._seq), item))
 
     def next_deadline(self) -> float | None:
@@ -45,9 +45,9 @@ class TimerQueue:
         heap = self._heap
         while heap and heap[0][0] <= now:
             d, _, item = heapq.heappop(heap)
-            if item._armed != d:
+            if item.queued != d:
                 continue  # superseded by an earlier push
-            item._armed = None
+            item.queued = None
             if item.deadline is None:
                 continue
             if item.deadline > now:
