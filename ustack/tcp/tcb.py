@@ -16,6 +16,7 @@ import errno as E
 
 from .. import seq as sq
 from ..wire.tcp import ACK, FIN, PSH, RST, SYN, Segment, format_segment
+from . import paws
 from .context import Context
 from .events import (
     Connected,
@@ -41,8 +42,6 @@ TS_OPT_LEN = 12
 DELACK = 0.040  # Linux TCP_DELACK_MIN, the issue's "at most 40 ms"
 QUICKACKS = 16  # Linux TCP_MAX_QUICKACKS: ACK every segment at the start
 IW_SEGMENTS = 10  # RFC 6928
-TCP_PAWS_24DAYS = 24 * 86400  # RFC 7323 5.5
-PAWS_OK, PAWS_DROP, PAWS_OLD_ACK = 0, 1, 2  # _paws_disordered() verdicts
 FIN_TIMEOUT_MAX = 120.0
 
 # State sets tested once or more per segment. A frozenset test is one hash lookup; a
@@ -648,48 +647,16 @@ class Tcb:
             self._set_state(State.SYN_RECEIVED, f"on {format_segment(seg)}")
             self._send_synack(now)
 
-    def _paws_reject(self, seg: Segment, now: float) -> bool:
-        """RFC 7323 5.3 R1 with Linux's one-tick window (LS 92) and the 24-day rule (5.5)."""
-        if not self.ts_ok or seg.ts is None or not self.ts_recent:
-            return False
-        if sq.diff(self.ts_recent, seg.ts[0]) <= 1:
-            return False
-        if now - self.ts_recent_stamp >= TCP_PAWS_24DAYS:
-            return False
-        return True
-
-    def _paws_disordered(self, seg: Segment) -> int:
-        """What to do with a segment that failed PAWS (Linux tcp_disordered_ack_check(),
-        LS 92-93): a pure duplicate ACK at RCV.NXT that changes nothing and is within
-        one RTO of replay (at a 1200 Hz TS clock, the fastest Linux expects) is just
-        reordered and is processed (PAWS_OK); an old pure ACK left of RCV.NXT is
-        dropped silently (PAWS_OLD_ACK, Linux >= 6.14); anything else is dropped with
-        a duplicate ACK (PAWS_DROP)."""
-        end = (seg.seq + seg.seg_len) & MASK
-        if not seg.flags & ACK or seg.seq != end:
-            return PAWS_DROP
-        if seg.seq != self.rcv_nxt:
-            return PAWS_OLD_ACK if sq.lt(seg.seq, self.rcv_nxt) else PAWS_DROP
-        if seg.ack != self.snd_una:
-            return PAWS_DROP
-        wnd = seg.wnd << self.snd_wscale
-        if sq.gt(seg.seq, self.snd_wl1) or (
-                seg.seq == self.snd_wl1 and (wnd > self.snd_wnd or not wnd)):
-            return PAWS_DROP  # it would update the window (tcp_may_update_window())
-        if sq.diff(self.ts_recent, seg.ts[0]) > self.rtt.current() * 1200:
-            return PAWS_DROP
-        return PAWS_OK
-
     def _update_ts_recent(self, seg: Segment, now: float) -> None:
         """RFC 7323 4.3 / 5.3 R3 (Linux tcp_replace_ts_recent(), LS 91): record SEG.TSval
         only from a segment covering the left window edge (SEG.SEQ <= RCV.WUP, the last
-        edge advertised) whose ACK is acceptable, and only if it is not older than
-        TS.Recent, unless TS.Recent is 0 or 24 days stale (RFC 7323 5.5)."""
+        edge advertised) whose ACK is acceptable (the caller's part), when paws.py says
+        the timestamp may replace TS.Recent."""
         ts = seg.ts
         if not self.ts_ok or ts is None or not sq.le(seg.seq, self.rcv_wup):
             return
-        if (sq.ge(ts[0], self.ts_recent) or not self.ts_recent
-                or now - self.ts_recent_stamp >= TCP_PAWS_24DAYS):
+        if paws.may_update_ts_recent(ts_recent=self.ts_recent, tsval=ts[0],
+                                     idle=now - self.ts_recent_stamp):
             self.ts_recent = ts[0]
             self.ts_recent_stamp = now
 
@@ -705,15 +672,21 @@ class Tcb:
         stats = self.ctx.stats
         st = self.state
         # PAWS first (RFC 7323 5.3 R1); a RST is exempt (LS 94).
-        if not flags & RST and self._paws_reject(seg, now):
+        if (not flags & RST and self.ts_ok and seg.ts is not None
+                and paws.reject_established(self.ts_recent, seg.ts[0],
+                                            now - self.ts_recent_stamp)):
             if flags & SYN:
                 pass  # a SYN gets a challenge ACK below (LS 93)
             else:
-                verdict = self._paws_disordered(seg)
-                if verdict == PAWS_OLD_ACK:
+                verdict = paws.disordered_ack(
+                    seq=seg.seq, seg_len=seg.seg_len, is_ack=bool(flags & ACK), ack=seg.ack,
+                    wnd=seg.wnd << self.snd_wscale, tsval=seg.ts[0], ts_recent=self.ts_recent,
+                    rcv_nxt=self.rcv_nxt, snd_una=self.snd_una, snd_wl1=self.snd_wl1,
+                    snd_wnd=self.snd_wnd, rto=self.rtt.current())
+                if verdict == paws.PAWS_OLD_ACK:
                     stats["TcpExtPAWSOldAck"] += 1  # an old pure ACK: dropped silently
                     return
-                if verdict == PAWS_DROP:
+                if verdict == paws.PAWS_DROP:
                     # RFC 7323 5.3 R1: drop it and send an ACK (LS 93), rate-limited
                     # unless the segment occupies sequence space (Linux
                     # tcp_oow_rate_limited()).

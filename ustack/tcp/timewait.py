@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from .. import seq as sq
 from ..wire.tcp import ACK, RST, SYN, Segment, format_segment
+from . import paws
 from .context import Context
 
 log = logging.getLogger("ustack.timewait")
@@ -41,8 +42,6 @@ _REC = struct.Struct("<IIIIIIIIHBB")
 _EXPIRES = 5  # index of `expires` in _REC
 F_HAS_TS = 1
 BUCKET_MS = 50
-TCP_PAWS_MSL = 60  # s: a RST is PAWS-checked only this long after TS.Recent (LS 95)
-TCP_PAWS_24DAYS = 24 * 86400  # s: RFC 7323 5.5, TS.Recent is invalid after this idle time
 
 TW_NOTHING, TW_ACK, TW_SYN = 0, 1, 2
 
@@ -213,20 +212,6 @@ class TimeWaitTable:
             seg.ts = ((ms32(now) + r.ts_offset) & MASK, r.ts_recent)
         return seg
 
-    @staticmethod
-    def paws_reject(r: TwRecord, tsval: int, rst: bool, now: float) -> bool:
-        """Linux tcp_paws_reject() for minisockets (LS 95): strict (no one-tick window);
-        TS.Recent = 0 never rejects (LS 98); TS.Recent idle for 24 days is stale (RFC
-        7323 5.5); a RST is only rejected within TCP_PAWS_MSL of TS.Recent."""
-        if sq.diff(r.ts_recent, tsval) <= 0 or not r.ts_recent:
-            return False
-        idle = (sec32(now) - r.ts_recent_stamp) & MASK
-        if idle >= TCP_PAWS_24DAYS:
-            return False
-        if rst and idle >= TCP_PAWS_MSL:
-            return False
-        return True
-
     def process(self, key: bytes, seg: Segment, now: float) -> tuple[int, Segment | int | None]:
         """A segment for a TIME_WAIT four-tuple (Linux tcp_timewait_state_process()).
 
@@ -239,7 +224,8 @@ class TimeWaitTable:
         flags = seg.flags
         # TS is only looked at if the old connection used it (LS 58).
         ts = seg.ts if r.flags & F_HAS_TS else None
-        paws_reject = ts is not None and self.paws_reject(r, ts[0], bool(flags & RST), now)
+        paws_reject = ts is not None and paws.reject_minisock(
+            r.ts_recent, ts[0], (sec32(now) - r.ts_recent_stamp) & MASK, bool(flags & RST))
         end = (seg.seq + seg.seg_len) & MASK
         if not paws_reject and seg.seq == r.rcv_nxt and (end == seg.seq or flags & RST):
             # In window: only a RST or a bare ACK can be here.
