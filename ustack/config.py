@@ -23,6 +23,21 @@ def _int_range(lo: int, hi: int):
     return parse
 
 
+def _choice(*names: str):
+    def parse(text: str) -> str:
+        value = text.strip()
+        if value not in names:
+            raise ValueError(f"must be one of {', '.join(names)}")
+        return value
+
+    return parse
+
+
+# The names of ustack/tcp/cc's registry (a test checks they agree; config.py sits
+# below the core and cannot import it).
+CONGESTION_CONTROLS = ("reno",)
+
+
 def _port_range(text: str) -> tuple[int, int]:
     parts = text.replace(",", " ").split()
     if len(parts) != 2:
@@ -72,6 +87,9 @@ class Config:
     # application has not read yet.
     tcp_rmem: int = 262144
     tcp_wmem: int = 262144
+    # Linux's default is cubic; ustack has reno (RFC 5681 with NewReno/SACK recovery)
+    # until CUBIC lands, so reno is the default here.
+    tcp_congestion_control: str = "reno"
 
 
 _PARSERS = {
@@ -99,6 +117,7 @@ _PARSERS = {
     "somaxconn": _int_range(1, 1 << 20),
     "tcp_rmem": _int_range(4096, 1 << 30),
     "tcp_wmem": _int_range(4096, 1 << 30),
+    "tcp_congestion_control": _choice(*CONGESTION_CONTROLS),
 }
 
 KNOBS: tuple[str, ...] = tuple(f.name for f in fields(Config))

@@ -16,7 +16,8 @@ import errno as E
 
 from .. import seq as sq
 from ..wire.tcp import ACK, FIN, PSH, RST, SYN, Segment, format_segment
-from . import paws
+from . import cc, paws
+from .cc import IW_SEGMENTS  # noqa: F401  (re-exported: tests and benchmarks)
 from .context import Context
 from .events import (
     Connected,
@@ -27,8 +28,9 @@ from .events import (
     StateChanged,
 )
 from .ofo import OfoQueue
+from .recovery import Recovery
 from .rto import RtoEstimator
-from .sack import DUPTHRESH, Scoreboard
+from .sendq import SendQueue
 from .state import State
 from .timers import Timer, Timers
 
@@ -41,7 +43,6 @@ OUR_MSS = 1460  # TUN MTU 1500 - 40
 TS_OPT_LEN = 12
 DELACK = 0.040  # Linux TCP_DELACK_MIN, the issue's "at most 40 ms"
 QUICKACKS = 16  # Linux TCP_MAX_QUICKACKS: ACK every segment at the start
-IW_SEGMENTS = 10  # RFC 6928
 FIN_TIMEOUT_MAX = 120.0
 
 # State sets tested once or more per segment. A frozenset test is one hash lookup; a
@@ -91,8 +92,7 @@ class Tcb:
         self.snd_wl2 = 0
         self.max_snd_wnd = 0
         self.snd_wscale = 0  # shift applied to the peer's window field
-        self.sndbuf = bytearray()
-        self.buf_seq = 0  # sequence number of sndbuf[0]
+        self.sendq = SendQueue()  # unacknowledged bytes and what was sent when
         self.fin_queued = False  # the application shut down its sending side
         self.snd_cap = cfg.tcp_wmem
         # receive sequence space
@@ -119,29 +119,14 @@ class Tcb:
         # timers: absolute times or None (smoltcp's "timers are data")
         self.timers = Timers()  # smoltcp's "timers are data"; deadline is timers.next()
         self.queued: float | None = None  # owned by the shell's TimerQueue
-        self._armed: float | None = None  # owned by TimerQueue
         self.rtt = RtoEstimator(cfg.tcp_rto_min_ms / 1000)
         self.retries = 0  # consecutive RTO expiries without progress
         self.rtt_seq: int | None = None  # Karn: the segment being timed (RFC 6298 3)
         self.rtt_time = 0.0
-        # congestion control (RFC 5681, RFC 6582)
-        self.cwnd = IW_SEGMENTS * OUR_MSS
-        self.ssthresh = 1 << 30
-        self.dupacks = 0
-        # RFC 6582 "recover": snd_max at the last fast retransmit or RTO, None once it is
-        # acknowledged; no new fast retransmit until then.
-        self.recover: int | None = None
-        self.in_recovery = False  # fast recovery: RFC 6675 with SACK, else NewReno
-        self.high_rxt = 0  # RFC 6675 HighRxt: retransmitted up to here in this recovery
-        self.sb = Scoreboard()  # what the peer reported SACKed (RFC 2018)
+        # congestion control (cc/) and loss recovery (recovery.py) own their state
+        self.cc = cc.create(cfg.tcp_congestion_control, OUR_MSS)
+        self.recovery = Recovery(self, self.cc, self.timers, self.rtt, ctx.stats)
         self.snd_sml: int | None = None  # end of the last small segment sent (Nagle)
-        # Retransmissions of this SACK recovery as [start, end, snd_max when sent], and
-        # those found lost again (Linux's lost-retransmit detection, before RACK).
-        self.rtx_marks: list[list[int]] = []
-        self.rtx_lost: list[list[int]] = []
-        # Tail loss probe (RFC 8985 7): its timer, and TLP.end_seq while one is out.
-        self.tlp_high: int | None = None
-        self.tlp_rtx = False
         self.last_send = 0.0
         # ACK policy
         self.ack_now = False
@@ -286,7 +271,7 @@ class Tcb:
 
     @property
     def buf_end(self) -> int:
-        return (self.buf_seq + len(self.sndbuf)) & MASK
+        return self.sendq.end
 
     @property
     def fin_sent(self) -> bool:
@@ -296,7 +281,7 @@ class Tcb:
     def in_flight(self) -> int:
         return (self.snd_nxt - self.snd_una) & MASK
 
-    def _send_mss(self) -> int:
+    def send_mss(self) -> int:
         """Payload bytes the next segment may carry: self.mss (the peer's MSS less the
         timestamps every segment carries) less the SACK blocks `_make` will add while we
         hold out-of-order data (RFC 6691: the sender reduces the data for the options it
@@ -308,7 +293,7 @@ class Tcb:
     @property
     def send_queue(self) -> int:
         """Bytes not yet acknowledged (ss's Send-Q)."""
-        return len(self.sndbuf)
+        return len(self.sendq)
 
     @property
     def recv_queue(self) -> int:
@@ -347,7 +332,7 @@ class Tcb:
             self.ts_recent_stamp = self.last_rcv
         self.sack_ok = bool(cfg.tcp_sack and syn.sack_perm)
         self.mss = min(self.peer_mss, OUR_MSS) - (TS_OPT_LEN if self.ts_ok else 0)
-        self.cwnd = IW_SEGMENTS * self.mss
+        self.cc.set_mss(self.mss)
 
     # ------------------------------------------------------------------ opens
 
@@ -359,7 +344,7 @@ class Tcb:
         self.ts_offset = self.ctx.ts_offset(self.key)
         self.snd_una = self.iss
         self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
-        self.buf_seq = self.snd_nxt
+        self.sendq.start_at(self.snd_nxt)
         self._choose_wscale()
         self.ctx.stats["TcpActiveOpens"] += 1
         self._set_state(State.SYN_SENT, "connect()")
@@ -387,7 +372,7 @@ class Tcb:
         self.rcv_wup = self.rcv_nxt
         self.snd_una = self.iss
         self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
-        self.buf_seq = self.snd_nxt
+        self.sendq.start_at(self.snd_nxt)
         self.snd_wnd = syn.wnd  # never scaled in a SYN (RFC 7323 2.2)
         self.snd_wl1 = syn.seq
         self.snd_wl2 = self.iss
@@ -420,7 +405,7 @@ class Tcb:
             raise BrokenPipeError(E.EPIPE, "Broken pipe")
         if self.fin_queued:
             raise BrokenPipeError(E.EPIPE, "Broken pipe")
-        self.sndbuf += data
+        self.sendq.append(data)
         if self.state.synchronized:
             self.output(now)
         return len(data)
@@ -531,7 +516,7 @@ class Tcb:
         self.error = err
         self._set_state(State.CLOSED, cause)
         self.timers.clear_all()
-        self.sndbuf.clear()
+        self.sendq.clear()
         self.ofo.clear()
         self.events.append(ConnectionClosed(err))
 
@@ -830,7 +815,7 @@ class Tcb:
         retransmission (and undoes it when timestamps prove them spurious; ustack does
         not)."""
         if self.retries > 1:
-            self.cwnd = self.mss
+            self.cc.on_handshake_loss()
         self.retries = 0
         self.rtt.handshake_done()
 
@@ -888,44 +873,35 @@ class Tcb:
             # SND.UNA does not update it (Linux tcp_ack(), LS 91).
             self._update_ts_recent(seg, now)
         wnd = seg.wnd if seg.flags & SYN else seg.wnd << self.snd_wscale  # RFC 7323 2.2
-        sb = self.sb
-        flight = sq.diff(self.snd_nxt, old_una) - sb.sacked  # before this ACK, for CWV
+        rec = self.recovery
+        flight = sq.diff(self.snd_nxt, old_una) - rec.sacked  # before this ACK, for CWV
         newly_sacked = dsack = 0
         if seg.sack and self.sack_ok and acked >= 0:
-            newly_sacked, dsack = sb.update(seg.sack, old_una, self.snd_max, ack)
-            if dsack:
-                self.ctx.stats["TcpExtTCPDSACKRecv"] += dsack
-            if newly_sacked and self.rtx_marks:
-                self._detect_lost_retransmits()
+            newly_sacked, dsack = rec.on_sack(seg.sack, old_una, ack)
         if acked > 0:
             if self._rtt_sample_ack(seg, now):
                 # Karn: the backed-off RTO stays until a valid sample (RFC 6298 5, note
                 # after 5.7); Linux resets icsk_backoff in tcp_ack_update_rtt().
                 self.rtt.reset_backoff()
             self.snd_una = ack
-            if sb:
-                sb.advance(ack)
-            data_acked = min(sq.diff(ack, self.buf_seq), len(self.sndbuf))
-            if data_acked > 0:
-                del self.sndbuf[:data_acked]
-                self.buf_seq = (self.buf_seq + data_acked) & MASK
+            before = len(self.sendq)
+            self.sendq.on_ack(ack)
+            if len(self.sendq) != before:
                 self.events.append(SendSpaceAvailable())
             self.retries = 0
-            if self.tlp_high is not None and sq.ge(ack, self.tlp_high):
-                self._tlp_acked(flight, dsack)
-            self._congestion_on_ack(acked, ack, flight, now)
+            rec.on_ack(acked, ack, flight, dsack, now)
             if self.snd_una == self.snd_max:
                 self.timers.clear(Timer.RTO)
                 self.timers.clear(Timer.LOSS)
             else:
                 self.timers.set(Timer.RTO, now + self.rtt.current())  # RFC 6298 5.3
-                self._arm_pto(now)
+                rec.arm_probe(now)
         elif acked == 0 and self.snd_una != self.snd_max and (
                 newly_sacked > 0 if self.sack_ok else
                 not seg.payload and not seg.flags & FIN and wnd == self.snd_wnd):
             # A duplicate ACK: RFC 5681 2's definition, or with SACK one that reports new
             # data held above the hole (RFC 6675 2), which a data-bearing ACK also can.
-            self._duplicate_ack(now)
+            rec.on_duplicate_ack(now)
         # RFC 9293 3.10.7.4: update the send window if the segment is newer (SND.WL1/WL2).
         if sq.lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and sq.le(self.snd_wl2, ack)):
             self.snd_wnd = wnd
@@ -954,88 +930,13 @@ class Tcb:
             return False
         return True
 
-    def _congestion_on_ack(self, acked: int, ack: int, flight: int, now: float) -> None:
-        """cwnd on an ACK of new data; `flight` is what was outstanding before it."""
-        mss = self.mss
-        self.dupacks = 0
-        if self.in_recovery:
-            if sq.ge(ack, self.recover):
-                # Full ACK: recovery is over. RFC 6675 / RFC 5681 3.2 step 6: cwnd =
-                # ssthresh; NewReno bounds it by what is in flight (RFC 6582 3.2 step 3).
-                self.in_recovery = False
-                self.recover = None
-                if self.sack_ok:
-                    self.cwnd = self.ssthresh
-                else:
-                    out = sq.diff(self.snd_max, ack)
-                    self.cwnd = min(self.ssthresh, max(out, mss) + mss)
-            elif not self.sack_ok:
-                # NewReno partial ACK (RFC 6582 3.2 step 4): retransmit the next hole,
-                # deflate by what was acknowledged, add back one SMSS if that was >= SMSS.
-                self._retransmit_head(now)
-                self.cwnd = max(self.cwnd - acked + (mss if acked >= mss else 0), mss)
-            # With SACK, output() sends what NextSeg() picks (RFC 6675 5 step C).
-            return
-        if self.recover is not None and sq.ge(ack, self.recover):
-            self.recover = None  # all data sent before the last RTO is acknowledged
-        # Grow only a window that is being used (RFC 7661; Linux tcp_is_cwnd_limited()).
-        if self.cwnd < self.ssthresh:
-            if self.cwnd < 2 * flight:
-                self.cwnd += min(acked, mss)  # slow start (RFC 5681 3.1, RFC 3465 L=1)
-        elif flight + mss >= self.cwnd:
-            self.cwnd += max(mss * mss // self.cwnd, 1)  # congestion avoidance (eq. 3)
-
-    def _duplicate_ack(self, now: float) -> None:
-        """RFC 5681 3.2 fast retransmit on the third duplicate ACK (or RFC 6675 IsLost()
-        of the first segment with SACK), then NewReno or SACK recovery."""
-        self.dupacks += 1
-        self.ctx.stats["TcpExtTCPDupAcks"] += 1
-        if self.in_recovery:
-            if not self.sack_ok:
-                self.cwnd += self.mss  # RFC 5681 3.2 step 4: a segment left the network
-            return
-        if self.recover is not None:
-            # RFC 6582 3.2 step 1 (and RFC 6675 5 step 2): duplicate ACKs below `recover`
-            # of the last RTO or recovery do not start another one.
-            return
-        sb = self.sb
-        if self.dupacks >= DUPTHRESH or (self.sack_ok and (
-                sb.sacked > (DUPTHRESH - 1) * self.mss or len(sb.blocks) >= DUPTHRESH)):
-            self._enter_recovery(now)
-
-    def _enter_recovery(self, now: float) -> None:
-        mss = self.mss
-        stats = self.ctx.stats
-        # RFC 5681 eq. 4: ssthresh = max(FlightSize / 2, 2 * SMSS).
-        self.ssthresh = max(sq.diff(self.snd_max, self.snd_una) // 2, 2 * mss)
-        self.recover = self.snd_max
-        self.in_recovery = True
-        self.high_rxt = self.snd_una
-        self.rtx_marks.clear()
-        self.rtx_lost.clear()
-        self.timers.clear(Timer.LOSS)
-        self.tlp_high = None
-        if self.sack_ok:
-            stats["TcpExtTCPSackRecovery"] += 1
-            self.cwnd = self.ssthresh  # RFC 6675 5 step (4.2)
-        else:
-            stats["TcpExtTCPRenoRecovery"] += 1
-            self.cwnd = self.ssthresh + DUPTHRESH * mss  # RFC 5681 3.2 step 3
-        # RFC 5681 3.2 step 2 / RFC 6675 (4.3): resend the first unacknowledged segment.
-        n = self._retransmit_head(now)
-        self.high_rxt = (self.snd_una + n) & MASK
-        if n and self.sack_ok:
-            self.rtx_marks.append([self.snd_una, self.high_rxt, self.snd_max])
-
-    def _retransmit(self, seq: int, limit: int, now: float) -> int:
+    def retransmit(self, seq: int, limit: int, now: float) -> int:
         """Resend up to `limit` octets (at most one MSS) from `seq`, with the FIN if it
         falls there. Returns the sequence space sent, 0 if there was nothing to send."""
-        off = sq.diff(seq, self.buf_seq)
-        n = min(limit, self._send_mss())
-        payload = b""
+        n = min(limit, self.send_mss())
+        payload = self.sendq.data(seq, n) if n > 0 else b""
         flags = ACK
-        if 0 <= off < len(self.sndbuf) and n > 0:
-            payload = bytes(self.sndbuf[off:off + n])
+        if payload:
             flags |= PSH
         if self.fin_sent and (seq + len(payload)) & MASK == self.buf_end:
             flags |= FIN
@@ -1044,13 +945,15 @@ class Tcb:
         self._emit(self._make(flags, seq, now, payload))
         stats = self.ctx.stats
         stats["TcpRetransSegs"] += 1
-        if self.in_recovery:
+        if self.recovery.in_recovery:
             stats["TcpExtTCPFastRetrans"] += 1
         self.rtt_seq = None  # Karn (RFC 6298 3): no sample from a retransmitted segment
         self.last_send = now
-        return len(payload) + (1 if flags & FIN else 0)
+        k = len(payload) + (1 if flags & FIN else 0)
+        self.sendq.on_transmit(seq, (seq + k) & MASK, now)
+        return k
 
-    def _retransmit_head(self, now: float) -> int:
+    def retransmit_head(self, now: float) -> int:
         """Resend the first unacknowledged segment (data and/or FIN) at SND.UNA, up to
         the data the peer SACKed, and restart the timer."""
         una = self.snd_una
@@ -1058,152 +961,12 @@ class Tcb:
         # would skip the window check and run past SND.MAX, so the peer's ACK for them
         # would look like an ACK of unsent data, be dropped, and the connection stall.
         limit = min(self.mss, sq.diff(self.snd_max, una))
-        blk = self.sb.next_sacked(una) if self.sb else None
+        blk = self.recovery.next_sacked(una)
         if blk is not None and sq.gt(blk[0], una):
             limit = min(limit, sq.diff(blk[0], una))
-        n = self._retransmit(una, limit, now)
+        n = self.retransmit(una, limit, now)
         self.timers.set(Timer.RTO, now + self.rtt.current())
         return n
-
-    def _pipe(self) -> int:
-        """RFC 6675 SetPipe(): octets still in the network during SACK recovery. Per
-        un-SACKed range: its octets unless IsLost(), plus those retransmitted (below
-        HighRxt) unless that retransmission was found lost too."""
-        hr = self.high_rxt
-        pipe = 0
-        for start, end, lost in self.sb.holes(self.snd_una, self.snd_max, self.mss):
-            if not lost:
-                pipe += sq.diff(end, start)
-            if sq.lt(start, hr):
-                pipe += sq.diff(end if sq.le(end, hr) else hr, start)
-                for a, b in self.rtx_lost:
-                    lo = a if sq.gt(a, start) else start
-                    hi = b if sq.lt(b, end) else end
-                    if sq.lt(lo, hi):
-                        pipe -= sq.diff(hi, lo)
-        return pipe
-
-    def _next_seg(self, lost_only: bool) -> tuple[int, int] | None:
-        """RFC 6675 NextSeg(): a lost retransmission first, then rule 1 (the first lost
-        octet above HighRxt) or, if not `lost_only`, rule 3 (the first un-SACKed octet
-        above HighRxt below HighSACK): (seq, octets up to the end of that range)."""
-        holes = self.sb.holes(self.snd_una, self.snd_max, self.mss)
-        while self.rtx_lost:
-            a, b = self.rtx_lost[0]
-            for start, end, _lost in holes:
-                lo = a if sq.gt(a, start) else start
-                hi = b if sq.lt(b, end) else end
-                if sq.lt(lo, hi):
-                    return lo, sq.diff(hi, lo)
-            self.rtx_lost.pop(0)  # SACKed or acknowledged meanwhile
-        hr = self.high_rxt
-        high = self.sb.high
-        for start, end, lost in holes:
-            if sq.le(end, hr):
-                continue
-            s = start if sq.gt(start, hr) else hr
-            if lost or (not lost_only and high is not None and sq.lt(s, high)):
-                return s, sq.diff(end, s)
-            if lost_only:
-                return None  # lost ranges are a prefix of the holes
-        return None
-
-    def _sack_retransmit(self, now: float, pipe: int, lost_only: bool) -> tuple[bool, int]:
-        """RFC 6675 5 step (C): while cwnd - pipe >= 1 SMSS, resend NextSeg()."""
-        sent = False
-        while self.cwnd - pipe >= self.mss:
-            nxt = self._next_seg(lost_only)
-            if nxt is None:
-                break
-            seq, octets = nxt
-            k = self._retransmit(seq, octets, now)
-            if not k:
-                break
-            end = (seq + k) & MASK
-            if self.rtx_lost and sq.le(self.rtx_lost[0][0], seq) and \
-                    sq.lt(seq, self.rtx_lost[0][1]):
-                self.rtx_lost[0][0] = end  # resent again
-                if not sq.lt(end, self.rtx_lost[0][1]):
-                    self.rtx_lost.pop(0)
-            elif sq.gt(end, self.high_rxt):
-                self.high_rxt = end
-            self.rtx_marks.append([seq, end, self.snd_max])
-            pipe += k
-            sent = True
-        return sent, pipe
-
-    def _detect_lost_retransmits(self) -> None:
-        """A retransmission is lost if the peer SACKs data first sent more than one
-        segment after it while it is still missing (Linux tcp_mark_lost_retrans(), the
-        idea RACK generalizes, RFC 8985 6.2). Its octets become NextSeg() candidates."""
-        high = self.sb.high
-        if high is None:
-            return
-        keep = []
-        for mark in self.rtx_marks:
-            start, end, smax = mark
-            if sq.le(end, self.snd_una):
-                continue
-            if not sq.gt(high, (smax + self.mss) & MASK):
-                keep.append(mark)
-                continue
-            blk = self.sb.next_sacked(start)
-            if blk is None or sq.gt(blk[0], start) or sq.lt(blk[1], end):
-                self.ctx.stats["TcpExtTCPLostRetransmit"] += 1
-                self.rtx_lost.append([start if sq.gt(start, self.snd_una) else self.snd_una,
-                                      end])
-        self.rtx_marks = keep
-
-    def _arm_pto(self, now: float) -> None:
-        """RFC 8985 7.2 (Linux tcp_schedule_loss_probe()): with SACK, in the open state,
-        more than one segment out and no probe outstanding, a probe timeout of
-        2 * SRTT + 2 ms, unless the RTO comes first. A single segment is left to the
-        RTO (Linux's PTO would add the 200 ms floor and be about the RTO; LS 122)."""
-        if (self.tlp_high is not None or self.in_recovery or self.recover is not None
-                or not self.sack_ok or self.rtt.srtt is None or self.retries
-                or self.state not in _OPEN
-                or sq.diff(self.snd_max, self.snd_una) <= self.mss):
-            self.timers.clear(Timer.LOSS)
-            return
-        at = now + 2 * self.rtt.srtt + 0.002
-        if not self.timers.is_set(Timer.RTO) or at < self.timers.get(Timer.RTO):
-            self.timers.set(Timer.LOSS, at)
-        else:
-            self.timers.clear(Timer.LOSS)
-
-    def _on_pto(self, now: float) -> None:
-        """RFC 8985 7.3: send one new segment if the peer's window allows, else resend
-        the last one, so that an ACK (with SACK) comes back and recovery can start
-        without waiting for the RTO."""
-        if (self.state not in _OPEN or self.in_recovery
-                or self.recover is not None or self.tlp_high is not None
-                or self.snd_una == self.snd_max):
-            return
-        self.ctx.stats["TcpExtTCPLossProbes"] += 1
-        unsent = sq.diff(self.buf_end, self.snd_nxt)
-        room = self.snd_wnd - self.in_flight
-        if unsent > 0 and room > 0 and self.snd_nxt == self.snd_max:
-            n = min(unsent, self._send_mss(), room)
-            off = sq.diff(self.snd_nxt, self.buf_seq)
-            self._transmit(ACK | PSH if n == unsent else ACK, bytes(self.sndbuf[off:off + n]),
-                           now)
-            self.tlp_rtx = False
-        else:
-            seq = (self.snd_max - min(self.mss, sq.diff(self.snd_max, self.snd_una))) & MASK
-            self._retransmit(seq, sq.diff(self.snd_max, seq), now)
-            self.tlp_rtx = True
-        self.tlp_high = self.snd_max
-        self.timers.set(Timer.RTO, now + self.rtt.current())  # RFC 8985 7.3: from the probe
-
-    def _tlp_acked(self, flight: int, dsack: int) -> None:
-        """RFC 8985 7.4: the ACK covers the probe. If the probe was a retransmission and
-        the peer did not report it as a duplicate (D-SACK), it repaired a loss: reduce
-        the window as for any loss."""
-        if self.tlp_rtx and not dsack:
-            self.ctx.stats["TcpExtTCPLossProbeRecovery"] += 1
-            self.ssthresh = max(flight // 2, 2 * self.mss)
-            self.cwnd = self.ssthresh
-        self.tlp_high = None
 
     def _process_text(self, seg: Segment, now: float) -> None:
         """RFC 9293 3.10.7.4 seventh and eighth: segment text and FIN, in order only."""
@@ -1301,10 +1064,31 @@ class Tcb:
             self._send_ack(now)
         self._set_state(State.TIME_WAIT, cause)
         self.timers.clear_all()  # the TIME_WAIT record keeps the 2MSL time
-        self.sndbuf.clear()
+        self.sendq.clear()
         self.events.append(ConnectionClosed(0))
 
     # ------------------------------------------------------------------ output
+
+    # What recovery.py's `Sender` interface asks of the connection.
+
+    def unsent(self) -> int:
+        """Queued bytes not yet sent."""
+        return sq.diff(self.sendq.end, self.snd_nxt)
+
+    def in_flight_total(self) -> int:
+        return (self.snd_nxt - self.snd_una) & MASK
+
+    def open_for_probe(self) -> bool:
+        """A loss probe may go out only where new data may (RFC 8985 7.2)."""
+        return self.state in _OPEN
+
+    def send_new(self, n: int, now: float) -> None:
+        """Send `n` new bytes from SND.NXT (a loss probe's new data, RFC 8985 7.3)."""
+        self._transmit(ACK | PSH if n == self.unsent() else ACK,
+                       self.sendq.data(self.snd_nxt, n), now)
+
+    def _on_loss_timer(self, now: float) -> None:
+        self.recovery.on_probe_timeout(now)
 
     def output(self, now: float, force: bool = False) -> None:
         """Send what the windows, Nagle and the state allow, then a pending ACK.
@@ -1314,26 +1098,17 @@ class Tcb:
         if self.state in _NO_OUTPUT:
             return
         sent = False
-        mss = self.mss
         if not self.timers.is_set(Timer.RTO) and self.snd_una == self.snd_max and \
                 now - self.last_send > self.rtt.current():
-            # RFC 5681 4.1 / RFC 7661: idle for more than an RTO, restart from at most the
-            # initial window; ssthresh keeps 3/4 of the old one (Linux tcp_cwnd_restart()).
-            restart = IW_SEGMENTS * mss
-            if self.cwnd > restart:
-                self.ssthresh = max(self.ssthresh, self.cwnd * 3 // 4)
-                self.cwnd = restart
-        sb = self.sb
-        sack_recovery = self.in_recovery and self.sack_ok
+            self.cc.on_idle_restart()  # RFC 5681 4.1 / RFC 7661
+        rec = self.recovery
+        sack_recovery = rec.sack_recovery
         if sack_recovery:
-            sent, flight = self._sack_retransmit(now, self._pipe(), lost_only=True)
+            sent, flight = rec.sack_retransmit(now, rec.pipe(), lost_only=True)
         else:
-            # Outside SACK recovery: what is in flight less what the peer SACKed.
-            flight = self.in_flight - (sb.sacked_below(self.snd_nxt) if sb else 0)
-        cwnd = self.cwnd
-        smss = self._send_mss()  # full-sized for Nagle and SWS: with this segment's options
-        if not self.in_recovery and not self.sack_ok and 0 < self.dupacks < DUPTHRESH:
-            cwnd += self.dupacks * mss  # RFC 3042 limited transmit
+            flight = rec.flight()
+        cwnd = self.cc.cwnd + rec.limited_transmit()
+        smss = self.send_mss()  # full-sized for Nagle and SWS: with this segment's options
         while True:
             nxt = self.snd_nxt
             buf_end = self.buf_end
@@ -1344,7 +1119,7 @@ class Tcb:
                 if sq.lt(nxt, self.snd_max):
                     # Go-back-N after an RTO (RFC 5681 3.1, RFC 6298 5.4), in slow start,
                     # skipping what the peer SACKed; no Nagle/SWS for data already sent.
-                    blk = sb.next_sacked(nxt) if sb else None
+                    blk = rec.next_sacked(nxt)
                     if blk is not None:
                         if sq.le(blk[0], nxt):
                             self.snd_nxt = blk[1]
@@ -1373,8 +1148,7 @@ class Tcb:
                         # it (tcp_minshall_check()): no second small segment while one is
                         # unacknowledged. Full-sized means self.mss, options subtracted.
                         break
-                off = sq.diff(nxt, self.buf_seq)
-                payload = bytes(self.sndbuf[off:off + n])
+                payload = self.sendq.data(nxt, n)
                 flags = ACK
                 if n == unsent:
                     flags |= PSH
@@ -1388,12 +1162,12 @@ class Tcb:
                 self._transmit(FIN | ACK, b"", now)
                 sent = True
             break
-        if sent and not self.in_recovery:
-            self._arm_pto(now)
-        if sack_recovery and self.in_recovery:
+        if sent and not rec.in_recovery:
+            rec.arm_probe(now)
+        if sack_recovery and rec.in_recovery:
             # RFC 6675 NextSeg() rule 3: no new data to send, the window has room: resend
             # un-SACKed data below the highest SACK that is not yet deemed lost.
-            more, flight = self._sack_retransmit(now, flight, lost_only=False)
+            more, flight = rec.sack_retransmit(now, flight, lost_only=False)
             sent = sent or more
         if not sent and self.ack_now:
             self._send_ack(now)
@@ -1408,9 +1182,10 @@ class Tcb:
         elif self.rtt_seq is None and n:
             self.rtt_seq = seq
             self.rtt_time = now
-        if 0 < len(payload) < self._send_mss():
+        if 0 < len(payload) < self.send_mss():
             self.snd_sml = (seq + len(payload)) & MASK
         self.snd_nxt = (seq + n) & MASK
+        self.sendq.on_transmit(seq, self.snd_nxt, now)
         if sq.gt(self.snd_nxt, self.snd_max):
             self.snd_max = self.snd_nxt
         if not self.timers.is_set(Timer.RTO):
@@ -1494,25 +1269,12 @@ class Tcb:
                 stats["TcpEstabResets"] += 1
             self._terminate(E.ETIMEDOUT, "retransmission timeout")
             return
-        # RFC 5681 3.1 equation 4 and RFC 6298 5.4-5.6: collapse cwnd, back off, go back N.
-        # ssthresh once per loss episode: a timeout of a retransmission does not halve
-        # it again (Linux tcp_enter_loss()).
-        if self.retries == 1:
-            self.ssthresh = max(sq.diff(self.snd_max, self.snd_una) // 2, 2 * self.mss)
-        self.cwnd = self.mss
-        self.in_recovery = False
-        # RFC 6582 4 / RFC 6675 5.1: no fast retransmit for duplicate ACKs of data sent
-        # before the timeout.
-        self.recover = self.snd_max
-        self.dupacks = 0
-        self.rtx_marks.clear()
-        self.rtx_lost.clear()
-        self.timers.clear(Timer.LOSS)
-        self.tlp_high = None
-        if self.retries >= 2:
-            self.sb.clear()  # RFC 2018 8: the receiver may have reneged; stop trusting SACKs
+        # RFC 5681 3.1 equation 4 and RFC 6298 5.4-5.6: collapse cwnd, back off, go back N;
+        # ssthresh once per loss episode (Linux tcp_enter_loss()).
+        self.cc.on_rto(sq.diff(self.snd_max, self.snd_una), first=self.retries == 1)
+        self.recovery.on_rto()
         self.rtt.back_off()
-        self.snd_nxt = (self.snd_una + self._retransmit_head(now)) & MASK
+        self.snd_nxt = (self.snd_una + self.retransmit_head(now)) & MASK
         self.timers.set(Timer.RTO, now + self.rtt.current())
 
     def _on_persist(self, now: float) -> None:
@@ -1520,7 +1282,7 @@ class Tcb:
         if self.state not in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
                               State.LAST_ACK, State.CLOSING):
             return
-        if self.snd_wnd and self.cwnd > self.in_flight:
+        if self.snd_wnd and self.cc.cwnd > self.in_flight:
             # A window too small for SWS avoidance to use: the override (RFC 9293 3.8.6.2.1).
             self.output(now, force=True)
             return
@@ -1539,7 +1301,7 @@ class Tcb:
         if not self.keepalive or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT,
                                                     State.FIN_WAIT_1, State.FIN_WAIT_2):
             return
-        if self.snd_una != self.snd_max or self.sndbuf:
+        if self.snd_una != self.snd_max or self.sendq:
             self.timers.set(Timer.KEEPALIVE, now + self.keepidle)  # the RTO governs
             return
         idle = now - self.last_rcv
@@ -1578,8 +1340,28 @@ class Tcb:
     def rto_at(self) -> float | None:
         return self.timers.get(Timer.RTO)
 
+    @property
+    def cwnd(self) -> int:
+        return self.cc.cwnd
+
+    @property
+    def ssthresh(self) -> int:
+        return self.cc.ssthresh
+
+    @property
+    def in_recovery(self) -> bool:
+        return self.recovery.in_recovery
+
+    @property
+    def dupacks(self) -> int:
+        return self.recovery.dupacks
+
+    @property
+    def recover(self) -> int | None:
+        return self.recovery.recover
+
 _ON_TIMER = {
-    Timer.DELACK: Tcb._on_delack, Timer.LOSS: Tcb._on_pto, Timer.RTO: Tcb._on_rto,
+    Timer.DELACK: Tcb._on_delack, Timer.LOSS: Tcb._on_loss_timer, Timer.RTO: Tcb._on_rto,
     Timer.PERSIST: Tcb._on_persist, Timer.KEEPALIVE: Tcb._on_keepalive,
     Timer.LINGER: Tcb._on_linger, Timer.FIN_WAIT_2: Tcb._on_fin_wait_2,
 }

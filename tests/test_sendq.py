@@ -1,0 +1,81 @@
+"""The send-side record (sendq.py): bytes from SND.UNA and what was sent when."""
+
+from __future__ import annotations
+
+from ustack.tcp.sendq import LOST, RETRANSMITTED, SACKED, SendQueue
+
+MASK = 0xFFFFFFFF
+
+
+def ranges(q: SendQueue) -> list[tuple[int, int, float, int, int]]:
+    return [(r.start, r.end, r.time, r.xmits, r.flags) for r in q.sent]
+
+
+def test_bytes_and_acks():
+    q = SendQueue()
+    q.start_at(1000)
+    q.append(b"abcdef")
+    assert (len(q), q.end) == (6, 1006)
+    assert q.data(1002, 3) == b"cde"
+    assert q.data(999, 3) == b""
+    q.on_ack(1004)
+    assert (len(q), q.seq, q.data(1004, 10)) == (2, 1004, b"ef")
+    q.on_ack(1007)  # the FIN's sequence number: no byte to drop beyond the buffer
+    assert (len(q), q.seq) == (0, 1006)
+
+
+def test_records_per_transmission_and_split_on_retransmit():
+    q = SendQueue()
+    q.start_at(0)
+    q.append(bytes(3000))
+    q.on_transmit(0, 1000, 1.0)
+    q.on_transmit(1000, 2000, 1.1)
+    q.on_transmit(2000, 3000, 1.2)
+    assert [r[:2] for r in ranges(q)] == [(0, 1000), (1000, 2000), (2000, 3000)]
+    q.on_transmit(1500, 2500, 2.0)  # a retransmission across a boundary splits both
+    assert ranges(q) == [(0, 1000, 1.0, 1, 0), (1000, 1500, 1.1, 1, 0),
+                         (1500, 2000, 2.0, 2, RETRANSMITTED), (2000, 2500, 2.0, 2, RETRANSMITTED),
+                         (2500, 3000, 1.2, 1, 0)]
+    q.on_ack(1200)
+    assert ranges(q)[0] == (1200, 1500, 1.1, 1, 0)
+    q.on_ack(2500)
+    assert ranges(q) == [(2500, 3000, 1.2, 1, 0)]
+
+
+def test_transmission_partly_beyond_the_record():
+    q = SendQueue()
+    q.append(bytes(3000))
+    q.on_transmit(0, 1000, 1.0)
+    q.on_transmit(500, 1500, 2.0)
+    assert ranges(q) == [(0, 500, 1.0, 1, 0), (500, 1000, 2.0, 2, RETRANSMITTED),
+                         (1000, 1500, 2.0, 1, 0)]
+
+
+def test_sacked_and_lost_marks():
+    q = SendQueue()
+    q.append(bytes(4000))
+    for i in range(4):
+        q.on_transmit(i * 1000, (i + 1) * 1000, float(i))
+    assert q.mark(1000, 2500, SACKED) == 1500
+    assert q.mark(1000, 2500, SACKED) == 0  # already marked
+    assert q.mark(0, 1000, LOST) == 1000
+    q.on_transmit(0, 1000, 5.0)  # the retransmission clears LOST
+    flags = {(r.start, r.end): r.flags for r in q.sent}
+    assert flags[(0, 1000)] == RETRANSMITTED
+    assert flags[(1000, 2000)] == flags[(2000, 2500)] == SACKED
+    assert flags[(2500, 3000)] == 0
+    q.clear_flag(SACKED)
+    assert all(not r.flags & SACKED for r in q.sent)
+
+
+def test_wraparound():
+    q = SendQueue()
+    q.start_at(MASK - 499)
+    q.append(bytes(1000))
+    q.on_transmit(MASK - 499, 500, 1.0)
+    assert q.end == 500
+    q.on_transmit(MASK - 99, 100, 2.0)
+    assert [r[:2] for r in ranges(q)] == [(MASK - 499, MASK - 99), (MASK - 99, 100), (100, 500)]
+    q.on_ack(0)
+    assert q.seq == 0 and len(q) == 500
+    assert [r[:2] for r in ranges(q)] == [(0, 100), (100, 500)]

@@ -1,0 +1,149 @@
+"""The send side of one connection: the bytes not yet acknowledged, and a record of
+what was transmitted when (Linux's write queue of skbs with their `tcp_skb_cb`;
+aioquic's `QuicSentPacket`).
+
+`SendQueue` holds the application's bytes from SND.UNA on. Every transmission of a
+range is recorded in `sent`: its sequence range, the time of its latest transmission,
+how often it went out, and whether the peer SACKed it or it was deemed lost. RACK
+(RFC 8985) keys its loss detection on those times and PRR (RFC 6937) counts delivered
+bytes from them. Records are ordered by sequence number and cover [SND.UNA, SND.MAX)
+without gaps once sent; a retransmission that covers part of a record splits it.
+
+Pure data: no clock (times are passed in), no I/O.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .. import seq as sq
+
+MASK = 0xFFFFFFFF
+SACKED = 1  # the peer reported holding it (RFC 2018)
+LOST = 2  # deemed lost, not yet retransmitted (RFC 6675 IsLost(), RFC 8985)
+RETRANSMITTED = 4  # sent more than once
+
+
+class Sent:
+    """One transmitted range [start, end) of sequence space (FIN included)."""
+
+    __slots__ = ("start", "end", "time", "xmits", "flags")
+
+    def __init__(self, start: int, end: int, time: float, xmits: int = 1,
+                 flags: int = 0) -> None:
+        self.start = start
+        self.end = end
+        self.time = time
+        self.xmits = xmits
+        self.flags = flags
+
+    def __repr__(self) -> str:
+        return f"<Sent {self.start}:{self.end} t={self.time:.6f} x{self.xmits} f{self.flags}>"
+
+
+class SendQueue:
+    """Unacknowledged bytes from `seq` on, plus the transmission record."""
+
+    __slots__ = ("buf", "seq", "sent")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.seq = 0  # the sequence number of buf[0]
+        self.sent: deque[Sent] = deque()
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+    @property
+    def end(self) -> int:
+        """One past the last queued byte."""
+        return (self.seq + len(self.buf)) & MASK
+
+    def start_at(self, seq: int) -> None:
+        """Where the first byte will go (the ISN + 1)."""
+        self.seq = seq
+
+    def append(self, data: bytes) -> None:
+        self.buf += data
+
+    def data(self, seq: int, n: int) -> bytes:
+        """Up to `n` queued bytes from `seq`."""
+        off = sq.diff(seq, self.seq)
+        if off < 0:
+            return b""
+        return bytes(self.buf[off:off + n])
+
+    def clear(self) -> None:
+        self.buf.clear()
+        self.sent.clear()
+
+    # --- the transmission record
+
+    def on_transmit(self, start: int, end: int, now: float) -> None:
+        """[start, end) left now. New sequence space appends a record; space sent
+        before updates (splitting where needed) the records it covers."""
+        if start == end:
+            return
+        sent = self.sent
+        if not sent or sq.ge(start, sent[-1].end):
+            sent.append(Sent(start, end, now))
+            return
+        if sq.gt(end, sent[-1].end):
+            # Partly beyond: the new part gets its own record.
+            sent.append(Sent(sent[-1].end, end, now))
+            end = sent[-2].end
+        for rec in self._covering(start, end):
+            rec.time = now
+            rec.xmits += 1
+            rec.flags = (rec.flags & ~LOST) | RETRANSMITTED
+
+    def on_ack(self, una: int) -> None:
+        """Everything below `una` was acknowledged: drop its bytes and records."""
+        acked = sq.diff(una, self.seq)
+        if acked > 0:
+            n = min(acked, len(self.buf))
+            del self.buf[:n]
+            self.seq = (self.seq + n) & MASK  # a FIN's sequence number is not a byte
+        sent = self.sent
+        while sent and sq.le(sent[0].end, una):
+            sent.popleft()
+        if sent and sq.lt(sent[0].start, una):
+            sent[0].start = una
+
+    def mark(self, start: int, end: int, flag: int) -> int:
+        """Set `flag` (SACKED or LOST) on every record wholly inside [start, end),
+        splitting the edge records. Returns the bytes newly marked."""
+        new = 0
+        for rec in self._covering(start, end):
+            if not rec.flags & flag:
+                rec.flags |= flag
+                new += sq.diff(rec.end, rec.start)
+        return new
+
+    def clear_flag(self, flag: int) -> None:
+        """E.g. SACKED after an RTO: RFC 2018 8, the receiver may have reneged."""
+        for rec in self.sent:
+            rec.flags &= ~flag
+
+    def _split(self, at: int) -> None:
+        """Make `at` a record boundary if a record spans it."""
+        sent = self.sent
+        for i, rec in enumerate(sent):
+            if sq.ge(rec.start, at):
+                return
+            if sq.gt(rec.end, at):
+                sent.insert(i + 1, Sent(at, rec.end, rec.time, rec.xmits, rec.flags))
+                rec.end = at
+                return
+
+    def _covering(self, start: int, end: int) -> list[Sent]:
+        """The records inside [start, end) after splitting at both edges."""
+        self._split(start)
+        self._split(end)
+        out = []
+        for rec in self.sent:
+            if sq.ge(rec.start, end):
+                break
+            if sq.ge(rec.start, start):
+                out.append(rec)
+        return out
