@@ -31,11 +31,13 @@ from ustack.config import Config, apply_settings
 from ustack.control import FRAME, ControlServer, relative_cause
 from ustack.io.memory import MemoryLink
 from ustack.stack import Stack
+from ustack.tcp.events import Cause, TimeWaitOverflow, Why
 from ustack.tcp.state import State
 from ustack.tools import filter as flt
 from ustack.tools.client import Control
 from ustack.tools.segments import SeqTracker
 from ustack.tools.ss import ms_timer
+from ustack.wire.tcp import ACK, FIN, Segment
 
 PEER, STACK = "10.77.0.1", "10.77.0.2"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -511,6 +513,22 @@ async def test_listen_overflow_counts_and_logs(env, caplog, monkeypatch):
         await asyncio.gather(*tries, return_exceptions=True)
 
 
+def test_time_wait_overflow_notice_is_logged_rate_limited(caplog, monkeypatch):
+    """The core queues a notice; the shell logs the line older Linux wrote (LS 64)."""
+    from ustack import eventlog
+    clock = [0.0]
+    monkeypatch.setattr(eventlog, "_limiter", eventlog.RateLimiter(clock=lambda: clock[0]))
+    caplog.set_level(logging.WARNING, logger="ustack.events")
+    for _ in range(eventlog.BURST + 3):
+        eventlog.notice(TimeWaitOverflow())
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["TCP: time wait bucket table overflow"] * eventlog.BURST
+    clock[0] += eventlog.INTERVAL
+    eventlog.notice(TimeWaitOverflow())
+    assert caplog.records[-1].getMessage() == (
+        "TCP: time wait bucket table overflow (3 similar messages suppressed)")
+
+
 def test_event_log_is_rate_limited_per_kind(caplog, monkeypatch):
     """A flood (a SYN flood on a full backlog) logs BURST lines, then one per INTERVAL
     that says how many were left out; other kinds are not held back."""
@@ -644,9 +662,12 @@ async def test_trace_cli_shows_time_wait_end(env):
 def test_relative_cause_and_filters():
     class T:
         iss, irs, rcv_nxt = 1000, 5000, 5813
-    assert relative_cause(T, "on F. seq 5812 ack 1001 win 502 <TS val 1 ecr 2>") == \
-        "on F. seq 812 ack 1"
-    assert relative_cause(T, "close()") == "close()"
+    fin = Segment(80, 4000, 5812, 1001, FIN | ACK, 502, ts=(1, 2))
+    assert str(Cause(Why.SEGMENT, fin)) == "on F. seq 5812 ack 1001 win 502 <TS val 1 ecr 2>"
+    assert relative_cause(T, Cause(Why.SEGMENT, fin)) == "on F. seq 812 ack 1"
+    assert relative_cause(T, Cause(Why.CLOSE)) == "close()"
+    assert str(Cause(Why.ABORT, rst_sent=True)) == "abort(), RST sent"
+    assert str(Cause(Why.DATA_AFTER_CLOSE, fin)).startswith("data after close, on F. seq 5812")
     f = flt.parse("host 10.77.0.1 port 80")
     assert f.matches(("10.77.0.2", 80), ("10.77.0.1", 4000))
     assert not f.matches(("10.77.0.2", 81), ("10.77.0.1", 4000))

@@ -335,7 +335,7 @@ def test_abort_in_closing_and_last_ack_sends_nothing(state):
     assert d.state == State.CLOSED
     # The trace and the log say so, rather than claiming a RST.
     (closed,) = [ev for ev in d.events if isinstance(ev, StateChanged)]
-    assert closed.cause == "abort(), nothing sent"
+    assert str(closed.cause) == "abort(), nothing sent"
     d.inject("F. 1:1(0) ack 2")
     d.expect("R 2:2(0)")
 

@@ -57,7 +57,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import stat
 import struct
@@ -67,7 +66,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .tcp.events import StateChanged
+from .tcp.events import Cause, StateChanged
 from .tcp.state import State
 from .tcp.tcb import Tcb
 from .tools.filter import Filter
@@ -120,21 +119,12 @@ def _field(req: dict, name: str, kind: type | tuple[type, ...], default=None,
     return value
 
 
-_SEQ_RE = re.compile(r"\bseq (\d+)")
-_ACK_RE = re.compile(r"\back (\d+)")
-_NOISE_RE = re.compile(r" win \d+| <[^>]*>")
-
-
-def relative_cause(tcb: Tcb, cause: str) -> str:
-    """Rewrite a cause like "on F. seq 3705312 ack 9123 win 502 <TS ...>" with seq and
-    ack relative to the peer's and our ISN ("on F. seq 812 ack 1"), tcpdump style."""
-    if " seq " not in cause and not cause.startswith("seq"):
-        return cause
+def relative_cause(tcb: Tcb, cause: Cause) -> str:
+    """A cause with seq and ack relative to the peer's and our ISN, without window and
+    options ("on F. seq 812 ack 1"), tcpdump style. The peer's ISN is only known once
+    its SYN arrived."""
     irs_known = tcb.irs != 0 or tcb.rcv_nxt != 0
-    if irs_known:
-        cause = _SEQ_RE.sub(lambda m: f"seq {(int(m.group(1)) - tcb.irs) & 0xFFFFFFFF}", cause)
-    cause = _ACK_RE.sub(lambda m: f"ack {(int(m.group(1)) - tcb.iss) & 0xFFFFFFFF}", cause)
-    return _NOISE_RE.sub("", cause)
+    return cause.format(tcb.irs if irs_known else 0, tcb.iss, brief=True)
 
 
 def _ep(addr: tuple[str, int]) -> str:
@@ -433,19 +423,19 @@ class ControlServer:
             if item is None:
                 item = {"type": "state", "t": time.time(), "local": local, "peer": peer,
                         "passive": passive, "old": ev.old.name, "new": ev.new.name,
-                        "cause": relative_cause(tcb, ev.cause), "cause_raw": ev.cause,
+                        "cause": relative_cause(tcb, ev.cause), "cause_raw": str(ev.cause),
                         "errno": tcb.error if ev.new == State.CLOSED else 0}
             sub.put(item)
 
-    def _tw_gone(self, key: bytes, why: str) -> None:
+    def _tw_gone(self, key: bytes, cause: Cause) -> None:
         local = (ip_to_str(key[4:8]), (key[10] << 8) | key[11])
         peer = (ip_to_str(key[0:4]), (key[8] << 8) | key[9])
         passive = self._passive.pop((_ep(local), _ep(peer)), False)
         if not self._subs:
             return
         item = {"type": "state", "t": time.time(), "local": _ep(local), "peer": _ep(peer),
-                "passive": passive, "old": "TIME_WAIT", "new": "CLOSED", "cause": why,
-                "cause_raw": why, "errno": 0}
+                "passive": passive, "old": "TIME_WAIT", "new": "CLOSED",
+                "cause": cause.format(brief=True), "cause_raw": str(cause), "errno": 0}
         for sub in self._subs:
             if sub.filter.matches(local, peer):
                 sub.put(item)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .tcp.events import ListenOverflow, Notice, TimeWaitOverflow
 from .tcp.state import State
 
 if TYPE_CHECKING:
@@ -76,11 +77,6 @@ def event(level: int, kind: str, message: str, *args: object,
     log.log(level, message, *args)
 
 
-# Causes (tcb.py's _set_state/_terminate strings) of aborts that we decided on.
-_OUR_ABORTS = ("abort()", "close() with unread data", "close() with SO_LINGER 0",
-               "SO_LINGER timeout", "data after close")
-
-
 def _conn(tcb: Tcb) -> str:
     return f"{tcb.local[0]}:{tcb.local[1]} <-> {tcb.remote[0]}:{tcb.remote[1]}"
 
@@ -93,7 +89,7 @@ def state_observer(tcb: Tcb, ev: StateChanged) -> None:
         return
     err = tcb.error
     cause = ev.cause
-    if cause.startswith(_OUR_ABORTS):
+    if cause.ours:
         event(logging.WARNING, "abort", "connection %s aborted in %s: %s",
               _conn(tcb), ev.old.name, cause)
     elif err == E.ETIMEDOUT:
@@ -110,3 +106,12 @@ def state_observer(tcb: Tcb, ev: StateChanged) -> None:
 def listen_overflow(port: int, backlog: int) -> None:
     event(logging.WARNING, "listen-overflow",
           "listen queue of port %d overflowed (backlog %d): SYN dropped", port, backlog)
+
+
+def notice(n: Notice) -> None:
+    """Log one notice the core queued (tcp/events.py), rate-limited per kind."""
+    if type(n) is ListenOverflow:
+        listen_overflow(n.port, n.backlog)
+    elif type(n) is TimeWaitOverflow:
+        # The line older Linux wrote (LS 64), under the same rate limit as the others.
+        event(logging.WARNING, "tw-overflow", "TCP: time wait bucket table overflow")

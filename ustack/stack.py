@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from . import eventlog
 from .config import Config
 from .impair import Impairment
 from .stats import Stats
@@ -233,6 +234,9 @@ class Stack:
                         owner._tcb_events(events)
                     except Exception:  # an application bug must not kill the stack
                         log.exception("error delivering events to %r", owner)
+        notices = self.ctx.notices
+        while notices:
+            eventlog.notice(notices.popleft())
         tx = self.table.tx
         if tx:
             out = tx[:]

@@ -18,9 +18,8 @@ import itertools
 from collections.abc import Callable
 from typing import TypeVar
 
-from .eventlog import listen_overflow
 from .tcp.context import Context
-from .tcp.events import StateChanged
+from .tcp.events import ListenOverflow, StateChanged
 from .tcp.state import State
 from .tcp.tcb import Tcb, no_socket_rst
 from .tcp.timewait import TW_ACK, TW_SYN, TimeWaitTable, TwRecord, sec32
@@ -128,7 +127,7 @@ class TcpTable:
         if lst.closed or lst.half_open + len(lst.accept_queue) >= lst.backlog:
             stats["TcpExtListenOverflows"] += 1
             stats["TcpExtListenDrops"] += 1
-            listen_overflow(lst.port, lst.backlog)
+            self.ctx.notices.append(ListenOverflow(lst.port, lst.backlog))
             return
         tcb = self._new_tcb(key)
         tcb.listener = lst

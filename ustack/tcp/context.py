@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections import deque
 
 from ..config import Config
 from ..stats import Stats
 
 
 class Context:
-    __slots__ = ("config", "stats", "secret", "rng", "_challenge_second", "_challenge_left")
+    __slots__ = ("config", "stats", "secret", "rng", "notices", "_challenge_second",
+                 "_challenge_left")
 
     def __init__(self, config: Config | None = None, stats: Stats | None = None,
                  secret: bytes | None = None, seed: int | None = None) -> None:
@@ -19,6 +21,9 @@ class Context:
         self.stats = stats if stats is not None else Stats()
         self.secret = secret or os.urandom(16)
         self.rng = random.Random(seed)
+        # Notices for the operator (events.Notice), taken by the shell; bounded, so a
+        # table without a shell (tests, benchmarks) never grows it without end.
+        self.notices: deque = deque(maxlen=1024)
         self._challenge_second = -1
         self._challenge_left = 0
 

@@ -15,17 +15,19 @@ from __future__ import annotations
 import errno as E
 
 from .. import seq as sq
-from ..wire.tcp import ACK, FIN, PSH, RST, SYN, Segment, format_segment
+from ..wire.tcp import ACK, FIN, PSH, RST, SYN, Segment
 from . import cc, paws
 from .cc import IW_SEGMENTS  # noqa: F401  (re-exported: tests and benchmarks)
 from .context import Context
 from .events import (
+    Cause,
     Connected,
     ConnectionClosed,
     DataReceived,
     EofReceived,
     SendSpaceAvailable,
     StateChanged,
+    Why,
 )
 from .ofo import OfoQueue
 from .recovery import Recovery
@@ -151,7 +153,7 @@ class Tcb:
     def __repr__(self) -> str:
         return f"<Tcb {self.local[0]}:{self.local[1]} {self.remote[0]}:{self.remote[1]} {self.state.name}>"
 
-    def _set_state(self, new: State, cause: str) -> None:
+    def _set_state(self, new: State, cause: Cause) -> None:
         old = self.state
         if old == new:
             return
@@ -347,7 +349,7 @@ class Tcb:
         self.sendq.start_at(self.snd_nxt)
         self._choose_wscale()
         self.ctx.stats["TcpActiveOpens"] += 1
-        self._set_state(State.SYN_SENT, "connect()")
+        self._set_state(State.SYN_SENT, Cause(Why.CONNECT))
         self._send_syn(now)
         self.timers.set(Timer.RTO, now + self.rtt.current())
 
@@ -378,7 +380,7 @@ class Tcb:
         self.snd_wl2 = self.iss
         self._choose_wscale()
         self._negotiate(syn, we_offered_ts=True)
-        self._set_state(State.SYN_RECEIVED, f"on {format_segment(syn)}")
+        self._set_state(State.SYN_RECEIVED, Cause(Why.SEGMENT, syn))
         self._send_synack(now)
         self.timers.set(Timer.RTO, now + self.rtt.current())
 
@@ -435,14 +437,14 @@ class Tcb:
             return
         if self.state == State.SYN_SENT:
             # Linux sends nothing for a connection that never got its SYN-ACK (LS 36).
-            self._terminate(0, "shutdown()")
+            self._terminate(0, Cause(Why.SHUTDOWN))
             return
         if self.state in (State.ESTABLISHED, State.SYN_RECEIVED):
             self.fin_queued = True
-            self._set_state(State.FIN_WAIT_1, "shutdown()")
+            self._set_state(State.FIN_WAIT_1, Cause(Why.SHUTDOWN))
         elif self.state == State.CLOSE_WAIT:
             self.fin_queued = True
-            self._set_state(State.LAST_ACK, "shutdown()")
+            self._set_state(State.LAST_ACK, Cause(Why.SHUTDOWN))
         else:
             return
         self.output(now)
@@ -460,7 +462,7 @@ class Tcb:
             if self.linger == 0:
                 # Linux __tcp_close() counts the SO_LINGER {1, 0} abort here too (LS 31).
                 self.ctx.stats["TcpExtTCPAbortOnData"] += 1
-            self._terminate(0, "close()")  # nothing sent (LS 36)
+            self._terminate(0, Cause(Why.CLOSE))  # nothing sent (LS 36)
             return
         unread += len(self.rcvbuf)
         if unread:
@@ -468,13 +470,13 @@ class Tcb:
             # so tell the peer with a RST instead of a FIN (LS 30).
             self.ctx.stats["TcpExtTCPAbortOnClose"] += 1
             # Linux __tcp_close() sends this RST in every state (no tcp_need_reset()).
-            self._abort(now, "close() with unread data", rst=True)
+            self._abort(now, Why.CLOSE_UNREAD, rst=True)
             return
         if self.linger == 0:
             # SO_LINGER {1, 0}: abortive close (RFC 9293 3.10.5). Linux counts this as
             # TCPAbortOnData (LS 31), not TCPAbortOnLinger.
             self.ctx.stats["TcpExtTCPAbortOnData"] += 1
-            self._abort(now, "close() with SO_LINGER 0")
+            self._abort(now, Why.LINGER_ZERO)
             return
         self.orphan = True
         self.shutdown(now)
@@ -485,9 +487,9 @@ class Tcb:
 
     def abort(self, now: float) -> None:
         """ABORT (RFC 9293 3.10.5): RST if synchronized, drop everything."""
-        self._abort(now, "abort()")
+        self._abort(now, Why.ABORT)
 
-    def _abort(self, now: float, cause: str, rst: bool = False) -> None:
+    def _abort(self, now: float, why: Why, rst: bool = False) -> None:
         """RFC 9293 3.10.5 ABORT as Linux tcp_disconnect() does it (LS 31): R. from
         SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1/2 and CLOSE_WAIT; from CLOSING and LAST_ACK
         only while something (data or our FIN) is still unsent, since the RFC says
@@ -502,14 +504,14 @@ class Tcb:
         if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
             self.ctx.stats["TcpEstabResets"] += 1
         # The cause says what went out, for the trace and the log (eventlog.py).
-        self._terminate(0, f"{cause}, {'RST sent' if sent else 'nothing sent'}")
+        self._terminate(0, Cause(why, rst_sent=sent))
 
-    def drop(self, cause: str) -> None:
+    def drop(self, why: Why) -> None:
         """Delete the TCB silently, nothing sent: a half-open child of a listener that
         closed (LS 34), as Linux drops its request socks."""
-        self._terminate(0, cause)
+        self._terminate(0, Cause(why))
 
-    def _terminate(self, err: int, cause: str) -> None:
+    def _terminate(self, err: int, cause: Cause) -> None:
         """Delete the TCB: state CLOSED, timers off, the application told."""
         if self.state in _GONE:
             return  # a TIME_WAIT TCB is a husk: its record in timewait.py lives on
@@ -593,7 +595,7 @@ class Tcb:
         if flags & RST:
             if flags & ACK:
                 self.ctx.stats["TcpAttemptFails"] += 1
-                self._terminate(E.ECONNREFUSED, f"on {format_segment(seg)}")
+                self._terminate(E.ECONNREFUSED, Cause(Why.SEGMENT, seg))
             return
         if not flags & SYN:
             return
@@ -618,7 +620,7 @@ class Tcb:
             self._handshake_done()
             self.rtt.reset_backoff()
             self.timers.clear(Timer.RTO)
-            self._set_state(State.ESTABLISHED, f"on {format_segment(seg)}")
+            self._set_state(State.ESTABLISHED, Cause(Why.SEGMENT, seg))
             self.events.append(Connected())
             self._arm_keepalive(now)
             self._send_ack(now)
@@ -629,7 +631,7 @@ class Tcb:
             # Simultaneous open (RFC 9293 3.10.7.3, Figure 8): SYN-SENT -> SYN-RECEIVED.
             self.snd_wnd = seg.wnd
             self.snd_wl1 = seg.seq
-            self._set_state(State.SYN_RECEIVED, f"on {format_segment(seg)}")
+            self._set_state(State.SYN_RECEIVED, Cause(Why.SEGMENT, seg))
             self._send_synack(now)
 
     def _update_ts_recent(self, seg: Segment, now: float) -> None:
@@ -741,7 +743,7 @@ class Tcb:
                 stats["TcpAttemptFails"] += 1
                 stats["TcpExtEmbryonicRsts"] += 1
                 self._send_stateless_rst(seg)
-                self._terminate(0, f"SYN with another ISN, on {format_segment(seg)}")
+                self._terminate(0, Cause(Why.SYN_OTHER_ISN, seg))
                 return
             else:
                 stats["TcpExtTCPSYNChallenge"] += 1
@@ -766,7 +768,7 @@ class Tcb:
                 self.ctx.stats["TcpPassiveOpens"] += 1  # not for a simultaneous open
             # Before _process_ack(): an RTT sample it takes replaces the fallback RTO.
             self._handshake_done()
-            self._set_state(State.ESTABLISHED, f"on {format_segment(seg)}")
+            self._set_state(State.ESTABLISHED, Cause(Why.SEGMENT, seg))
             self.events.append(Connected())
             self._arm_keepalive(now)
             st = State.ESTABLISHED
@@ -788,7 +790,7 @@ class Tcb:
                 # not at RCV.NXT", LS 44): it announces data we would have to receive.
                 stats["TcpExtTCPAbortOnData"] += 1
                 self._send_stateless_rst(seg)  # R seq=SEG.ACK
-                self._terminate(0, f"data after close, on {format_segment(seg)}")
+                self._terminate(0, Cause(Why.DATA_AFTER_CLOSE, seg))
                 return
             if st in _RECEIVING:
                 self._process_text(seg, now)
@@ -822,7 +824,7 @@ class Tcb:
     def _reset_by_peer(self, seg: Segment) -> None:
         """An acceptable RST (RFC 9293 3.10.7.4 second, LS 110-111)."""
         st = self.state
-        cause = f"on {format_segment(seg)}"
+        cause = Cause(Why.SEGMENT, seg)
         if st == State.SYN_RECEIVED:
             self.ctx.stats["TcpExtEmbryonicRsts"] += 1
             self.ctx.stats["TcpAttemptFails"] += 1
@@ -917,16 +919,16 @@ class Tcb:
             return True  # our FIN is not (yet) acknowledged: no state change here
         st = self.state
         if st == State.FIN_WAIT_1:
-            self._set_state(State.FIN_WAIT_2, f"on {format_segment(seg)}")
+            self._set_state(State.FIN_WAIT_2, Cause(Why.SEGMENT, seg))
             self.timers.clear(Timer.LINGER)
             if self.orphan:
                 self._arm_fin_wait_2(now)
         elif st == State.CLOSING:
-            self._enter_time_wait(now, f"on {format_segment(seg)}")
+            self._enter_time_wait(now, Cause(Why.SEGMENT, seg))
             return False
         elif st == State.LAST_ACK:
             # LAST_ACK -> CLOSED, no TIME_WAIT for the passive closer (LS 11).
-            self._terminate(0, f"on {format_segment(seg)}")
+            self._terminate(0, Cause(Why.SEGMENT, seg))
             return False
         return True
 
@@ -1045,7 +1047,7 @@ class Tcb:
         self.rcv_nxt = (self.rcv_nxt + 1) & MASK
         self.ack_now = True  # Linux ACKs a FIN at once in the closing states (LS 7, 8)
         self.events.append(EofReceived())
-        cause = f"on {format_segment(seg)}"
+        cause = Cause(Why.SEGMENT, seg)
         st = self.state
         if st == State.ESTABLISHED:
             self._set_state(State.CLOSE_WAIT, cause)
@@ -1057,7 +1059,7 @@ class Tcb:
             self._send_ack(now)
             self._enter_time_wait(now, cause)
 
-    def _enter_time_wait(self, now: float, cause: str) -> None:
+    def _enter_time_wait(self, now: float, cause: Cause) -> None:
         """TIME_WAIT for 2*MSL (RFC 9293 3.10.7.4). The demultiplexer then swaps this TCB
         for a compact TIME_WAIT record (Linux tcp_time_wait())."""
         if self.ack_now:
@@ -1221,12 +1223,12 @@ class Tcb:
             # connection is over either way. Counted as TCPAbortOnLinger, the MIB
             # Linux uses for its other linger-driven abort (TCP_LINGER2 < 0, LS 33).
             self.ctx.stats["TcpExtTCPAbortOnLinger"] += 1
-            self._abort(now, "SO_LINGER timeout", rst=True)
+            self._abort(now, Why.LINGER_TIMEOUT, rst=True)
 
     def _on_fin_wait_2(self, now: float) -> None:
         if self.state == State.FIN_WAIT_2:
             # Orphaned FIN_WAIT_2 ends silently after tcp_fin_timeout (LS 42).
-            self._terminate(0, "tcp_fin_timeout")
+            self._terminate(0, Cause(Why.FIN_TIMEOUT))
 
     def _on_rto(self, now: float) -> None:
         stats = self.ctx.stats
@@ -1240,8 +1242,8 @@ class Tcb:
             syn_sent = st == State.SYN_SENT
             if self.retries > (cfg.tcp_syn_retries if syn_sent else cfg.tcp_synack_retries):
                 stats["TcpAttemptFails"] += 1
-                self._terminate(E.ETIMEDOUT, "SYN retries exhausted" if syn_sent
-                                else "SYN-ACK retries exhausted")
+                self._terminate(E.ETIMEDOUT, Cause(Why.SYN_RETRIES if syn_sent
+                                                  else Why.SYNACK_RETRIES))
                 return
             self.rtt.back_off()
             if syn_sent:
@@ -1267,7 +1269,7 @@ class Tcb:
             stats["TcpExtTCPAbortOnTimeout"] += 1
             if st in (State.ESTABLISHED, State.CLOSE_WAIT):
                 stats["TcpEstabResets"] += 1
-            self._terminate(E.ETIMEDOUT, "retransmission timeout")
+            self._terminate(E.ETIMEDOUT, Cause(Why.RTO_GIVE_UP))
             return
         # RFC 5681 3.1 equation 4 and RFC 6298 5.4-5.6: collapse cwnd, back off, go back N;
         # ssthresh once per loss episode (Linux tcp_enter_loss()).
@@ -1289,7 +1291,7 @@ class Tcb:
         self.probes_out += 1
         if self.probes_out > self.ctx.config.tcp_retries2:
             self.ctx.stats["TcpExtTCPAbortOnTimeout"] += 1
-            self._terminate(E.ETIMEDOUT, "zero-window probes unanswered")
+            self._terminate(E.ETIMEDOUT, Cause(Why.ZWP_GIVE_UP))
             return
         self.ctx.stats["TcpExtTCPWinProbe"] += 1
         self._emit(self._make(ACK, (self.snd_una - 1) & MASK, now))
@@ -1313,7 +1315,7 @@ class Tcb:
             if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
                 self.ctx.stats["TcpEstabResets"] += 1
             self._send_rst(now)
-            self._terminate(E.ETIMEDOUT, "keepalive timeout")
+            self._terminate(E.ETIMEDOUT, Cause(Why.KEEPALIVE_GIVE_UP))
             return
         self.probes_out += 1
         self.ctx.stats["TcpExtTCPKeepAlive"] += 1

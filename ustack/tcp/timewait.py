@@ -22,18 +22,16 @@ returns what to do; the table acts on it.
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
 from .. import seq as sq
-from ..wire.tcp import ACK, RST, SYN, Segment, format_segment
+from ..wire.tcp import ACK, RST, SYN, Segment
 from . import paws
 from .context import Context
-
-log = logging.getLogger("ustack.timewait")
+from .events import Cause, TimeWaitOverflow, Why
 
 MASK = 0xFFFFFFFF
 # snd_nxt, rcv_nxt, ts_recent, ts_offset, ts_recent_stamp (s), expires (ms), last
@@ -44,6 +42,8 @@ F_HAS_TS = 1
 BUCKET_MS = 50
 
 TW_NOTHING, TW_ACK, TW_SYN = 0, 1, 2
+_EXPIRED = Cause(Why.TWO_MSL)
+_REUSED = Cause(Why.REUSED)
 
 
 def ms32(now: float) -> int:
@@ -87,11 +87,9 @@ class TimeWaitTable:
         self.records: dict[bytes, bytes] = {}
         # (bucket index on the ms clock // BUCKET_MS, keys): absolute, never wraps.
         self.buckets: deque[tuple[int, list[bytes]]] = deque()
-        self._last_overflow_log: float | None = None
-        self._overflow_unlogged = 0
-        # Observers of records leaving the table, called with (key, why): the trace
+        # Observers of records leaving the table, called with (key, cause): the trace
         # shows TIME_WAIT -> CLOSED, which has no TCB and so no StateChanged event.
-        self.gone_hooks: list[Callable[[bytes, str], None]] = []
+        self.gone_hooks: list[Callable[[bytes, Cause], None]] = []
 
     def __len__(self) -> int:
         return len(self.records)
@@ -128,16 +126,9 @@ class TimeWaitTable:
         stats = self.ctx.stats
         if len(self.records) >= self.ctx.config.tcp_max_tw_buckets and key not in self.records:
             stats["TcpExtTCPTimeWaitOverflow"] += 1
-            # Older Linux logged this line (net_ratelimit()); current kernels only count
-            # (LS 64). ustack logs it at most once a second, saying how many it left out.
-            last = self._last_overflow_log
-            if last is None or now - last >= 1.0:
-                self._last_overflow_log = now
-                missed, self._overflow_unlogged = self._overflow_unlogged, 0
-                log.warning("TCP: time wait bucket table overflow%s",
-                            f" ({missed} similar messages suppressed)" if missed else "")
-            else:
-                self._overflow_unlogged += 1
+            # Older Linux logged a line (net_ratelimit()); current kernels only count
+            # (LS 64). ustack tells the operator through the shell's rate-limited log.
+            self.ctx.notices.append(TimeWaitOverflow())
             return False
         now_ms = int(now * 1000)
         expires = now_ms + 2000 * self.ctx.config.tcp_msl
@@ -152,10 +143,10 @@ class TimeWaitTable:
         stats["TcpExtTWKilled" if self.ctx.config.tcp_msl <= 2 else "TcpExtTW"] += 1
         return True
 
-    def remove(self, key: bytes, why: str = "reused by a new connection") -> None:
+    def remove(self, key: bytes, cause: Cause = _REUSED) -> None:
         if self.records.pop(key, None) is not None:
             for hook in self.gone_hooks:
-                hook(key, why)
+                hook(key, cause)
 
     def _restart(self, key: bytes, r: TwRecord, now: float) -> TwRecord:
         """Restart the 2*MSL timer (RFC 9293 3.10.7.4; Linux inet_twsk_reschedule()).
@@ -197,7 +188,7 @@ class TimeWaitTable:
                     del records[key]
                     gone += 1
                     for hook in self.gone_hooks:
-                        hook(key, "2MSL timeout")
+                        hook(key, _EXPIRED)
         return gone
 
     # ------------------------------------------------------------------ verdicts
@@ -234,7 +225,7 @@ class TimeWaitTable:
                 # says a RST in TIME_WAIT closes. Linux (tcp_rfc1337=0, default) lets
                 # an exact RST kill the record, so ustack does too; tcp_rfc1337=1
                 # applies RFC 1337's fix F1 and ignores it (LS 57).
-                self.remove(key, f"on {format_segment(seg)}")
+                self.remove(key, Cause(Why.SEGMENT, seg))
                 return TW_NOTHING, None
             # LS 53(a): a bare ACK restarts the timer silently. An exact RST ignored under
             # tcp_rfc1337=1 does not (Linux: inet_twsk_reschedule() is in the else branch

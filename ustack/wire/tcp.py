@@ -75,13 +75,18 @@ def flag_string(flags: int) -> str:
     return s or "none"
 
 
-def format_segment(seg: Segment, seq_base: int = 0, ack_base: int = 0) -> str:
+def format_segment(seg: Segment, seq_base: int = 0, ack_base: int = 0,
+                   brief: bool = False) -> str:
+    """tcpdump-like text of a segment; `brief` leaves out the window and options."""
     s = f"{flag_string(seg.flags)} seq {(seg.seq - seq_base) & 0xFFFFFFFF}"
     if seg.flags & ACK:
         s += f" ack {(seg.ack - ack_base) & 0xFFFFFFFF}"
-    s += f" win {seg.wnd}"
+    if not brief:
+        s += f" win {seg.wnd}"
     if seg.payload:
         s += f" len {len(seg.payload)}"
+    if brief:
+        return s
     opts = []
     if seg.mss is not None:
         opts.append(f"mss {seg.mss}")
