@@ -27,12 +27,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ustack
+from ustack import Stack
 from ustack.apps.echo import start_echo
 from ustack.apps.http import start_http
 from ustack.config import Config, apply_settings
 from ustack.io.memory import MemoryLink
 from ustack.io.tun import READ_BATCH, FdDevice
-from ustack.stack import Stack
 from ustack.tcp.state import State
 from ustack.tcp.tcb import DEFAULT_MSS, OUR_MSS, TS_OPT_LEN
 from ustack.wire.checksum import checksum, ones_sum
@@ -744,8 +744,7 @@ async def test_echo_stops_reading_and_the_window_closes_when_the_peer_stops_read
     stcb = server_tcb(server, 7)
     assert ctcb.snd_wnd == 0 and (stcb.rcv_adv - stcb.rcv_nxt) & MASK == 0
     assert ctcb.send_queue > 0  # the client still holds data the stack would not take
-    reader = stcb.owner.get_protocol()._stream_reader
-    held = stcb.recv_queue + len(reader._buffer) + stcb.send_queue
+    held = stcb.recv_queue + stcb.owner.get_protocol().ustack_unread() + stcb.send_queue
     rmem, wmem = server.config.tcp_rmem, server.config.tcp_wmem
     assert stcb.recv_queue <= rmem
     assert held <= 2 * rmem + wmem + 2 * (64 << 10) + len(chunk), held
