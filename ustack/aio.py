@@ -211,7 +211,8 @@ class TcpTransport(asyncio.Transport):
             self._protocol.pause_writing()
 
     def _maybe_resume_writing(self) -> None:
-        if self._writing_paused and self._tcb.send_queue <= self._low:
+        # Not after connection_lost (close() during a drain: the core still sends).
+        if self._writing_paused and not self._lost and self._tcb.send_queue <= self._low:
             self._writing_paused = False
             self._protocol.resume_writing()
 
