@@ -35,9 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ustack import Stack  # noqa: E402
 from ustack.impair import Impairment  # noqa: E402
 from ustack.io.memory import MemoryLink  # noqa: E402
-from ustack.stack import Stack  # noqa: E402
 
 A, B = "10.77.0.1", "10.77.0.2"
 CHUNK = 65536

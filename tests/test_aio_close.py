@@ -10,10 +10,10 @@ import gc
 
 import pytest
 
+from ustack import Stack
 from ustack.apps.http import start_http
 from ustack.config import Config, apply_settings
 from ustack.io.memory import MemoryLink
-from ustack.stack import Stack
 from ustack.tcp.state import State
 
 CLIENT, SERVER = "10.77.0.1", "10.77.0.2"

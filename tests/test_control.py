@@ -26,11 +26,11 @@ from pathlib import Path
 import dpkt
 import pytest
 
+from ustack import Stack
 from ustack.apps.echo import start_echo
 from ustack.config import Config, apply_settings
 from ustack.control import FRAME, ControlServer, relative_cause
 from ustack.io.memory import MemoryLink
-from ustack.stack import Stack
 from ustack.tcp.events import Cause, TimeWaitOverflow, Why
 from ustack.tcp.state import State
 from ustack.tools import filter as flt

@@ -21,10 +21,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from ustack import Stack
 from ustack import seq as sq
 from ustack.config import Config, apply_settings
 from ustack.io.memory import MemoryLink
-from ustack.stack import Stack
 from ustack.tcp.state import State
 from ustack.wire.checksum import checksum, pseudo_header_sum
 from ustack.wire.ip import ip_to_bytes

@@ -13,10 +13,10 @@ import re
 import pytest
 from conftest import PYTHON, STACK_ADDRESS
 
+from ustack import Stack
 from ustack.cli import main
 from ustack.impair import REORDER_HOLD, Channel, DirectionSpec, Impairment, parse_spec
 from ustack.io.memory import MemoryLink
-from ustack.stack import Stack
 from ustack.stats import Stats
 from ustack.wire.checksum import checksum
 from ustack.wire.ip import PROTO_ICMP, PROTO_TCP, build_ipv4, ip_to_bytes

@@ -1,10 +1,13 @@
-"""The asyncio face of ustack: a Transport per connection, servers, and the streams API.
+"""The asyncio face of ustack: `Stack`, a Transport per connection, servers, streams.
 
 Existing asyncio code runs unchanged: `open_connection`/`start_server` return real
 `asyncio.StreamReader`/`StreamWriter` pairs, `create_connection`/`create_server` take a
-protocol factory. The transport turns core events into protocol callbacks and user
-calls into core calls; it touches no TCB fields beyond a few read-only views and the
-socket-option flags (`linger`, `nodelay`).
+protocol factory. `Stack` is the shell (`ustack.stack.StackShell`) plus these four
+methods. The transport implements the shell's `ConnectionOwner` interface
+(`core_events`) and the server its `ListenerOwner` (`accept_ready`); the shell never
+imports this module. The transport turns core events into protocol callbacks and user
+calls into core calls; it reads a few TCB views (state, addresses, queue lengths) and
+changes the connection only through the TCB's methods.
 
 Socket options, as methods on the transport (`writer.transport.set_linger(...)`):
   set_linger(onoff, seconds)   SO_LINGER: off, {1, 0} abort with RST, {1, N} wait_closed()
@@ -13,11 +16,21 @@ Socket options, as methods on the transport (`writer.transport.set_linger(...)`)
   set_keepalive(on, idle=, interval=, count=)   SO_KEEPALIVE + TCP_KEEPIDLE/INTVL/CNT
   set_nodelay(on)              TCP_NODELAY (Nagle off)
 
+`get_extra_info()` answers what asyncio's socket transports answer for TCP: `peername`,
+`sockname`, and `socket`, which is None (there is no kernel socket to hand out; asyncio
+code that reaches for it to set options must use the methods above instead). `ustack_tcb`
+gives the core's TCB, for tests and tools.
+
 "Unread" data decides between FIN and RST on close (RFC 9293 3.10.4, RFC 2525 2.17): the
 bytes still in the core's receive buffer, plus the bytes this transport handed to the
-protocol that the application never consumed. For a StreamReaderProtocol those are the
-bytes left in its StreamReader; any other protocol may say how many bytes it holds by
-defining `ustack_unread() -> int`.
+protocol that the application never consumed. A protocol says how many bytes it holds by
+defining `ustack_unread() -> int`. The streams this module builds (`Stack.open_connection`,
+`Stack.start_server`) use `StreamReaderProtocol`, a small subclass of asyncio's whose
+`ustack_unread()` is the length of its `StreamReader`'s buffer (read by our own
+StreamReader subclass). A foreign protocol without the hook, a stock
+`asyncio.StreamReaderProtocol` built by the application included, counts as 0 unread:
+only the core's own buffer then decides, so its close may send FIN where the kernel's
+would send RST.
 """
 
 from __future__ import annotations
@@ -25,9 +38,11 @@ from __future__ import annotations
 import asyncio
 import errno as E
 import os
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .stack import StackShell
 from .tcp.events import (
     Connected,
     ConnectionClosed,
@@ -38,9 +53,6 @@ from .tcp.events import (
 )
 from .tcp.state import State
 from .tcp.tcb import Tcb
-
-if TYPE_CHECKING:
-    from .stack import Stack
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
@@ -54,22 +66,42 @@ def _error(errno: int) -> OSError:
 
 def _protocol_unread(protocol: asyncio.BaseProtocol) -> int:
     hook = getattr(protocol, "ustack_unread", None)
-    if hook is not None:
-        return int(hook())
-    if isinstance(protocol, asyncio.StreamReaderProtocol):
-        reader = protocol._stream_reader  # the documented streams API has no public view
-        if reader is not None:
-            return len(reader._buffer)
-    return 0
+    return int(hook()) if hook is not None else 0
+
+
+class StreamReader(asyncio.StreamReader):
+    """asyncio's StreamReader that can say how many bytes it holds unconsumed."""
+
+    def ustack_unread(self) -> int:
+        return len(self._buffer)  # our own (inherited) state, not another object's
+
+
+class StreamReaderProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's StreamReaderProtocol answering the `ustack_unread()` hook.
+
+    It keeps its own weak reference to the reader, as the base class does, so the
+    reader's lifetime is what it is under asyncio."""
+
+    def __init__(self, stream_reader: StreamReader, client_connected_cb:
+                 ClientConnected | None = None, loop: asyncio.AbstractEventLoop | None = None
+                 ) -> None:
+        super().__init__(stream_reader, client_connected_cb, loop=loop)
+        self._ustack_reader = weakref.ref(stream_reader)
+
+    def ustack_unread(self) -> int:
+        reader = self._ustack_reader()
+        return reader.ustack_unread() if reader is not None else 0
 
 
 class TcpTransport(asyncio.Transport):
-    def __init__(self, stack: Stack, tcb: Tcb, protocol: asyncio.Protocol) -> None:
+    """One connection; implements the shell's ConnectionOwner (core_events)."""
+
+    def __init__(self, stack: StackShell, tcb: Tcb, protocol: asyncio.Protocol) -> None:
         super().__init__()
         self._stack = stack
         self._tcb = tcb
         self._protocol = protocol
-        tcb.owner = self
+        stack.adopt(tcb, self)
         self._closing = False
         self._lost = False
         self._error: OSError | None = None
@@ -97,6 +129,8 @@ class TcpTransport(asyncio.Transport):
             return self._tcb.remote
         if name == "sockname":
             return self._tcb.local
+        if name == "socket":
+            return None  # no kernel socket behind this transport (see the module doc)
         if name == "ustack_tcb":
             return self._tcb
         return default
@@ -118,7 +152,7 @@ class TcpTransport(asyncio.Transport):
 
     def set_linger(self, onoff: bool, seconds: int = 0) -> None:
         self._linger = int(seconds) if onoff else None
-        self._tcb.linger = self._linger
+        self._tcb.set_linger(self._linger)
 
     def set_keepalive(self, on: bool = True, *, idle: int | None = None,
                       interval: int | None = None, count: int | None = None) -> None:
@@ -126,9 +160,7 @@ class TcpTransport(asyncio.Transport):
                          interval, count)
 
     def set_nodelay(self, on: bool = True) -> None:
-        self._tcb.nodelay = on
-        if on:
-            self._stack.call(self._tcb, self._tcb.output, self._stack.now())
+        self._stack.call(self._tcb, self._tcb.set_nodelay, on, self._stack.now())
 
     # --- writing
 
@@ -179,7 +211,8 @@ class TcpTransport(asyncio.Transport):
             self._protocol.pause_writing()
 
     def _maybe_resume_writing(self) -> None:
-        if self._writing_paused and self._tcb.send_queue <= self._low:
+        # Not after connection_lost (close() during a drain: the core still sends).
+        if self._writing_paused and not self._lost and self._tcb.send_queue <= self._low:
             self._writing_paused = False
             self._protocol.resume_writing()
 
@@ -243,9 +276,9 @@ class TcpTransport(asyncio.Transport):
         finally:
             self._protocol = None  # type: ignore[assignment]
 
-    # --- events from the core (delivered by the stack's _flush)
+    # --- events from the core (ConnectionOwner: delivered by the shell's _flush)
 
-    def _tcb_events(self, events: list) -> None:
+    def core_events(self, events: list) -> None:
         for ev in events:
             t = type(ev)
             if t is DataReceived:
@@ -282,7 +315,7 @@ class TcpTransport(asyncio.Transport):
         # Buffered data is still handed over before the error, as a kernel socket
         # lets recv() return it first.
         if self._tcb.recv_queue and self._protocol is not None and not self._reading_paused:
-            data = self._tcb.recv(-1, self._stack.now())
+            data = self._stack.call(self._tcb, self._tcb.recv, -1, self._stack.now())
             if data:
                 self._protocol.data_received(data)
         # After the peer's FIN, reads end in EOF even if an error (RST, timeout) follows:
@@ -305,7 +338,9 @@ class ListenSocket:
 
 
 class Server(asyncio.AbstractServer):
-    def __init__(self, stack: Stack, protocol_factory: ProtocolFactory, host: str, port: int,
+    """A listener; implements the shell's ListenerOwner (accept_ready)."""
+
+    def __init__(self, stack: StackShell, protocol_factory: ProtocolFactory, host: str, port: int,
                  backlog: int) -> None:
         self._stack = stack
         self._factory = protocol_factory
@@ -315,7 +350,7 @@ class Server(asyncio.AbstractServer):
         self._closed = asyncio.get_running_loop().create_future()
         self._transports: set[TcpTransport] = set()
 
-    def _accept_ready(self) -> None:
+    def accept_ready(self) -> None:
         q = self._listener.accept_queue
         while q:
             tcb = q.pop(0)
@@ -328,7 +363,7 @@ class Server(asyncio.AbstractServer):
             return
         self._serving = False
         self._stack.table.unlisten(self._listener, self._stack.now())
-        self._stack._kick()
+        self._stack.kick()
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -355,7 +390,7 @@ class Server(asyncio.AbstractServer):
         await self.wait_closed()
 
 
-async def create_server(stack: Stack, protocol_factory: ProtocolFactory, host: str | None,
+async def create_server(stack: StackShell, protocol_factory: ProtocolFactory, host: str | None,
                         port: int, *, backlog: int = 128) -> Server:
     host = host or stack.address
     if host not in (stack.address, "0.0.0.0"):
@@ -363,7 +398,7 @@ async def create_server(stack: Stack, protocol_factory: ProtocolFactory, host: s
     return Server(stack, protocol_factory, host, port, backlog)
 
 
-async def create_connection(stack: Stack, protocol_factory: ProtocolFactory, host: str,
+async def create_connection(stack: StackShell, protocol_factory: ProtocolFactory, host: str,
                             port: int, *, local_port: int | None = None
                             ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
     loop = stack.loop
@@ -371,7 +406,7 @@ async def create_connection(stack: Stack, protocol_factory: ProtocolFactory, hos
     protocol = protocol_factory()
     transport = TcpTransport(stack, tcb, protocol)
     transport._connect_waiter = loop.create_future()
-    stack._kick()
+    stack.kick()
     try:
         await transport._connect_waiter
     except asyncio.CancelledError:
@@ -382,24 +417,50 @@ async def create_connection(stack: Stack, protocol_factory: ProtocolFactory, hos
     return transport, protocol
 
 
-async def open_connection(stack: Stack, host: str, port: int, *, limit: int = 2 ** 16,
+async def open_connection(stack: StackShell, host: str, port: int, *, limit: int = 2 ** 16,
                           local_port: int | None = None
                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = stack.loop
-    reader = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    reader = StreamReader(limit=limit, loop=loop)
+    protocol = StreamReaderProtocol(reader, loop=loop)
     transport, _ = await create_connection(stack, lambda: protocol, host, port,
                                            local_port=local_port)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return reader, writer
 
 
-async def start_server(stack: Stack, client_connected_cb: ClientConnected, host: str | None,
+async def start_server(stack: StackShell, client_connected_cb: ClientConnected, host: str | None,
                        port: int, *, limit: int = 2 ** 16, backlog: int = 128) -> Server:
     loop = stack.loop
 
-    def factory() -> asyncio.StreamReaderProtocol:
-        reader = asyncio.StreamReader(limit=limit, loop=loop)
-        return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+    def factory() -> StreamReaderProtocol:
+        reader = StreamReader(limit=limit, loop=loop)
+        return StreamReaderProtocol(reader, client_connected_cb, loop=loop)
 
     return await create_server(stack, factory, host, port, backlog=backlog)
+
+
+class Stack(StackShell):
+    """The shell plus asyncio's four entry points, with asyncio's signatures (host and
+    port; `local_port` binds the client's port)."""
+
+    async def start_server(self, client_connected_cb: ClientConnected, host: str | None = None,
+                           port: int = 0, *, limit: int = 2 ** 16, backlog: int = 128
+                           ) -> Server:
+        return await start_server(self, client_connected_cb, host, port, limit=limit,
+                                  backlog=backlog)
+
+    async def open_connection(self, host: str, port: int, *, limit: int = 2 ** 16,
+                              local_port: int | None = None
+                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await open_connection(self, host, port, limit=limit, local_port=local_port)
+
+    async def create_server(self, protocol_factory: ProtocolFactory, host: str | None = None,
+                            port: int = 0, *, backlog: int = 128) -> Server:
+        return await create_server(self, protocol_factory, host, port, backlog=backlog)
+
+    async def create_connection(self, protocol_factory: ProtocolFactory, host: str, port: int,
+                                *, local_port: int | None = None
+                                ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
+        return await create_connection(self, protocol_factory, host, port,
+                                       local_port=local_port)

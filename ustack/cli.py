@@ -196,8 +196,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, config: Config) -> None:
+    from .aio import Stack
     from .io.tun import TunDevice
-    from .stack import Stack
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

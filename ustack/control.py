@@ -75,8 +75,8 @@ from .wire.ip import ip_to_bytes, ip_to_str
 from .wire.tcp import ParseError, flag_string, parse_tcp
 
 if TYPE_CHECKING:
+    from .aio import Stack
     from .pcap import Captures
-    from .stack import Stack
 
 log = logging.getLogger("ustack.control")
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import dpkt
 
 if TYPE_CHECKING:
-    from .stack import Stack
+    from .stack import StackShell
 
 log = logging.getLogger("ustack.pcap")
 
@@ -85,7 +85,7 @@ class PcapTap:
 class Captures:
     """The captures running on one stack, by absolute file path."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: StackShell) -> None:
         self.stack = stack
         self.taps: dict[str, PcapTap] = {}
 

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from . import eventlog
 from .config import Config
@@ -34,9 +34,6 @@ from .wire.ip import (
 )
 from .wire.tcp import OptionError, ParseError, build_tcp, parse_tcp
 
-if TYPE_CHECKING:
-    from .aio import ClientConnected, ProtocolFactory, Server, TcpTransport
-
 log = logging.getLogger("ustack")
 T = TypeVar("T")
 
@@ -48,8 +45,27 @@ class Device(Protocol):
 Tap = Callable[[str, bytes], None]  # ("in" | "out", frame)
 
 
-class Stack:
-    """One IPv4 address, its TCP table, and the glue to a device and to asyncio."""
+class ConnectionOwner(Protocol):
+    """What the shell calls on the owner of a connection (ustack.aio's transport).
+
+    The shell defines this interface and the layer above implements it, so the shell
+    never imports that layer (dependencies run one way: aio -> stack -> table -> tcp)."""
+
+    def core_events(self, events: list) -> None:
+        """The core's events for this connection, in order, delivered from _flush."""
+
+
+class ListenerOwner(Protocol):
+    """What the shell calls on the owner of a listener (ustack.aio's server)."""
+
+    def accept_ready(self) -> None:
+        """The listener's accept queue holds connections to take (and adopt)."""
+
+
+class StackShell:
+    """One IPv4 address, its TCP table, and the glue to a device and to the loop.
+
+    The asyncio API (streams, transports, servers) is `ustack.aio.Stack`, a subclass."""
 
     def __init__(self, address: str = "10.77.0.2", *, config: Config | None = None,
                  stats: Stats | None = None, loop: asyncio.AbstractEventLoop | None = None,
@@ -225,13 +241,13 @@ class Stack:
             for tcb, events in batch:
                 owner = tcb.owner
                 if owner is None and tcb.listener is not None:
-                    server = tcb.listener.owner
+                    server: ListenerOwner | None = tcb.listener.owner
                     if server is not None:
-                        server._accept_ready()
+                        server.accept_ready()
                     owner = tcb.owner
                 if owner is not None:
                     try:
-                        owner._tcb_events(events)
+                        owner.core_events(events)
                     except Exception:  # an application bug must not kill the stack
                         log.exception("error delivering events to %r", owner)
         notices = self.ctx.notices
@@ -272,32 +288,15 @@ class Stack:
         finally:
             self._kick()
 
-    # ------------------------------------------------------------------ asyncio API
+    # ------------------------------------------------------------------ owners
 
-    async def start_server(self, client_connected_cb: ClientConnected, host: str | None = None,
-                           port: int = 0, *, limit: int = 2 ** 16, backlog: int = 128
-                           ) -> Server:
-        from .aio import start_server
-        return await start_server(self, client_connected_cb, host, port, limit=limit,
-                                  backlog=backlog)
+    def adopt(self, tcb: Tcb, owner: ConnectionOwner) -> None:
+        """Make `owner` the receiver of this connection's events (core_events)."""
+        tcb.owner = owner
 
-    async def open_connection(self, host: str, port: int, *, limit: int = 2 ** 16,
-                              local_port: int | None = None
-                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        from .aio import open_connection
-        return await open_connection(self, host, port, limit=limit, local_port=local_port)
-
-    async def create_server(self, protocol_factory: ProtocolFactory, host: str | None = None,
-                            port: int = 0, *, backlog: int = 128) -> Server:
-        from .aio import create_server
-        return await create_server(self, protocol_factory, host, port, backlog=backlog)
-
-    async def create_connection(self, protocol_factory: ProtocolFactory, host: str, port: int,
-                                *, local_port: int | None = None
-                                ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
-        from .aio import create_connection
-        return await create_connection(self, protocol_factory, host, port,
-                                       local_port=local_port)
+    def kick(self) -> None:
+        """Schedule a flush: transmit what user calls queued, re-arm the timer."""
+        self._kick()
 
     # ------------------------------------------------------------------ views
 

@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
+from ustack import Stack
 from ustack.config import Config
 from ustack.io.tun import TunDevice, parse_interface
-from ustack.stack import Stack
 
 
 def add_tun_args(parser: argparse.ArgumentParser) -> None:

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 import uvloop  # noqa: E402
 from tun_stack import add_tun_args, connect_when_up, tun_stack  # noqa: E402
 
+from ustack import Stack  # noqa: E402
 from ustack.config import Config, apply_settings  # noqa: E402
 from ustack.io.tun import parse_interface  # noqa: E402
-from ustack.stack import Stack  # noqa: E402
 
 SERVER_WAIT = 20.0  # loose: how long the test may take to start its server
 STEP_TIMEOUT = 15.0

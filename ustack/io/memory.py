@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..stack import Stack
+    from ..stack import StackShell
 
 
 class MemoryLink:
@@ -21,7 +21,7 @@ class MemoryLink:
         self.ends: list[_End] = [_End(self, 0), _End(self, 1)]
         self.drop: Callable[[int, bytes], bool] | None = None
 
-    def connect(self, a: Stack, b: Stack) -> None:
+    def connect(self, a: StackShell, b: StackShell) -> None:
         """Attach stacks a and b to the two ends."""
         self.ends[0].stack, self.ends[1].stack = a, b
         a.attach(self.ends[0])
@@ -38,7 +38,7 @@ class _End:
     def __init__(self, link: MemoryLink, side: int) -> None:
         self.link = link
         self.side = side
-        self.stack: Stack | None = None
+        self.stack: StackShell | None = None
 
     def write(self, frame: bytes) -> None:
         self.link._carry(self.side, frame)
