@@ -133,6 +133,43 @@ def tun_run(size: int, loss: float, seed: int) -> list[dict]:
     return results
 
 
+_SHORT = {"memory": "memory", "tun download (stack sends)": "tun_download",
+          "tun echo (kernel sends, stack echoes)": "tun_echo"}
+
+
+def runs(size: int, losses: list[float], seed: int = 1, tun: bool = False,
+         use_uvloop: bool = True, each=None) -> list[dict]:
+    """Every run's result dict (memory first, then TUN); `each(result)` as each ends."""
+    run = asyncio.run
+    if use_uvloop:
+        import uvloop
+        run = uvloop.run
+    results = []
+    for loss in losses:
+        results.append(run(memory_run(size, loss, seed)))
+        if each:
+            each(results[-1])
+    if tun:
+        for loss in losses:
+            for r in tun_run(size, loss, seed):
+                results.append(r)
+                if each:
+                    each(r)
+    return results
+
+
+def figures(size_mb: float = 20, losses: tuple[float, ...] = (0.0, 0.01), seed: int = 1,
+            tun: bool = False, use_uvloop: bool = True) -> list[dict]:
+    """The figures as rows {"name", "value", "unit"} (tools/bench collects these): goodput
+    per path and loss, with the run's other fields alongside."""
+    rows = []
+    for r in runs(int(size_mb * 1e6), list(losses), seed, tun, use_uvloop):
+        rows.append({"name": f"{_SHORT.get(r['path'], r['path'])}_loss{r['loss']:g}",
+                     "value": r["goodput_MBps"], "unit": "MB/s",
+                     **{k: v for k, v in r.items() if k != "goodput_MBps"}})
+    return rows
+
+
 def show(r: dict) -> None:
     extra = "".join(f" {k}={r[k]}" for k in ("retrans", "timeouts", "sack_recoveries",
                                                 "loss_probes") if k in r)
@@ -151,21 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio event loop")
     p.add_argument("--json", action="store_true", help="print a JSON list at the end")
     args = p.parse_args(argv)
-    size = int(args.size * 1e6)
-    results = []
-    run = asyncio.run
-    if not args.no_uvloop:
-        import uvloop
-        run = uvloop.run
-    for loss in args.loss:
-        r = run(memory_run(size, loss, args.seed))
-        show(r)
-        results.append(r)
-    if args.tun:
-        for loss in args.loss:
-            for r in tun_run(size, loss, args.seed):
-                show(r)
-                results.append(r)
+    results = runs(int(args.size * 1e6), args.loss, args.seed, args.tun,
+                   not args.no_uvloop, show)
     if args.json:
         print(json.dumps(results, indent=1))
     return 0 if all(r["byte_exact"] for r in results) else 1

@@ -1,6 +1,6 @@
 """The TIME_WAIT table at scale: bytes per record, demux lookups, insert and expiry.
 
-Run: python benchmarks/bench_timewait.py [--records 1000000]   (~25 s, ~0.4 GB)
+Run: python benchmarks/bench_timewait.py [--records 1000000]   (~25 s, ~0.4 GB; or tools/bench)
 
 Every table row compares the same work with the TIME_WAIT table holding 1 k records and
 holding `--records` (1 M) records. Records are made over 60 s (2 * tcp_msl), as a real
@@ -121,18 +121,19 @@ def bytes_per_record(n: int) -> float:
     return used / n
 
 
-def best_rate(run, frames: list[bytes]) -> float:
+def best_rate(run, frames: list[bytes], repeat: int = REPEAT) -> float:
     run(frames)  # warm up
-    return len(frames) / min(run(frames) for _ in range(REPEAT))
+    return len(frames) / min(run(frames) for _ in range(repeat))
 
 
-def paired(run_a, frames_a: list[bytes], run_b, frames_b: list[bytes]) -> tuple[float, float]:
+def paired(run_a, frames_a: list[bytes], run_b, frames_b: list[bytes],
+           repeat: int = REPEAT) -> tuple[float, float]:
     """Best-of-REPEAT rates of two runs taken in turn, so that both sizes see the same
     machine load (other processes come and go during a run)."""
     run_a(frames_a)
     run_b(frames_b)
     ta = tb = float("inf")
-    for _ in range(REPEAT):
+    for _ in range(repeat):
         ta = min(ta, run_a(frames_a))
         tb = min(tb, run_b(frames_b))
     return len(frames_a) / ta, len(frames_b) / tb
@@ -201,21 +202,22 @@ def expire_all(table: TcpTable) -> tuple[float, int]:
     return dt / n, calls
 
 
-def measure(n: int, rng: random.Random) -> tuple[dict[str, float], dict[str, float]]:
+def measure(n: int, rng: random.Random, frames: int = FRAMES, repeat: int = REPEAT
+            ) -> tuple[dict[str, float], dict[str, float]]:
     """All the table rows, for a TIME_WAIT table of SMALL records (a) and of n (b)."""
     a: dict[str, float] = {}
     b: dict[str, float] = {}
 
     def picks(size: int, newest: int | None = None) -> list[int]:
         if newest is None:
-            return [rng.randrange(size) for _ in range(FRAMES)]
-        return [size - 1 - rng.randrange(min(newest, size)) for _ in range(FRAMES)]
+            return [rng.randrange(size) for _ in range(frames)]
+        return [size - 1 - rng.randrange(min(newest, size)) for _ in range(frames)]
 
     # The floor first, on a heap in the same state the tables will find.
     da = {key_of(i): i.to_bytes(44, "little") for i in range(SMALL)}
     db = {key_of(i): i.to_bytes(44, "little") for i in range(n)}
     a["dict"], b["dict"] = paired(dict_hits(da), frames_for(picks(SMALL)),
-                                  dict_hits(db), frames_for(picks(n)))
+                                  dict_hits(db), frames_for(picks(n)), repeat)
     del da, db
     gc.collect()
     tables = []
@@ -228,13 +230,14 @@ def measure(n: int, rng: random.Random) -> tuple[dict[str, float], dict[str, flo
     small, big = tables
     hit_a, hit_b = tw_hits(small), tw_hits(big)
     a["random"], b["random"] = paired(hit_a, frames_for(picks(SMALL)),
-                                      hit_b, frames_for(picks(n)))
+                                      hit_b, frames_for(picks(n)), repeat)
     a["working"], b["working"] = paired(hit_a, frames_for(picks(SMALL, WORKING)),
-                                        hit_b, frames_for(picks(n, WORKING)))
-    b["in_order"] = best_rate(hit_b, frames_for(sorted(picks(n))))
-    b["last_second"] = best_rate(hit_b, frames_for(picks(n, n // (2 * Config().tcp_msl))))
+                                        hit_b, frames_for(picks(n, WORKING)), repeat)
+    b["in_order"] = best_rate(hit_b, frames_for(sorted(picks(n))), repeat)
+    b["last_second"] = best_rate(hit_b, frames_for(picks(n, n // (2 * Config().tcp_msl))),
+                                 repeat)
     a["est"], b["est"] = paired(est_hits(small), frames_for(picks(ACTIVE), 443),
-                                est_hits(big), frames_for(picks(ACTIVE), 443))
+                                est_hits(big), frames_for(picks(ACTIVE), 443), repeat)
     a["expire"], a["expire_calls"] = expire_all(small)
     b["expire"], b["expire_calls"] = expire_all(big)
     return a, b
@@ -244,19 +247,51 @@ def verdict(ratio: float) -> str:
     return "ok" if ratio <= GOAL else "MISSED"
 
 
+def run_all(n: int, frames: int = FRAMES, repeat: int = REPEAT
+            ) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Bytes per record, then measure()'s rows at SMALL (a) and n (b) records."""
+    rng = random.Random(1)
+    bpr = bytes_per_record(n)
+    gc.collect()
+    a, b = measure(n, rng, frames, repeat)
+    return bpr, a, b
+
+
+def figures(records: int = 1_000_000, frames: int = FRAMES, repeat: int = REPEAT
+            ) -> list[dict]:
+    """The figures as rows {"name", "value", "unit"} (tools/bench collects these).
+    Lookup rates in M/s with `_1k` (SMALL records) or `_big` (`records`), ratios of the
+    two, insert/expire in ns per record, the steady state in ms of CPU a second."""
+    bpr, a, b = run_all(records, frames, repeat)
+    rows = [{"name": "bytes_per_record", "value": bpr, "unit": "B", "records": records}]
+    for key in ("random", "working", "in_order", "last_second", "est", "dict"):
+        for size, d in (("1k", a), ("big", b)):
+            if key in d:
+                rows.append({"name": f"{key}_{size}", "value": d[key] / 1e6, "unit": "M/s",
+                             "records": SMALL if size == "1k" else records})
+    for key in ("random", "working", "est", "dict"):
+        rows.append({"name": f"ratio_{key}", "value": a[key] / b[key], "unit": "x",
+                     "records": records})
+    for key in ("insert", "expire"):
+        for size, d in (("1k", a), ("big", b)):
+            rows.append({"name": f"{key}_{size}", "value": d[key] * 1e9, "unit": "ns/record",
+                         "records": SMALL if size == "1k" else records})
+    rate = records / (2 * Config().tcp_msl)
+    rows.append({"name": "steady_state", "value": rate * (b["insert"] + b["expire"]) * 1e3,
+                 "unit": "ms CPU/s", "records": records})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=1_000_000)
     n = ap.parse_args().records
-    rng = random.Random(1)
     period = 2 * Config().tcp_msl
     print(f"Python {sys.version.split()[0]}; TIME_WAIT records: {SMALL:,} vs {n:,}, made over"
           f" {period} s; {ACTIVE:,} established connections in the table")
-    bpr = bytes_per_record(n)
+    bpr, a, b = run_all(n)
     print(f"memory: {bpr:.1f} bytes per record ({bpr * n / 2**20:.0f} MiB for {n:,}),"
           f" goal <= 200: {'ok' if bpr <= 200 else 'MISSED'}")
-    gc.collect()
-    a, b = measure(n, rng)
 
     print(f"demux lookups, M/s (ns each), best of {REPEAT} x {FRAMES:,} frames; "
           f"ratio = rate with {SMALL:,} / rate with {n:,}")

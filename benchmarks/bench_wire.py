@@ -1,6 +1,6 @@
 """Wire-format costs: demux key slicing, TCP parsing, checksums and building.
 
-Run: python benchmarks/bench_wire.py
+Run: python benchmarks/bench_wire.py   (or through tools/bench)
 
 Each figure is the best of three runs of about 0.5 s each, timed with time.perf_counter_ns.
 Statements are compiled into the timing loop (as timeit does), so no call to a lambda is
@@ -60,19 +60,29 @@ def run(stmt: str, ns: dict, n: int) -> int:
     return code["_bench"](n, time.perf_counter_ns)
 
 
-def per_op(stmt: str, ns: dict) -> float:
-    """Best-of-REPEAT ns per execution, with n calibrated so each run takes ~TARGET_NS."""
+def per_op(stmt: str, ns: dict, target_ns: int = TARGET_NS, repeat: int = REPEAT) -> float:
+    """Best-of-`repeat` ns per execution, with n calibrated so each run takes ~target_ns."""
     n = 1
     while True:
         t = run(stmt, ns, n)
-        if t >= TARGET_NS // 20:
+        if t >= target_ns // 20:
             break
-        n *= 10 if t < TARGET_NS // 200 else 2
-    n = max(1, n * TARGET_NS // max(t, 1))
-    return min(run(stmt, ns, n) for _ in range(REPEAT)) / n
+        n *= 10 if t < target_ns // 200 else 2
+    n = max(1, n * target_ns // max(t, 1))
+    return min(run(stmt, ns, n) for _ in range(repeat)) / n
 
 
-def main() -> None:
+RATIOS = [("dpkt", "slice", "dpkt parse / key slice"),
+          ("dpkt", "parse", "dpkt parse / ustack parse_tcp"),
+          ("words", "cksum", "word loop / ustack checksum"),
+          ("array", "cksum", "array('H') / ustack checksum")]
+
+
+def figures(target_ns: int = TARGET_NS, repeat: int = REPEAT, show: bool = False
+            ) -> list[dict]:
+    """The figures as rows {"name", "value", "unit"} (tools/bench collects these): each
+    case's ns/op and net ns/op, then the ratios of the net figures. `show` prints the
+    table as the script always has, row by row."""
     src, dst = ip_to_bytes("10.0.0.1"), ip_to_bytes("10.0.0.2")
     seg = Segment(sport=43210, dport=80, seq=0x12345678, ack=0x9ABCDEF0, flags=ACK | PSH,
                   wnd=502, payload=bytes(range(256)) * 5 + bytes(168), ts=(123456789, 987654))
@@ -101,24 +111,36 @@ def main() -> None:
         ("build", "(e) build_tcp + build_ipv4, 1448 B",
          "build_ipv4(src, dst, PROTO_TCP, build_tcp(seg, src, dst))"),
     ]
-    print(f"Python {sys.version.split()[0]}, dpkt {dpkt.__version__}; "
-          f"best of {REPEAT} x ~{TARGET_NS / 1e9:.1f} s per row")
-    print(f"{'operation':<38} {'ns/op':>10} {'net ns/op':>10}")
-    print("-" * 60)
+    if show:
+        print(f"Python {sys.version.split()[0]}, dpkt {dpkt.__version__}; "
+              f"best of {repeat} x ~{target_ns / 1e9:.1f} s per row")
+        print(f"{'operation':<38} {'ns/op':>10} {'net ns/op':>10}")
+        print("-" * 60)
     net: dict[str, float] = {}
     base = 0.0
+    rows = []
     for key, label, stmt in cases:
-        t = per_op(stmt, ns)
+        t = per_op(stmt, ns, target_ns, repeat)
         if key == "loop":
             base = t
         net[key] = t - base
-        print(f"{label:<38} {t:>10.1f} {t - base:>10.1f}")
-    print("-" * 60)
-    for a, b, label in [("dpkt", "slice", "dpkt parse / key slice"),
-                        ("dpkt", "parse", "dpkt parse / ustack parse_tcp"),
-                        ("words", "cksum", "word loop / ustack checksum"),
-                        ("array", "cksum", "array('H') / ustack checksum")]:
-        print(f"{label + ' (net)':<38} {net[a] / net[b]:>9.1f}x")
+        rows.append({"name": key, "value": t, "unit": "ns/op", "net": t - base,
+                     "label": label})
+        if show:
+            print(f"{label:<38} {t:>10.1f} {t - base:>10.1f}")
+    if show:
+        print("-" * 60)
+    for a, b, label in RATIOS:
+        rows.append({"name": f"{a}/{b}", "value": net[a] / net[b], "unit": "x (net)",
+                     "label": label})
+        if show:
+            print(f"{label + ' (net)':<38} {net[a] / net[b]:>9.1f}x")
+    return rows
+
+
+def main() -> None:
+    figures(show=True)
+
 
 if __name__ == "__main__":
     main()

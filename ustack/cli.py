@@ -17,10 +17,11 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .config import KNOBS, Config, ConfigError, apply_settings
+from .tools.args import int_arg
 
 PROG = "ustack"
 log = logging.getLogger("ustack")
@@ -42,23 +43,6 @@ def _interface(text: str) -> ipaddress.IPv4Interface:
         return parse_interface(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"bad IPv4 address {text!r}: {exc}") from None
-
-
-def int_arg(what: str, lo: int, hi: int | None = None, note: str = "") -> Callable[[str], int]:
-    """An argparse type for an integer in [lo, hi] (no upper bound if hi is None); the
-    error names `what` and the range. Shared by `serve` and the tools."""
-    span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: not a number") from None
-        if value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"bad {what} {value}: must be {span}{note}")
-        return value
-
-    return parse
 
 
 _port = int_arg("port", 0, 65535, " (0 disables)")
@@ -179,7 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format=f"{PROG}: %(levelname)s %(name)s: %(message)s")
     import uvloop
 
-    from .control import ControlError
+    from .ctlproto import ControlError
     from .io.tun import TunError
 
     try:
@@ -261,7 +245,8 @@ async def _start_observability(stack, args: argparse.Namespace, name: str):
 
     An explicit --control PATH that cannot be created is fatal; the default path only
     warns, so a second daemon with the same TUN name elsewhere still serves."""
-    from .control import ControlError, ControlServer, default_path
+    from .control import ControlServer
+    from .ctlproto import ControlError, default_path
     from .eventlog import state_observer
     from .pcap import Captures
 

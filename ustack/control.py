@@ -5,49 +5,7 @@ The socket is created mode 0600 (under umask 0177, so there is no moment when it
 wider), and a peer whose SO_PEERCRED uid is neither the daemon's nor root's is turned
 away as well: another user gets "permission denied".
 
-Protocol (version 1). A client sends one JSON object per line; every request has an
-"op". The daemon answers each with one JSON object on one line: {"ok": true, ...} or
-{"ok": false, "error": "message"}. A malformed line (bad JSON, not an object, unknown
-op, wrong field types) gets an error reply and the connection stays usable; a line
-longer than 64 KiB gets an error reply and the connection is closed. Several requests
-may be sent on one connection, except after "trace" and "connect", which turn the
-connection into a stream.
-
-  {"op": "ping"}                -> {"ok", "version", "name", "address", "pid"}
-  {"op": "status"}              -> Stack.status(): connections, stats, time_wait count
-  {"op": "ss"}                  -> {"ok", "now", "address", "connections": [row, ...],
-                                    "time_wait": count}; at most table.TW_ROWS rows are
-                                    TIME-WAIT, "time_wait" is the true count
-        row: state (ss spelling: ESTAB, TIME-WAIT ...), local, peer, recv_q, send_q,
-        timer ("" or "on,0.200s,0" as in table.rows), timer_name, timer_left,
-        timer_retrans, age (s since the connection began), state_age (s in this state)
-  {"op": "nstat", "client": "NAME", "reset": false, "update": true}
-        -> {"ok", "counters": {absolute}, "delta": {since this client's last call},
-            "interval": seconds or null, "first": bool}
-        History is kept in the daemon per client name (nstat keeps it per user in a
-        file). The first call, and a call with "reset", report absolute values as
-        deltas. "update": false leaves the history alone (nstat -s).
-  {"op": "capture", "action": "start" | "stop" | "list", "file": "/abs/path.pcap"}
-        -> {"ok", "captures": [{"file", "frames"}]}; stop without "file" stops all.
-  {"op": "trace", "filter": "port 80", "segments": false}
-        -> {"ok", "filter"}, then one JSON object per line until the client closes:
-           {"type": "state", "t": unix time, "local", "peer", "passive", "old", "new",
-            "cause", "cause_raw", "errno"}   for every state change of a matching
-                connection (passive: the peer opened it), seq/ack in "cause" relative
-                to the ISNs, TIME_WAIT -> CLOSED when the record goes;
-           {"type": "segment", "t", "dir": "in" | "out", "src", "dst", "flags", "seq",
-            "ack", "len", "win"}    for every TCP segment, if "segments" was true;
-           {"type": "dropped", "count"}   when the client read too slowly.
-  {"op": "connect", "host", "port", "linger": null | seconds, "nodelay": false}
-        -> {"ok", "local", "peer"} once the handshake is done, or {"ok": false,
-           "error", "errno"}. Then the connection carries the TCP stream:
-           client -> daemon: raw bytes; the client's shutdown(SHUT_WR) ends the input
-             and the daemon half-closes (FIN), or with linger 0 aborts (RST), or with
-             linger N > 0 closes with SO_LINGER N.
-           daemon -> client: frames of 1 type byte + 4-byte big-endian length + payload:
-             b"D" data, b"E" end of stream (the peer's FIN), b"X" the end: a JSON
-             payload {"clean": bool, "errno": int, "error": str, "state": str}, after
-             which the daemon closes the socket.
+The protocol (requests, replies, streams) is defined in ustack/ctlproto.py.
 """
 
 from __future__ import annotations
@@ -63,9 +21,9 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .ctlproto import F_DATA, F_EOF, F_EXIT, FRAME, MAX_LINE, VERSION, ControlError
 from .tcp.events import Cause, StateChanged
 from .tcp.state import State
 from .tcp.tcb import Tcb
@@ -80,28 +38,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ustack.control")
 
-VERSION = 1
-RUN_DIR = "/run/ustack"
-MAX_LINE = 64 * 1024
 TRACE_QUEUE = 10000  # events buffered per trace client before we start dropping
 NSTAT_CLIENTS = 64  # nstat histories kept (least recently used goes first)
 GAUGES = ("TcpCurrEstab",)  # reported as current values, never as differences
 PASSIVE_MAX = 1 << 20  # who-opened-it entries kept for the trace (oldest go first)
 
-FRAME = struct.Struct("!cI")
-F_DATA, F_EOF, F_EXIT = b"D", b"E", b"X"
-
-
-def default_path(name: str) -> str:
-    return f"{RUN_DIR}/{name}.sock"
-
 
 class RequestError(Exception):
     """A bad request: the message goes back to the client, the connection lives on."""
-
-
-class ControlError(Exception):
-    """The control socket cannot be created (path in use, not a socket ...)."""
 
 
 def _field(req: dict, name: str, kind: type | tuple[type, ...], default=None,
@@ -657,25 +601,3 @@ class _Relay(asyncio.Protocol):
         self.writable.set()
         if not self.done.done():
             self.done.set_result(exc)
-
-
-def resolve_path(control: str | None, name: str | None = None) -> str:
-    """The control socket a client should use: --control, else NAME, else the only one."""
-    if control:
-        return control
-    env = os.environ.get("USTACK_CONTROL")
-    if env:
-        return env
-    if name:
-        return default_path(name)
-    try:
-        socks = sorted(p for p in Path(RUN_DIR).glob("*.sock"))
-    except OSError:
-        socks = []
-    if len(socks) == 1:
-        return str(socks[0])
-    if not socks:
-        raise ControlError(f"no control socket in {RUN_DIR}: is `ustack serve` running? "
-                           "(or give --control PATH)")
-    names = ", ".join(p.stem for p in socks)
-    raise ControlError(f"several daemons are running ({names}): pick one with --control PATH")

@@ -49,18 +49,3 @@ _SS_NAMES = {
     State.FIN_WAIT_2: "FIN-WAIT-2", State.CLOSE_WAIT: "CLOSE-WAIT", State.CLOSING: "CLOSING",
     State.LAST_ACK: "LAST-ACK", State.TIME_WAIT: "TIME-WAIT",
 }
-
-# `ss --state` filter names (as ss spells them) -> states.
-SS_FILTERS: dict[str, tuple[State, ...]] = {
-    "established": (State.ESTABLISHED,), "syn-sent": (State.SYN_SENT,),
-    "syn-recv": (State.SYN_RECEIVED,), "fin-wait-1": (State.FIN_WAIT_1,),
-    "fin-wait-2": (State.FIN_WAIT_2,), "time-wait": (State.TIME_WAIT,),
-    "closed": (State.CLOSED,), "close-wait": (State.CLOSE_WAIT,),
-    "last-ack": (State.LAST_ACK,), "listening": (State.LISTEN,), "closing": (State.CLOSING,),
-    "all": tuple(State),
-    "connected": tuple(s for s in State if s not in (State.LISTEN, State.CLOSED)),
-    "synchronized": tuple(s for s in State
-                          if s not in (State.LISTEN, State.CLOSED, State.SYN_SENT)),
-    "bucket": (State.SYN_RECEIVED, State.TIME_WAIT),
-    "big": tuple(s for s in State if s not in (State.SYN_RECEIVED, State.TIME_WAIT)),
-}

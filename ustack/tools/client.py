@@ -1,4 +1,4 @@
-"""The client side of the control socket (see ustack/control.py for the protocol).
+"""The client side of the control socket (see ustack/ctlproto.py for the protocol).
 
 Blocking and small: the tools are short-lived command-line programs. Errors become
 `ToolError` with a message fit for stderr; the tools turn it into exit status 1.
@@ -12,7 +12,7 @@ import socket
 import sys
 from typing import BinaryIO
 
-from ..control import ControlError, resolve_path
+from ..ctlproto import ControlError, resolve_path
 
 
 class ToolError(Exception):

@@ -25,8 +25,8 @@ import socket
 import sys
 import threading
 
-from ..cli import int_arg
-from ..control import F_DATA, F_EOF, F_EXIT, FRAME
+from ..ctlproto import F_DATA, F_EOF, F_EXIT, FRAME
+from .args import int_arg
 from .client import Control, ToolError, add_control_args, fail
 
 

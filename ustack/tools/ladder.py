@@ -322,17 +322,53 @@ def _ip_of(link: int, buf: bytes):
     return None
 
 
-def pick(conns: list[list[Seg]], f: flt.Filter, index: int) -> list[Seg]:
-    matching = [c for c in conns if c and f.matches(flt.split_endpoint(c[0].src),
-                                                    flt.split_endpoint(c[0].dst))]
-    if not matching:
-        raise ToolError(f"no TCP connection matches {f}")
-    if index >= len(matching):
-        raise ToolError(f"only {len(matching)} connections match {f}")
-    if len(matching) > 1:
-        print(f"ustack ladder: {len(matching)} connections match; drawing number {index} "
+def matching(conns: list[list[Seg]], f: flt.Filter) -> list[list[Seg]]:
+    """The connections whose first segment matches `f`; ToolError if there is none."""
+    found = [c for c in conns if c and f.matches(flt.split_endpoint(c[0].src),
+                                                 flt.split_endpoint(c[0].dst))]
+    if not found:
+        raise ToolError(f"no TCP connection matches {f}" if f else "no TCP connection")
+    return found
+
+
+def pick(conns: list[list[Seg]], f: flt.Filter, index: int, who: str = "ustack ladder"
+         ) -> list[Seg]:
+    found = matching(conns, f)
+    if index >= len(found):
+        raise ToolError(f"only {len(found)} connections match {f}")
+    if len(found) > 1:
+        print(f"{who}: {len(found)} connections match; drawing number {index} "
               "(pick another with --index N)", file=sys.stderr)
-    return matching[index]
+    return found[index]
+
+
+def ladder_of(segs: list[Seg], stack_spec: str | None, source: str) -> Ladder:
+    """build() for segments from a capture; `stack_spec` (ADDR or ADDR:PORT) names the
+    host that is ustack, for the labels only."""
+    stack = None
+    if stack_spec:
+        hosts = {segs[0].src, segs[0].dst}
+        stack = next((h for h in hosts if h == stack_spec
+                      or h.rpartition(":")[0] == stack_spec), None)
+    return build(segs, stack=stack, source=source)
+
+
+def from_pcap(path: str, f: flt.Filter, index: int = 0, stack_spec: str | None = None,
+              who: str = "ustack ladder") -> Ladder:
+    """The ladder of the `index`th connection in the pcap file matching `f`."""
+    return ladder_of(pick(connections_from_pcap(path), f, index, who), stack_spec,
+                     f"from {path}")
+
+
+def write(lad: Ladder, text: bool, svg: str | None) -> None:
+    """Text to stdout, or SVG to the file `svg` ('-': stdout)."""
+    if text:
+        sys.stdout.write(render_text(lad))
+    elif svg == "-":
+        sys.stdout.write(render_svg(lad))
+    elif svg:
+        with open(svg, "w", encoding="utf-8") as fh:
+            fh.write(render_svg(lad))
 
 
 def from_live(ctl: Control, f: flt.Filter, timeout: float | None
@@ -621,26 +657,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         f = flt.parse(args.filter)
         if args.pcap:
-            segs = pick(connections_from_pcap(args.pcap), f, args.index)
-            stack = None
-            if args.stack:
-                hosts = {segs[0].src, segs[0].dst}
-                stack = next((h for h in hosts if h == args.stack
-                              or h.rpartition(":")[0] == args.stack), None)
-            lad = build(segs, stack=stack, source=f"from {args.pcap}")
+            lad = from_pcap(args.pcap, f, args.index, args.stack)
         else:
             with Control.from_args(args, timeout=None) as ctl:
                 segs, events, stack = from_live(ctl, f, args.timeout)
             if not segs:
                 raise ToolError("no connection was seen")
             lad = build(segs, stack=stack, real=events, source="live trace")
-        if args.text:
-            sys.stdout.write(render_text(lad))
-        elif args.svg == "-":
-            sys.stdout.write(render_svg(lad))
-        else:
-            with open(args.svg, "w", encoding="utf-8") as fh:
-                fh.write(render_svg(lad))
+        write(lad, args.text, args.svg)
     except (ToolError, ValueError) as exc:
         return fail("ladder", str(exc))
     except OSError as exc:

@@ -19,14 +19,13 @@ import argparse
 import json
 import sys
 
-from ..tcp.state import SS_FILTERS, State
+from ..ctlproto import SS_FILTERS, SS_STATES
 from . import filter as flt
 from .client import Control, ToolError, add_control_args, fail
 
-_BY_SS_NAME = {s.ss_name: s for s in State}
+# States are the ss spellings of the "ss" op's rows (ctlproto.SS_STATES): "ESTAB" ...
 # ss's default (ss.c SS_CONN): every state but LISTEN, CLOSE, TIME-WAIT and SYN-RECV.
-DEFAULT_STATES = frozenset(s for s in State if s not in (
-    State.LISTEN, State.CLOSED, State.TIME_WAIT, State.SYN_RECEIVED))
+DEFAULT_STATES = frozenset(SS_STATES) - {"LISTEN", "UNCONN", "TIME-WAIT", "SYN-RECV"}
 # Other spellings ss accepts (ss.c scan_state()), and the obvious ones it prints.
 ALIASES = {"listen": "listening", "estab": "established", "syn-received": "syn-recv",
            "syn-rcv": "syn-recv", "close": "closed", "unconnected": "closed",
@@ -86,9 +85,10 @@ def age_text(seconds: float | None) -> str:
     return f"{h}h{m:02d}m"
 
 
-def states_wanted(args: argparse.Namespace) -> frozenset[State]:
+def states_wanted(args: argparse.Namespace) -> frozenset[str]:
+    """The ss state names (ESTAB, TIME-WAIT ...) to show."""
     if args.state:
-        wanted: set[State] = set()
+        wanted: set[str] = set()
         for name in args.state:
             key = ALIASES.get(name.lower(), name.lower())
             if key not in SS_FILTERS:
@@ -97,24 +97,24 @@ def states_wanted(args: argparse.Namespace) -> frozenset[State]:
             wanted.update(SS_FILTERS[key])
         return frozenset(wanted)
     if args.listening:
-        return frozenset({State.LISTEN})
+        return frozenset({"LISTEN"})
     if args.all:
-        return frozenset(State)
+        return frozenset(SS_STATES)
     return DEFAULT_STATES
 
 
-def select(rows: list[dict], states: frozenset[State], f: flt.Filter,
+def select(rows: list[dict], states: frozenset[str], f: flt.Filter,
            threshold: float) -> list[dict]:
     out = []
     for row in rows:
-        state = _BY_SS_NAME.get(row["state"])
-        if state is None or state not in states:
+        state = row["state"]
+        if state not in states:
             continue
         if f and not f.matches(flt.split_endpoint(row["local"]), _peer(row["peer"])):
             continue
         row = dict(row)
         age = row.get("state_age")
-        row["stale_close_wait"] = bool(state == State.CLOSE_WAIT and age is not None
+        row["stale_close_wait"] = bool(state == "CLOSE-WAIT" and age is not None
                                        and age > threshold)
         out.append(row)
     return out
