@@ -27,13 +27,13 @@ import dpkt
 import pytest
 
 from ustack import Stack
+from ustack import ssfilter as flt
 from ustack.apps.echo import start_echo
 from ustack.config import Config, apply_settings
 from ustack.control import FRAME, ControlServer, relative_cause
 from ustack.io.memory import MemoryLink
 from ustack.tcp.events import Cause, TimeWaitOverflow, Why
 from ustack.tcp.state import State
-from ustack.tools import filter as flt
 from ustack.tools.client import Control
 from ustack.tools.segments import SeqTracker
 from ustack.tools.ss import ms_timer

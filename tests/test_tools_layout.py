@@ -1,5 +1,5 @@
 """The tools keep their promise: ustack/tools/ imports no core, only ustack.tools,
-ustack.ctlproto and ustack.wire; ctlproto imports nothing from ustack but ustack.wire;
+ustack.ctlproto, ustack.ssfilter and ustack.wire; ctlproto imports nothing from ustack but ustack.wire;
 and the protocol's state spellings agree with the core's."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from ustack import ctlproto
 from ustack.tcp.state import State
 
 PKG = Path(__file__).resolve().parent.parent / "ustack"
-TOOLS_ALLOWED = ("ustack.tools", "ustack.ctlproto", "ustack.wire")
+TOOLS_ALLOWED = ("ustack.tools", "ustack.ctlproto", "ustack.ssfilter", "ustack.wire")
 
 
 def _module_name(path: Path) -> str:

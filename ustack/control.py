@@ -24,11 +24,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .ctlproto import F_DATA, F_EOF, F_EXIT, FRAME, MAX_LINE, VERSION, ControlError
+from .ssfilter import Filter
+from .ssfilter import parse as parse_filter
 from .tcp.events import Cause, StateChanged
 from .tcp.state import State
 from .tcp.tcb import Tcb
-from .tools.filter import Filter
-from .tools.filter import parse as parse_filter
 from .wire.ip import ip_to_bytes, ip_to_str
 from .wire.tcp import ParseError, flag_string, parse_tcp
 

@@ -37,8 +37,8 @@ import time
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
+from .. import ssfilter as flt
 from ..wire.tcp import flag_string
-from . import filter as flt
 from .client import Control, ToolError, add_control_args, fail
 from .segments import label as seg_label
 

@@ -19,8 +19,8 @@ import argparse
 import json
 import sys
 
+from .. import ssfilter as flt
 from ..ctlproto import SS_FILTERS, SS_STATES
-from . import filter as flt
 from .client import Control, ToolError, add_control_args, fail
 
 # States are the ss spellings of the "ss" op's rows (ctlproto.SS_STATES): "ESTAB" ...

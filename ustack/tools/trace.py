@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from . import filter as flt
+from .. import ssfilter as flt
 from .client import Control, ToolError, add_control_args, fail
 from .segments import SeqTracker, label
 

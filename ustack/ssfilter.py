@@ -1,4 +1,5 @@
-"""Connection filters for trace, ladder and ss: a tiny tcpdump-like language.
+"""Connection filters (the control protocol's "filter" field; trace, ladder, ss, the
+status page): a tiny tcpdump-like language. A leaf module: no ustack imports.
 
 A filter is a list of terms, all of which must match (AND). A term matches a connection
 if either of its two endpoints matches it:
