@@ -7,7 +7,7 @@ SO_LINGER and ABORT state by state (RFC 9293 3.10.5, LS 29-31), segments without
 from __future__ import annotations
 
 import pytest
-from drill import PEER_ISN, Drill
+from drill import PEER_ISN, Drill, drill_leftovers  # noqa: F401  (autouse: nothing left unexpected)
 from drill_states import drill_in
 
 from ustack.config import KNOBS, Config, apply_settings

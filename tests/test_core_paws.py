@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno as E
 
 import pytest
-from drill import LOCAL, REMOTE, Drill
+from drill import LOCAL, REMOTE, Drill, drill_leftovers  # noqa: F401  (autouse: nothing left unexpected)
 
 from ustack.table import make_key
 from ustack.tcp.events import DataReceived

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from drill import Drill
+from drill import Drill, drill_leftovers  # noqa: F401  (autouse: nothing left unexpected)
 from drill_states import SYNCHRONIZED, drill_in
 
 from ustack.tcp.events import ConnectionClosed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from drill import Drill
+from drill import Drill, drill_leftovers  # noqa: F401  (autouse: nothing left unexpected)
 from drill_states import drill_in
 
 from ustack.tcp.events import ConnectionClosed

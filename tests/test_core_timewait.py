@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from drill import PEER_ISN, Drill
+from drill import PEER_ISN, Drill, drill_leftovers  # noqa: F401  (autouse: nothing left unexpected)
 from drill_states import drill_in
 
 from ustack.tcp.state import State

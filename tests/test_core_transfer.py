@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from drill import Drill
+from drill import Drill, drill_leftovers  # noqa: F401  (autouse: nothing left unexpected)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pytest import approx

@@ -22,7 +22,7 @@ import subprocess
 
 import dpkt
 import pytest
-from drill import Drill
+from drill import Drill, drill_leftovers  # noqa: F401  (autouse: nothing left unexpected)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
