@@ -298,6 +298,10 @@ class Conn:
         self.w.out[:] = [s for s in self.w.out if not self.owns(s.seg)]
         return [s.seg for s in mine]
 
+    def drain(self) -> None:
+        """Collect what the table sent after a test called into it directly."""
+        self.w.drain()
+
     def _act(self, what: str) -> None:
         self.w.nothing_pending(f"before {what}")
 
