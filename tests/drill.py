@@ -168,6 +168,12 @@ class World:
     def _collect(self, tcb: Tcb) -> None:
         self.events.extend(tcb.events)
 
+    def take_sent(self) -> list[Sent]:
+        """Like take(), with the time each segment left."""
+        mine = [s for s in self.w.out if self.owns(s.seg)]
+        self.w.out[:] = [s for s in self.w.out if not self.owns(s.seg)]
+        return mine
+
     def drain(self) -> None:
         for _src, _dst, seg in self.table.tx:
             for c in self.conns:
@@ -294,9 +300,13 @@ class Conn:
     def take(self) -> list[Segment]:
         """Take every pending segment of this connection without checking it (the test
         means to ignore or inspect them)."""
+        return [s.seg for s in self.take_sent()]
+
+    def take_sent(self) -> list[Sent]:
+        """Like take(), with the time each segment left."""
         mine = [s for s in self.w.out if self.owns(s.seg)]
         self.w.out[:] = [s for s in self.w.out if not self.owns(s.seg)]
-        return [s.seg for s in mine]
+        return mine
 
     def drain(self) -> None:
         """Collect what the table sent after a test called into it directly."""
