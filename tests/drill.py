@@ -106,8 +106,9 @@ def parse_flags(text: str) -> int:
     return f
 
 
-def wire_options(seg: Segment) -> list[str]:
-    """The options of `seg` as they go on the wire, in packetdrill's words and order."""
+def wire_options(seg: Segment, sack_base: int = 0) -> list[str]:
+    """The options of `seg` as they go on the wire, in packetdrill's words and order
+    (SACK blocks relative to `sack_base`, the ISN of the side they acknowledge)."""
     if not (seg.mss is not None or seg.ts is not None or seg.sack or seg.sack_perm
             or seg.wscale is not None):
         return []
@@ -130,9 +131,10 @@ def wire_options(seg: Segment) -> list[str]:
         elif kind == OPT_WSCALE:
             out.append(f"wscale {body[0]}")
         elif kind == OPT_SACK:
-            out.append("sack " + " ".join(
-                f"{int.from_bytes(body[j:j + 4], 'big')}:{int.from_bytes(body[j + 4:j + 8], 'big')}"
-                for j in range(0, len(body), 8)))
+            edges = [(int.from_bytes(body[j:j + 4], "big") - sack_base) & MASK
+                     for j in range(0, len(body), 4)]
+            out.append("sack " + " ".join(f"{a}:{b}" for a, b in zip(edges[::2], edges[1::2],
+                                                                    strict=True)))
         else:
             out.append(f"kind {kind}")
         i += length
@@ -447,7 +449,7 @@ class Conn:
             assert seg.wnd == int(m["win"]), f"{got} (window)"
         if m["opts"] is not None and m["opts"].strip() != "...":
             want = [o.strip() for o in m["opts"].split(",") if o.strip()]
-            have = wire_options(seg)
+            have = wire_options(seg, self.peer_isn)
             ok = len(want) == len(have) and all(map(_option_matches, want, have))
             assert ok, f"{got} (options: want <{','.join(want)}>, have <{','.join(have)}>)"
         self.w.last = sent.at
