@@ -244,13 +244,13 @@ def test_suppressed_challenge_does_not_spend_the_stack_budget():
     d.advance(1.0 - (d.now % 1.0) + 0.001)
     d.inject("R. 100:100(0) ack 1")
     d.expect(". 1:1(0) ack 1")
-    left = d.ctx._challenge_left
+    left = d.ctx._challenge_left  # INTERNAL: ctx._challenge_left
     assert left >= 4  # Linux's range for limit 10 is [5, 14], one spent
     for i in range(5):
         d.inject(f"R. {200 + i}:{200 + i}(0) ack 1")
     d.expect_nothing()
     assert d.stats["TcpExtTCPACKSkippedChallenge"] == 5
-    assert d.ctx._challenge_left == left
+    assert d.ctx._challenge_left == left  # INTERNAL: ctx._challenge_left
 
 
 def test_challenge_ack_limit_int_max_is_unlimited():

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pytest import approx
 from test_rto import model as rto_model
 
-from ustack.tcp.ofo import OfoQueue  # INTERNAL: ofo
+from ustack.tcp.ofo import OfoQueue
 from ustack.tcp.rto import RTO_MAX
 from ustack.tcp.sack import Scoreboard
 from ustack.tcp.state import State
