@@ -9,35 +9,25 @@ from __future__ import annotations
 import errno
 
 import pytest
-from drill import Drill
+from drill import Drill, drill_leftovers  # noqa: F401  (autouse: nothing left unexpected)
 from drill_states import drill_in
 
 from ustack.tcp.events import ConnectionClosed
 from ustack.tcp.state import State
-from ustack.wire.tcp import FIN, RST
 
 
 def run_timers(d: Drill, until: float) -> list[tuple[float, object]]:
-    """Advance deadline by deadline for `until` seconds; (time since start, segment) for
-    every segment sent."""
+    """Run the clock `until` seconds (every timer at its deadline); (seconds from the
+    start of the run, segment) for every segment that left, unchecked."""
     start = d.now
-    end = d.now + until
-    sent = []
-    while True:
-        nd = d.table.next_deadline()
-        if nd is None or nd > end:
-            break
-        d.advance(max(nd - d.now, 0.0))
-        while d.out:
-            sent.append((round(d.now - start, 6), d.out.pop(0)))
-    d.advance(end - d.now)
-    while d.out:
-        sent.append((round(d.now - start, 6), d.out.pop(0)))
-    return sent
+    d.advance(until)
+    return [(round(s.at - start, 6), s.seg) for s in d.take_sent()]
 
 
-def gaps(times: list[float]) -> list[float]:
-    return [round(b - a, 6) for a, b in zip(times, times[1:], strict=False)]
+def backoff(first: float, n: int, line: str) -> str:
+    """n script lines of `line`, the first `first` s after the previous event, each gap
+    twice the one before (RFC 6298 5.5)."""
+    return "\n".join(f"+{first * 2 ** i:g} > {line}" for i in range(n))
 
 
 # ---------------------------------------------------------------------- FIN retransmission
@@ -50,23 +40,15 @@ def test_fin_retransmitted_with_exponential_backoff(state):
     each RTO, byte-identical in seq/ack, the RTO doubling each time (200 ms, 400 ms, ...)."""
     d = drill_in(state, orphan=False)
     fin = d.rel_snd - 1
-    sent = run_timers(d, 10)
-    assert len(sent) >= 5
-    for _t, seg in sent:
-        assert seg.flags & FIN
-        assert (seg.seq - d.iss) & 0xFFFFFFFF == fin
-        assert (seg.ack - d.peer_isn) & 0xFFFFFFFF == d.rel_rcv
-    times = [0.0] + [t for t, _ in sent]
-    g = gaps(times)
-    assert 0.1 <= g[0] <= 1.5
-    for a, b in zip(g, g[1:], strict=False):
-        assert b == pytest.approx(2 * a)
-    assert d.stats["TcpExtTCPTimeouts"] == len(sent)
-    assert d.stats["TcpRetransSegs"] == len(sent)
+    d.script(backoff(0.2, 5, f"F. {fin}:{fin}(0) ack {d.rel_rcv}"))  # 0.2, 0.6 ... 6.2 s
+    assert d.stats["TcpExtTCPTimeouts"] == 5
+    assert d.stats["TcpRetransSegs"] == 5
     # The ACK of the FIN stops it and resets the backoff.
-    d.inject(f". {d.rel_rcv}:{d.rel_rcv}(0) ack {d.rel_snd}")
+    d.script(f"""
+        +0.1 < . {d.rel_rcv}:{d.rel_rcv}(0) ack {d.rel_snd}
+        +30  wait
+    """)
     assert d.state in (State.FIN_WAIT_2, State.CLOSED, State.TIME_WAIT)
-    assert run_timers(d, 30) == []
 
 
 @pytest.mark.parametrize("state", [State.FIN_WAIT_1, State.LAST_ACK, State.CLOSING],
@@ -77,10 +59,14 @@ def test_orphan_gives_up_silently_after_8_retries(state):
     silently: no RST, TcpExtTCPAbortOnTimeout. Afterwards the tuple gets a no-socket RST.
     (The issue says "is reset"; ustack keeps Linux's silent death.)"""
     d = drill_in(state, "tcp_orphan_retries=0")
-    sent = run_timers(d, 400)
-    assert all(seg.flags & FIN and not seg.flags & RST for _t, seg in sent)
-    assert len(sent) == 8
+    fin = d.rel_snd - 1
+    d.script(backoff(0.2, 8, f"F. {fin}:{fin}(0) ack {d.rel_rcv}") + """
+        102.19 wait  // the 9th expiry would be at 102.2 s
+    """)
+    assert d.state == state
+    d.script("102.21 wait")
     assert d.state == State.CLOSED
+    d.script("+300 wait")
     assert d.stats["TcpExtTCPAbortOnTimeout"] == 1
     assert d.stats["TcpOutRsts"] == 0
     assert d.stats["TcpEstabResets"] == 0
@@ -94,20 +80,21 @@ def test_orphan_gives_up_silently_after_8_retries(state):
 def test_orphan_death_time_matches_linux_model():
     """LS 123, 125: with R = 200 ms the orphan dies at (2^9 - 1) * R = 102.2 s."""
     d = drill_in(State.FIN_WAIT_1)
-    start = d.now
-    run_timers(d, 102.1)
+    d.script(backoff(0.2, 8, "F. 1:1(0) ack 1") + """
+        102.1 wait
+    """)
     assert d.state == State.FIN_WAIT_1
-    d.advance(0.2)
+    d.script("102.3 wait")
     assert d.state == State.CLOSED
-    assert d.now - start == pytest.approx(102.3)
 
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_tcp_orphan_retries_knob(n):
     """LS 125: tcp_orphan_retries = n gives n FIN retransmissions, then silence."""
     d = drill_in(State.LAST_ACK, f"tcp_orphan_retries={n}")
-    sent = run_timers(d, 300)
-    assert len(sent) == n
+    d.script(backoff(0.2, n, "F. 1:1(0) ack 2") + """
+        +300 wait
+    """)
     assert d.state == State.CLOSED
     assert d.stats["TcpExtTCPAbortOnTimeout"] == 1
 
@@ -116,8 +103,9 @@ def test_shutdown_fin_wait_1_uses_tcp_retries2_and_reports_etimedout():
     """LS 124-125: a FIN_WAIT_1 reached by shutdown() is not an orphan: tcp_retries2
     governs, and the application gets ETIMEDOUT."""
     d = drill_in(State.FIN_WAIT_1, "tcp_retries2=4", "tcp_orphan_retries=1", orphan=False)
-    sent = run_timers(d, 300)
-    assert len(sent) == 4
+    d.script(backoff(0.2, 4, "F. 1:1(0) ack 1") + """
+        +300 wait
+    """)
     assert d.state == State.CLOSED
     assert ConnectionClosed(errno.ETIMEDOUT) in d.events
     assert d.stats["TcpOutRsts"] == 0
@@ -142,16 +130,15 @@ def test_orphaned_fin_wait_2_dropped_after_tcp_fin_timeout():
 def test_fin_wait_2_timeout_is_at_least_3_5_rto():
     """LS 41 (Linux tcp_fin_time()): the FIN_WAIT_2 lifetime is at least 3.5 * RTO."""
     d = drill_in(State.FIN_WAIT_2, "tcp_fin_timeout=1", "tcp_rto_min_ms=2000")
-    run_timers(d, 6.9)
+    assert run_timers(d, 6.9) == []
     assert d.state == State.FIN_WAIT_2
-    run_timers(d, 0.2)
+    assert run_timers(d, 0.2) == []
     assert d.state == State.CLOSED
 
 
 def test_fin_wait_2_timer_not_armed_for_half_close():
     """LS 8: a half-closed (shutdown only) FIN_WAIT_2 has no timer at all."""
     d = drill_in(State.FIN_WAIT_2, "tcp_fin_timeout=1", orphan=False)
-    assert d.tcb.deadline is None
     assert run_timers(d, 10_000) == []
     assert d.state == State.FIN_WAIT_2
 
@@ -160,12 +147,13 @@ def test_peer_fin_before_fin_timeout_goes_to_time_wait():
     """RFC 9293 3.10.7.4 eighth, FIN-WAIT-2: the peer's FIN -> ACK and TIME_WAIT, which
     then runs 2*tcp_msl (not the rest of tcp_fin_timeout)."""
     d = drill_in(State.FIN_WAIT_2, "tcp_fin_timeout=7", "tcp_msl=10")
-    run_timers(d, 5)
-    d.inject("F. 1:1(0) ack 2")
-    d.expect(". 2:2(0) ack 2")
-    run_timers(d, 19.8)
+    d.script("""
+        5 < F. 1:1(0) ack 2
+        +0 > . 2:2(0) ack 2
+        24.8 wait
+    """)
     assert d.state == State.TIME_WAIT
-    run_timers(d, 0.3)
+    d.script("25.1 wait")
     assert d.state == State.CLOSED
 
 
@@ -179,9 +167,14 @@ def test_retransmission_exhaustion_times_out_without_rst():
     d = drill_in(State.ESTABLISHED, "tcp_retries2=3")
     d.send(b"q" * 10)
     d.expect("P. 1:11(10) ack 1")
-    sent = run_timers(d, 100)
-    assert [len(seg.payload) for _t, seg in sent] == [10, 10, 10]
-    assert all(not seg.flags & RST for _t, seg in sent)
+    d.script(backoff(0.2, 3, "P. 1:11(10) ack 1") + """
+        2.99 wait  // the 4th expiry, at 3.0 s, kills it
+    """)
+    assert d.state == State.ESTABLISHED
+    d.script("""
+        3.01 wait
+        +100 wait
+    """)
     assert d.state == State.CLOSED
     assert ConnectionClosed(errno.ETIMEDOUT) in d.events
     assert d.stats["TcpExtTCPAbortOnTimeout"] == 1
@@ -198,11 +191,13 @@ def test_progress_resets_the_retry_count():
     d = drill_in(State.ESTABLISHED, "tcp_retries2=3")
     d.send(b"a" * 10)
     d.expect("P. 1:11(10) ack 1")
-    assert len(run_timers(d, 0.2 + 0.4 + 0.01)) == 2
-    d.inject(". 1:1(0) ack 11")
-    d.send(b"b" * 10)
-    d.expect("P. 11:21(10) ack 1")
-    assert len(run_timers(d, 0.2 + 0.4 + 0.8 + 0.01)) == 3
+    d.script(backoff(0.2, 2, "P. 1:11(10) ack 1") + """
+        +0.01 < . 1:1(0) ack 11
+        +0    send(10)
+        +0    > P. 11:21(10) ack 1
+    """ + backoff(0.20125, 3, "P. 11:21(10) ack 1"))
+    # Three again, from RTO = SRTT + 200 ms: SRTT = 7/8 * 0 (the handshake's sample)
+    # + 1/8 * 10 ms (the ACK echoes the TSval of the retransmission at 0.6 s).
     assert d.state == State.ESTABLISHED
 
 
@@ -224,15 +219,12 @@ def test_keepalive_sysctls_probe_format_and_death():
     d = drill_in(State.ESTABLISHED, "tcp_keepalive_time=1", "tcp_keepalive_intvl=1",
                  "tcp_keepalive_probes=2")
     d.call(d.tcb.set_keepalive, True, d.now)
-    sent = run_timers(d, 10)
-    assert [t for t, _ in sent] == [1.0, 2.0, 3.0]
-    for _t, probe in sent[:2]:
-        assert probe.flags == 0x10 and not probe.payload and probe.ts is not None
-        assert (probe.seq - d.iss) & 0xFFFFFFFF == 0  # SND.UNA - 1
-        assert (probe.ack - d.peer_isn) & 0xFFFFFFFF == 1
-    rst = sent[2][1]
-    assert rst.flags == RST | 0x10
-    assert (rst.seq - d.iss) & 0xFFFFFFFF == 1 and rst.ts is not None
+    d.script("""
+        1.0 > . 0:0(0) ack 1 <nop,nop,TS val * ecr 5000>   // SND.UNA - 1
+        2.0 > . 0:0(0) ack 1 <nop,nop,TS val * ecr 5000>
+        3.0 > R. 1:1(0) ack 1 <nop,nop,TS val * ecr 5000>
+        +10 wait
+    """)
     assert d.state == State.CLOSED
     assert ConnectionClosed(errno.ETIMEDOUT) in d.events
     assert d.stats["TcpExtTCPKeepAlive"] == 2
@@ -245,10 +237,15 @@ def test_keepalive_per_connection_overrides():
     """LS 130: TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT override the sysctls per connection."""
     d = drill_in(State.ESTABLISHED)  # sysctls: 7200 s / 75 s / 9
     d.call(d.tcb.set_keepalive, True, d.now, 10, 3, 4)
-    sent = run_timers(d, 100)
-    assert [t for t, _ in sent] == [10.0, 13.0, 16.0, 19.0, 22.0]
+    d.script("""
+        10 > . 0:0(0) ack 1
+        13 > . 0:0(0) ack 1
+        16 > . 0:0(0) ack 1
+        19 > . 0:0(0) ack 1
+        22 > R. 1:1(0) ack 1
+        +100 wait
+    """)
     assert d.stats["TcpExtTCPKeepAlive"] == 4
-    assert sent[-1][1].flags & RST
     assert ConnectionClosed(errno.ETIMEDOUT) in d.events
 
 
@@ -258,16 +255,15 @@ def test_keepalive_answered_resets_idle_clock():
     d = drill_in(State.ESTABLISHED, "tcp_keepalive_time=10", "tcp_keepalive_intvl=2",
                  "tcp_keepalive_probes=2")
     d.call(d.tcb.set_keepalive, True, d.now)
-    run_timers(d, 4)
-    d.inject(". 1:1(0) ack 1")  # traffic at t=4: the first probe moves to t=14
-    sent = run_timers(d, 10.5)
-    assert [t for t, _ in sent] == [10.0]
-    d.inject(". 1:1(0) ack 1")  # the peer answers the probe
-    sent = run_timers(d, 9.9)
-    assert sent == []
-    sent = run_timers(d, 20)
-    assert [round(t, 1) for t, _ in sent] == [0.1, 2.1, 4.1]  # probe, probe, RST
-    assert sent[-1][1].flags & RST
+    d.script("""
+        4    < . 1:1(0) ack 1     // traffic at 4 s: the first probe moves to 14 s
+        14   > . 0:0(0) ack 1
+        14.5 < . 1:1(0) ack 1     // the peer answers the probe
+        24.5 > . 0:0(0) ack 1
+        26.5 > . 0:0(0) ack 1
+        28.5 > R. 1:1(0) ack 1
+        +20  wait
+    """)
 
 
 def test_no_keepalive_probe_while_data_is_unacknowledged():
@@ -277,8 +273,9 @@ def test_no_keepalive_probe_while_data_is_unacknowledged():
     d.call(d.tcb.set_keepalive, True, d.now)
     d.send(b"k" * 10)
     d.expect("P. 1:11(10) ack 1")
-    sent = run_timers(d, 5)
-    assert sent and all(len(seg.payload) == 10 for _t, seg in sent)
+    d.script(backoff(0.2, 4, "P. 1:11(10) ack 1") + """
+        5 wait
+    """)
     assert d.stats["TcpExtTCPKeepAlive"] == 0
 
 
@@ -293,12 +290,10 @@ def test_linger_timeout_resets_unacknowledged_fin():
     d.tcb.linger = 2
     d.close()
     d.expect("F. 1:1(0) ack 1")
-    sent = run_timers(d, 5)
-    fins = [t for t, seg in sent if seg.flags & FIN]
-    rsts = [(t, seg) for t, seg in sent if seg.flags & RST]
-    assert fins and all(t < 2.0 for t in fins)
-    assert len(rsts) == 1 and rsts[0][0] == 2.0
-    assert (rsts[0][1].seq - d.iss) & 0xFFFFFFFF == 2  # R. seq=SND.NXT after the FIN
+    d.script(backoff(0.2, 3, "F. 1:1(0) ack 1") + """
+        2.0 > R. 2:2(0) ack 1   // seq = SND.NXT after the FIN
+        +5 wait
+    """)
     assert d.state == State.CLOSED
     assert len(d.table.tw) == 0
     assert d.stats["TcpExtTCPAbortOnLinger"] == 1
@@ -312,9 +307,10 @@ def test_linger_timeout_with_unsent_data_resets():
     d.send(b"w" * 300)
     d.tcb.linger = 3
     d.close()
-    sent = run_timers(d, 5)
-    rsts = [(t, seg) for t, seg in sent if seg.flags & RST]
-    assert len(rsts) == 1 and rsts[0][0] == 3.0
+    d.script(backoff(0.2, 4, ". 0:0(0) ack 1") + """  // zero-window probes, backing off
+        3.0 > R. 1:1(0) ack 1
+        +5 wait
+    """)
     assert d.state == State.CLOSED
     assert d.stats["TcpExtTCPAbortOnLinger"] == 1
 

@@ -9,7 +9,7 @@ Linux's timewait minisocket does, including SYNs that reopen the four-tuple.
 from __future__ import annotations
 
 import pytest
-from drill import PEER_ISN, Drill
+from drill import PEER_ISN, Drill, drill_leftovers  # noqa: F401  (autouse: nothing left unexpected)
 from drill_states import drill_in
 
 from ustack.tcp.events import TimeWaitOverflow
@@ -27,10 +27,10 @@ def tw_drill(*settings: str, **kw) -> tuple[Drill, int]:
     return d, d.iss
 
 
-def add_time_wait(d: Drill, peer_port: int) -> None:
-    """One more passively opened, actively closed connection from `peer_port`."""
-    d.peer_port = peer_port
-    d.iss = None
+def add_time_wait(d: Drill, peer_port: int, **kw) -> Drill:
+    """One more passively opened, actively closed connection from `peer_port` (a peer of
+    `d`, returned; `kw` go to d.peer())."""
+    d = d.peer(peer_port, **kw)
     d.inject("S 0:0(0) win 65535")
     d.expect("S. 0:0(0) ack 1")
     d.inject(". 1:1(0) ack 1")
@@ -40,6 +40,7 @@ def add_time_wait(d: Drill, peer_port: int) -> None:
     d.inject(". 1:1(0) ack 2")
     d.inject("F. 1:1(0) ack 2")
     d.expect(". 2:2(0) ack 2")
+    return d
 
 
 # ---------------------------------------------------------------------- the record
@@ -57,7 +58,8 @@ def test_time_wait_replaces_the_tcb_by_a_record():
     assert r.has_ts and r.ts_recent == PEER_TS
     assert r.ts_offset == tcb.ts_offset == d.ctx.ts_offset(d.key)
     assert d.stats["TcpExtTW"] == 1
-    assert tcb.deadline is None  # no TCB timer: the record's bucket keeps the time
+    d.advance(59.9)  # no TCB timer fires: nothing on the wire until the record goes
+    d.expect_nothing()
 
 
 def test_record_acks_exactly_like_the_tcbs_last_ack():
@@ -89,12 +91,11 @@ def test_time_wait_ack_without_ts_option_when_ts_recent_is_zero():
     """LS 52 (Linux tcp_v4_send_ack() adds TS only for a nonzero TSecr): a peer whose
     TSvals are 0 gets TIME_WAIT ACKs without the option."""
     d = Drill()
-    d.peer_ts_base = 0  # the peer's clock stays at 0 while time does not move
     d.listen(80)
-    add_time_wait(d, 40000)
+    d = add_time_wait(d, 40000, ts_base=0)  # the peer's clock stays at 0
     assert d.table.tw.get(d.key).ts_recent == 0
     d.inject("F. 1:1(0) ack 2")
-    assert d.expect(". 2:2(0) ack 2").ts is None
+    d.expect(". 2:2(0) ack 2 <>")
 
 
 def test_retransmitted_fin_data_and_rst_hit_the_record_as_the_tcb():
@@ -158,6 +159,9 @@ def test_time_wait_response_table(seg, reply, restarts, alive):
     if alive:
         d.advance(4.1)  # 10.1 s after entering: expired unless restarted at +6
         assert d.state == (State.TIME_WAIT if restarts else State.CLOSED)
+    # On the wire: a record answers an old ACK with its ACK, no record with a RST.
+    d.inject(". 1:1(0) ack 2")
+    d.expect(". 2:2(0) ack 2" if alive and restarts else "R 2:2(0)")
 
 
 # ---------------------------------------------------------------------- timer
@@ -199,9 +203,8 @@ def test_rejected_ackless_syn_does_not_restart():
     and does not restart the timer (it may be a new SYN with a random lower ISN)."""
     d, _ = tw_drill("tcp_msl=5")
     d.advance(6)
-    d.peer_isn = (PEER_ISN - 100_000) & MASK
-    d.inject("S 0:0(0) win 65535 <mss 1460,TS val 5000 ecr 0>")  # TSval == TS.Recent
-    d.peer_isn = PEER_ISN
+    syn = "S 0:0(0) win 65535 <mss 1460,TS val 5000 ecr 0>"  # TSval == TS.Recent
+    d.peer(d.peer_port, isn=(PEER_ISN - 100_000) & MASK).inject(syn)
     d.expect(". 2:2(0) ack 2")
     d.advance(4.1)
     assert d.state == State.CLOSED
@@ -339,15 +342,15 @@ def test_in_window_bare_ack_updates_ts_recent():
 # ---------------------------------------------------------------------- SYN into TIME_WAIT
 
 
-def reopen(d: Drill, iss_old: int, peer_isn: int, syn: str = "S 0:0(0) win 65535") -> None:
+def reopen(d: Drill, iss_old: int, peer_isn: int, syn: str = "S 0:0(0) win 65535") -> Drill:
     """Inject a SYN of a new incarnation and expect its SYN-ACK with ISS = old SND.NXT +
-    65537 (LS 60, RFC 1122 4.2.2.13 (1))."""
-    d.peer_isn = peer_isn
-    d.iss = None
-    d.inject(syn)
-    d.expect("S. 0:0(0) ack 1")
-    assert d.iss == (iss_old + 2 + 65537) & MASK
+    65537 (LS 60, RFC 1122 4.2.2.13 (1)); the new incarnation's peer."""
+    new = d.peer(d.peer_port, isn=peer_isn)
+    new.inject(syn)
+    new.expect("S. 0:0(0) ack 1")
+    assert new.iss == (iss_old + 2 + 65537) & MASK
     assert d.key in d.table.est and d.key not in d.table.tw
+    return new
 
 
 @pytest.mark.parametrize("isn_delta", [100_000, -100_000])
@@ -357,9 +360,9 @@ def test_syn_with_newer_tsval_reopens(isn_delta):
     count TcpExtTWRecycled here (only the connect() path does)."""
     d, iss = tw_drill()
     d.advance(1)
-    reopen(d, iss, (PEER_ISN + isn_delta) & MASK)
-    d.inject(". 1:1(0) ack 1")
-    tcb = d.accept()
+    new = reopen(d, iss, (PEER_ISN + isn_delta) & MASK)
+    new.inject(". 1:1(0) ack 1")
+    tcb = new.accept()
     assert tcb.state == State.ESTABLISHED
     assert d.stats["TcpExtTWRecycled"] == 0 and d.stats["TcpPassiveOpens"] == 2
 
@@ -370,12 +373,10 @@ def test_new_incarnation_continues_the_tsval_clock():
     d, iss = tw_drill()
     old_tsval = d.last_tsval
     d.advance(2)
-    d.peer_isn = PEER_ISN + 100_000
-    d.iss = None
-    d.inject("S 0:0(0) win 65535")
-    synack = d.expect("S. 0:0(0) ack 1")
-    assert synack.ts[0] == (old_tsval + 2000) & MASK
-    assert synack.ts[1] == d.peer_tsval()
+    new = d.peer(d.peer_port, isn=PEER_ISN + 100_000)
+    new.inject("S 0:0(0) win 65535")
+    new.expect(f"S. 0:0(0) ack 1 <mss 1460,sackOK,TS val {(old_tsval + 2000) & MASK} "
+               f"ecr {new.peer_tsval()},nop,wscale 3>")
 
 
 def test_syn_with_older_tsval_is_answered_with_the_time_wait_ack():
@@ -383,9 +384,7 @@ def test_syn_with_older_tsval_is_answered_with_the_time_wait_ack():
     with a higher ISN: TIME_WAIT ACK, TcpExtPAWSTimewait, the record stays."""
     d, _ = tw_drill()
     d.advance(1)
-    d.peer_isn = PEER_ISN + 100_000
-    d.inject("S 0:0(0) win 65535 <mss 1460,TS val 4000 ecr 0>")
-    d.peer_isn = PEER_ISN
+    d.peer(d.peer_port, isn=PEER_ISN + 100_000).inject("S 0:0(0) win 65535 <mss 1460,TS val 4000 ecr 0>")
     d.expect(". 2:2(0) ack 2")
     assert d.state == State.TIME_WAIT and d.stats["TcpExtPAWSTimewait"] == 1
 
@@ -396,9 +395,7 @@ def test_paws_rejected_ackless_syn_restarts_the_timer():
     SYN that passes PAWS but is not newer (test_rejected_ackless_syn_does_not_restart)."""
     d, _ = tw_drill("tcp_msl=5")
     d.advance(6)
-    d.peer_isn = PEER_ISN + 100_000
-    d.inject("S 0:0(0) win 65535 <mss 1460,TS val 4000 ecr 0>")
-    d.peer_isn = PEER_ISN
+    d.peer(d.peer_port, isn=PEER_ISN + 100_000).inject("S 0:0(0) win 65535 <mss 1460,TS val 4000 ecr 0>")
     d.expect(". 2:2(0) ack 2")
     d.advance(9.9)
     assert d.state == State.TIME_WAIT
@@ -414,19 +411,17 @@ def test_isn_from_time_wait_is_never_zero():
     d.table.tw.insert(d.key, snd_nxt=2**32 - 65537, rcv_nxt=PEER_ISN + 2, ts_recent=PEER_TS,
                       ts_recent_stamp=d.now, ts_offset=0, wnd=100, wscale=0, has_ts=True,
                       now=d.now)
-    d.peer_isn = PEER_ISN + 100_000
-    d.inject("S 0:0(0) win 65535")
-    d.expect("S. 0:0(0) ack 1")
-    assert d.iss == 1 and d.key in d.table.est
+    new = d.peer(d.peer_port, isn=PEER_ISN + 100_000)
+    new.inject("S 0:0(0) win 65535")
+    new.expect("S. 0:0(0) ack 1")
+    assert new.iss == 1 and d.key in d.table.est
 
 
 def test_syn_with_equal_tsval_needs_a_higher_isn():
     """LS 59: TSval == TS.Recent passes PAWS; then only SEG.SEQ > RCV.NXT reopens."""
     d, iss = tw_drill()
     d.advance(1)
-    d.peer_isn = (PEER_ISN - 100_000) & MASK
-    d.inject("S 0:0(0) win 65535 <mss 1460,TS val 5000 ecr 0>")
-    d.peer_isn = PEER_ISN
+    d.peer(d.peer_port, isn=(PEER_ISN - 100_000) & MASK).inject("S 0:0(0) win 65535 <mss 1460,TS val 5000 ecr 0>")
     d.expect(". 2:2(0) ack 2")
     assert d.state == State.TIME_WAIT
     reopen(d, iss, PEER_ISN + 100_000, "S 0:0(0) win 65535 <mss 1460,TS val 5000 ecr 0>")
@@ -438,9 +433,7 @@ def test_without_timestamps_only_a_higher_isn_reopens():
     d = drill_in(State.TIME_WAIT, ts=False)
     iss = d.iss
     d.advance(1)
-    d.peer_isn = (PEER_ISN - 100_000) & MASK
-    d.inject("S 0:0(0) win 65535 <mss 1460,TS val 99999 ecr 0>")
-    d.peer_isn = PEER_ISN
+    d.peer(d.peer_port, isn=(PEER_ISN - 100_000) & MASK).inject("S 0:0(0) win 65535 <mss 1460,TS val 99999 ecr 0>")
     d.expect(". 2:2(0) ack 2")
     assert d.state == State.TIME_WAIT
     d.advance(1)  # past the rate limit
@@ -451,9 +444,7 @@ def test_syn_ack_or_syn_rst_into_time_wait_is_not_accepted():
     """LS 54, 58: SYN+ACK gets the TIME_WAIT ACK; SYN+RST is ignored."""
     d, _ = tw_drill()
     d.advance(1)
-    d.peer_isn = PEER_ISN + 100_000
-    d.inject("S. 0:0(0) ack 5 win 65535")
-    d.peer_isn = PEER_ISN
+    d.peer(d.peer_port, isn=PEER_ISN + 100_000).inject("S. 0:0(0) ack 5 win 65535")
     d.expect(". 2:2(0) ack 2")
     assert d.state == State.TIME_WAIT
 
@@ -469,9 +460,7 @@ def test_syn_into_client_side_time_wait_gets_the_ack():
     d.expect(". 2:2(0) ack 2")
     assert d.state == State.TIME_WAIT
     d.advance(1)
-    d.peer_isn = PEER_ISN + 100_000
-    d.inject("S 0:0(0) win 65535")
-    d.peer_isn = PEER_ISN
+    d.peer(d.peer_port, isn=PEER_ISN + 100_000).inject("S 0:0(0) win 65535")
     d.expect(". 2:2(0) ack 2")
     assert d.state == State.TIME_WAIT
 
@@ -491,15 +480,15 @@ def test_bucket_overflow_counts_and_tells_the_operator():
     assert len(d.table.tw) == 2 and d.stats["TcpExtTCPTimeWaitOverflow"] == 0
     assert not d.ctx.notices
     add_time_wait(d, 20003)  # the last ACK still went out (asserted inside)
-    add_time_wait(d, 20004)
+    p4 = add_time_wait(d, 20004)
     assert len(d.table.tw) == 2 and len(d.table.est) == 0
     # No eviction (lwIP's tcp_kill_timewait() would): the old records stay and the
     # new connection gets none (Linux inet_twsk_alloc() failing in tcp_time_wait()).
     assert {(k[8] << 8) | k[9] for k in d.table.tw.records} == {20001, 20002}
     assert d.stats["TcpExtTCPTimeWaitOverflow"] == 2 and d.stats["TcpExtTW"] == 2
     assert list(d.ctx.notices) == [TimeWaitOverflow(), TimeWaitOverflow()]
-    d.inject("F. 1:1(0) ack 2")  # peer 20004 lost our ACK
-    d.expect("R 2:2(0)")
+    p4.inject("F. 1:1(0) ack 2")  # peer 20004 lost our ACK
+    p4.expect("R 2:2(0)")
 
 
 def test_overflow_frees_up_when_records_expire():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from drill import Drill
+from drill import Drill, drill_leftovers  # noqa: F401  (autouse: nothing left unexpected)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pytest import approx
@@ -23,7 +23,7 @@ from ustack.tcp.rto import RTO_MAX
 from ustack.tcp.sack import Scoreboard
 from ustack.tcp.state import State
 from ustack.tcp.tcb import DELACK, IW_SEGMENTS
-from ustack.wire.tcp import ACK, FIN, build_tcp
+from ustack.wire.tcp import ACK, build_tcp
 
 MSS = 1448
 MASK = 0xFFFFFFFF
@@ -35,10 +35,9 @@ def rel(d: Drill, a: int, b: int) -> tuple[int, int]:
 
 
 def data_segments(d: Drill) -> list[tuple[int, int]]:
-    """Pop everything we sent; (relative start, length) of the data segments."""
+    """Take everything we sent, unchecked; (relative start, length) of the data segments."""
     out = []
-    while d.out:
-        seg = d.out.pop(0)
+    for seg in d.take():
         if seg.payload:
             out.append(((seg.seq - d.iss) & MASK, len(seg.payload)))
     return out
@@ -68,9 +67,9 @@ def test_initial_window_is_ten_segments_then_slow_start():
     d.send(b"x" * 30 * MSS)
     segs = data_segments(d)
     assert len(segs) == IW_SEGMENTS and all(n == MSS for _, n in segs)
-    assert d.tcb.cwnd == IW_SEGMENTS * MSS
+    assert d.tcb.cwnd == IW_SEGMENTS * MSS  # INTERNAL: cwnd
     d.inject(f". 1:1(0) ack {1 + 2 * MSS}")  # one ACK for two segments
-    assert d.tcb.cwnd == (IW_SEGMENTS + 1) * MSS
+    assert d.tcb.cwnd == (IW_SEGMENTS + 1) * MSS  # INTERNAL: cwnd
     assert len(data_segments(d)) == 3  # 2 acknowledged + 1 of growth
 
 
@@ -79,16 +78,17 @@ def test_cwnd_restarts_from_the_initial_window_after_idle():
     from the initial window; ssthresh remembers 3/4 of the old cwnd."""
     d = established()
     d.send(b"x" * 20 * MSS)
+    data_segments(d)
     for i in range(1, 21):
         d.inject(f". 1:1(0) ack {1 + i * MSS}")
-    data_segments(d)
-    grown = d.tcb.cwnd
+        data_segments(d)
+    grown = d.tcb.cwnd  # INTERNAL: cwnd
     assert grown > IW_SEGMENTS * MSS
     d.advance(2.0)
     d.send(b"y" * 30 * MSS)
     assert len(data_segments(d)) == IW_SEGMENTS
-    assert d.tcb.cwnd == IW_SEGMENTS * MSS
-    assert d.tcb.ssthresh >= grown * 3 // 4
+    assert d.tcb.cwnd == IW_SEGMENTS * MSS  # INTERNAL: cwnd
+    assert d.tcb.ssthresh >= grown * 3 // 4  # INTERNAL: ssthresh
 
 
 def test_cwnd_does_not_grow_while_the_application_does_not_use_it():
@@ -96,8 +96,9 @@ def test_cwnd_does_not_grow_while_the_application_does_not_use_it():
     d = established()
     for i in range(40):
         d.send(b"z" * MSS)
+        d.expect(f"P. {1 + i * MSS}:{1 + (i + 1) * MSS}({MSS}) ack 1")
         d.inject(f". 1:1(0) ack {1 + (i + 1) * MSS}")
-    assert d.tcb.cwnd <= (IW_SEGMENTS + 1) * MSS
+    assert d.tcb.cwnd <= (IW_SEGMENTS + 1) * MSS  # INTERNAL: cwnd
 
 
 def test_nagle_full_sized_is_mss_minus_options_and_nodelay():
@@ -110,7 +111,7 @@ def test_nagle_full_sized_is_mss_minus_options_and_nodelay():
     d.send(b"b" * 100)
     d.expect_nothing()  # a small segment is out
     d.send(b"c" * 1348)  # now 1448 bytes queued: a full-sized segment
-    d.expect(". 101:1549(1448) ack 1")
+    d.expect("P. 101:1549(1448) ack 1")
     d.send(b"d" * 10)
     d.expect_nothing()
     d.inject(". 1:1(0) ack 101")  # the small segment is acknowledged
@@ -135,17 +136,16 @@ def test_segments_carrying_sack_blocks_shrink_to_fit_the_mss(ts, blocks, full):
     counts as full-sized: Nagle holds nothing back behind it."""
     d = established(*(() if ts else ("tcp_timestamps=0",)))
     assert d.tcb.ts_ok == ts
-    d.tcb.quickacks = 0
+    d.tcb.quickacks = 0  # INTERNAL: quickacks
     for k in range(blocks):  # holes at 1..1000, 2000..3000, ...
         d.inject(f"P. {1001 + 2000 * k}:{2001 + 2000 * k}(1000) ack 1")
-    d.out.clear()
+        d.take()  # the ACK of the out-of-order data (with SACK blocks)
     d.send(b"x" * (3 * full + 100))
-    segs = [seg for seg in d.out if seg.payload]
+    segs = [seg for seg in d.take() if seg.payload]
     assert [len(seg.payload) for seg in segs] == [full, full, full, 100]
     for seg in segs:
         assert len(seg.sack) == min(blocks, 3 if ts else 4)
         assert 20 + len(build_tcp(seg, bytes(4), bytes(4))) <= 1500
-    d.out.clear()
     d.inject(f"P. 1:{1 + 2000 * blocks}({2000 * blocks}) ack 1")  # the holes are filled
     ack = d.expect(f". {1 + 3 * full + 100}:{1 + 3 * full + 100}(0) ack {1 + 2000 * blocks}")
     assert not ack.sack
@@ -153,7 +153,7 @@ def test_segments_carrying_sack_blocks_shrink_to_fit_the_mss(ts, blocks, full):
     d.inject(f". {peer}:{peer}(0) ack {1 + 3 * full + 100}")
     d.expect_nothing()
     d.send(b"y" * 2 * (1448 if ts else 1460))
-    assert [len(seg.payload) for seg in d.out] == [1448 if ts else 1460] * 2
+    assert [len(seg.payload) for seg in d.take()] == [1448 if ts else 1460] * 2
 
 
 def test_sender_sws_avoidance_waits_then_persist_overrides():
@@ -166,7 +166,7 @@ def test_sender_sws_avoidance_waits_then_persist_overrides():
     d.advance(0.19)
     d.expect_nothing()
     d.advance(0.02)  # RTO-based persist interval: 200 ms
-    d.expect("P. 1:501(500) ack 1")
+    d.expect(". 1:501(500) ack 1")  # no PSH: the write goes on
 
 
 def test_zero_window_probes_back_off_and_stop_when_the_window_opens():
@@ -180,7 +180,7 @@ def test_zero_window_probes_back_off_and_stop_when_the_window_opens():
     times = []
     t0 = d.now
     for _ in range(4):
-        d.advance(d.tcb.deadline - d.now)
+        d.advance(d.tcb.deadline - d.now)  # INTERNAL: deadline
         seg = d.expect(". 0:0(0) ack 1")
         assert not seg.payload
         times.append(round(d.now - t0, 6))
@@ -188,8 +188,8 @@ def test_zero_window_probes_back_off_and_stop_when_the_window_opens():
     assert d.stats["TcpExtTCPWinProbe"] == 4
     d.inject(". 1:1(0) ack 1 win 100")
     d.expect("P. 1:1001(1000) ack 1")
-    assert d.tcb.rtt.backoff == 0
-    assert round(d.tcb.rto_at - d.now, 6) == 0.2
+    assert d.tcb.rtt.backoff == 0  # INTERNAL: rtt
+    assert round(d.tcb.rto_at - d.now, 6) == 0.2  # INTERNAL: rto_at
 
 
 # ---------------------------------------------------------------------- RTO, Karn
@@ -203,7 +203,7 @@ def test_rto_backs_off_exponentially_up_to_120_s():
     times = []
     t0 = d.now
     while len(times) < 15:
-        d.advance(d.tcb.deadline - d.now)
+        d.advance(d.tcb.deadline - d.now)  # INTERNAL: deadline
         d.expect("P. 1:101(100) ack 1")
         times.append(d.now - t0)
     gaps = [round(b - a, 6) for a, b in zip([0.0] + times, times, strict=False)]
@@ -219,7 +219,7 @@ def test_rto_floor_is_tcp_rto_min_ms(floor_ms):
     d = established(f"tcp_rto_min_ms={floor_ms}")
     d.send(b"r" * 100)
     d.expect("P. 1:101(100) ack 1")
-    assert d.tcb.rto_at - d.now == approx(floor_ms / 1000)
+    assert d.tcb.rto_at - d.now == approx(floor_ms / 1000)  # INTERNAL: rto_at
     d.advance(floor_ms / 1000)
     d.expect("P. 1:101(100) ack 1")
 
@@ -236,15 +236,15 @@ def test_karn_keeps_the_backoff_until_an_unambiguous_sample():
     d.expect("P. 1:101(100) ack 1")  # retransmitted, RTO now 400 ms
     d.advance(0.05)
     d.inject(". 1:1(0) ack 101")  # ambiguous: no sample
-    assert d.tcb.rtt.backoff == 1
+    assert d.tcb.rtt.backoff == 1  # INTERNAL: rtt
     d.send(b"l" * 100)
     d.expect("P. 101:201(100) ack 1")
-    assert round(d.tcb.rto_at - d.now, 6) == 0.4
+    assert round(d.tcb.rto_at - d.now, 6) == 0.4  # INTERNAL: rto_at
     d.advance(0.1)
     d.inject(". 1:1(0) ack 201")  # timed, sent once: sample 100 ms
-    assert d.tcb.rtt.backoff == 0
+    assert d.tcb.rtt.backoff == 0  # INTERNAL: rtt
     # SRTT 0 -> 12.5 ms, RTTVAR 25 ms: RTO = SRTT + max(4 RTTVAR, 200 ms).
-    assert abs(d.tcb.rtt.rto - 0.2125) < 1e-9
+    assert abs(d.tcb.rtt.rto - 0.2125) < 1e-9  # INTERNAL: rtt
 
 
 def test_timestamps_time_even_a_retransmission():
@@ -255,13 +255,13 @@ def test_timestamps_time_even_a_retransmission():
     d.expect("P. 1:101(100) ack 1")
     d.advance(0.2)
     d.expect("P. 1:101(100) ack 1")
-    assert d.tcb.rtt.backoff == 1
+    assert d.tcb.rtt.backoff == 1  # INTERNAL: rtt
     d.advance(0.03)
     d.inject(". 1:1(0) ack 101")
-    assert d.tcb.rtt.backoff == 0
+    assert d.tcb.rtt.backoff == 0  # INTERNAL: rtt
     # The sample is the 30 ms since the retransmission whose TSval came back, not the
     # 230 ms since the first transmission: SRTT 0 -> 0 + (30 ms - 0) / 8 (RFC 6298 2.3).
-    assert d.tcb.rtt.srtt == approx(0.03 / 8)
+    assert d.tcb.rtt.srtt == approx(0.03 / 8)  # INTERNAL: rtt
 
 
 @settings(max_examples=80, deadline=None)
@@ -281,9 +281,9 @@ def test_rto_follows_rfc_6298_and_karn_over_any_loss_sequence(rounds):
         d.send(b"k" * 100)
         d.expect(f"P. {seq}:{seq + 100}(100) ack 1")
         for _ in range(lost):
-            assert tcb.rto_at - d.now == approx(min(rto_model(samples, 0.2)[2] * 2 ** backoff,
+            assert tcb.rto_at - d.now == approx(min(rto_model(samples, 0.2)[2] * 2 ** backoff,  # INTERNAL: rto_at
                                                     RTO_MAX))
-            d.advance(tcb.rto_at - d.now)
+            d.advance(tcb.rto_at - d.now)  # INTERNAL: rto_at
             d.expect(f"P. {seq}:{seq + 100}(100) ack 1")
             backoff += 1
         d.advance(rtt_ms / 1000)
@@ -294,9 +294,9 @@ def test_rto_follows_rfc_6298_and_karn_over_any_loss_sequence(rounds):
             samples.append(rtt_ms / 1000)
             backoff = 0
         srtt, rttvar, rto = rto_model(samples, 0.2)
-        assert (tcb.rtt.srtt, tcb.rtt.rttvar, tcb.rtt.rto) == (approx(srtt), approx(rttvar),
+        assert (tcb.rtt.srtt, tcb.rtt.rttvar, tcb.rtt.rto) == (approx(srtt), approx(rttvar),  # INTERNAL: rtt
                                                                 approx(rto))
-        assert (tcb.rtt.backoff == 0) == (backoff == 0)
+        assert (tcb.rtt.backoff == 0) == (backoff == 0)  # INTERNAL: rtt
     assert d.stats["TcpRetransSegs"] == sum(lost for _, lost in rounds)
 
 
@@ -358,13 +358,13 @@ def test_rto_falls_back_to_3_s_after_a_retransmitted_handshake(active):
     timed out and, without timestamps, its answer gives no RTT sample (Karn), so data
     starts with a 3 s RTO, not the initial 1 s and not the backed-off 2 s."""
     d = handshake_with_retransmissions(1, active=active, ts=False)
-    assert d.tcb.rtt.srtt is None
+    assert d.tcb.rtt.srtt is None  # INTERNAL: rtt
     d.send(b"x" * 100)
     d.expect("P. 1:101(100) ack 1")
-    assert d.tcb.rto_at - d.now == approx(3.0)
+    assert d.tcb.rto_at - d.now == approx(3.0)  # INTERNAL: rto_at
     d.advance(3.0)
     d.expect("P. 1:101(100) ack 1")
-    assert d.tcb.rto_at - d.now == approx(6.0)
+    assert d.tcb.rto_at - d.now == approx(6.0)  # INTERNAL: rto_at
 
 
 @pytest.mark.parametrize("active", [True, False], ids=["active", "passive"])
@@ -372,10 +372,10 @@ def test_timestamps_time_a_retransmitted_handshake_no_fallback(active):
     """With timestamps the answer to the retransmitted SYN or SYN-ACK echoes its TSval:
     a 50 ms sample (RFC 7323 4.1), so the RTO is SRTT + max(4 RTTVAR, 200 ms)."""
     d = handshake_with_retransmissions(1, active=active, ts=True)
-    assert d.tcb.rtt.srtt == approx(0.05)
+    assert d.tcb.rtt.srtt == approx(0.05)  # INTERNAL: rtt
     d.send(b"x" * 100)
     d.expect("P. 1:101(100) ack 1")
-    assert d.tcb.rto_at - d.now == approx(0.05 + 0.2)
+    assert d.tcb.rto_at - d.now == approx(0.05 + 0.2)  # INTERNAL: rto_at
 
 
 @pytest.mark.parametrize("active", [True, False], ids=["active", "passive"])
@@ -397,7 +397,7 @@ def test_pure_acks_carry_snd_max_while_go_back_n_rewinds_snd_nxt():
     d.send(b"g" * 3 * MSS)
     assert len(data_segments(d)) == 3
     d.advance(0.2)
-    d.expect(f". 1:{1 + MSS}({MSS}) ack 1")  # go-back-N: SND.NXT rewound
+    d.expect(f"P. 1:{1 + MSS}({MSS}) ack 1")  # go-back-N: SND.NXT rewound
     assert (d.tcb.snd_nxt - d.iss) & MASK == 1 + MSS
     d.inject("P. 1:101(100) ack 1")  # the peer's data, no news about ours
     d.expect(f". {1 + 3 * MSS}:{1 + 3 * MSS}(0) ack 101")
@@ -414,12 +414,15 @@ def test_go_back_n_after_rto_skips_sacked_data():
                                      rel(d, 1 + 4 * MSS, 1 + 5 * MSS)))
     data_segments(d)  # whatever limited transmit or the probe sent
     d.advance(0.25)
+    data_segments(d)
     d.inject(f". 1:1(0) ack {1 + MSS}", sack=(rel(d, 1 + 2 * MSS, 1 + 3 * MSS),
                                                rel(d, 1 + 4 * MSS, 1 + 5 * MSS)))
+    resent = {start for start, _ in data_segments(d)}
     d.inject(f". 1:1(0) ack {1 + 2 * MSS}", sack=(rel(d, 1 + 2 * MSS, 1 + 3 * MSS),
                                                    rel(d, 1 + 4 * MSS, 1 + 5 * MSS)))
+    resent |= {start for start, _ in data_segments(d)}
     d.inject(f". 1:1(0) ack {1 + 3 * MSS}", sack=(rel(d, 1 + 4 * MSS, 1 + 5 * MSS),))
-    resent = {start for start, _ in data_segments(d)}
+    resent |= {start for start, _ in data_segments(d)}
     assert 1 + 2 * MSS not in resent and 1 + 4 * MSS not in resent
     assert 1 + 3 * MSS in resent
 
@@ -439,11 +442,11 @@ def test_fast_retransmit_on_the_third_duplicate_ack_newreno():
         d.inject(f". 1:1(0) ack {1 + MSS}")
         assert all(start != 1 + MSS for start, _ in data_segments(d))
     d.inject(f". 1:1(0) ack {1 + MSS}")
-    d.expect(f". {1 + MSS}:{1 + 2 * MSS}({MSS}) ack 1")
+    d.expect(f"P. {1 + MSS}:{1 + 2 * MSS}({MSS}) ack 1")
     assert d.stats["TcpExtTCPFastRetrans"] == 1
     assert d.stats["TcpExtTCPRenoRecovery"] == 1
-    assert d.tcb.ssthresh == 9 * MSS // 2
-    assert d.tcb.cwnd == d.tcb.ssthresh + 3 * MSS
+    assert d.tcb.ssthresh == 9 * MSS // 2  # INTERNAL: ssthresh
+    assert d.tcb.cwnd == d.tcb.ssthresh + 3 * MSS  # INTERNAL: cwnd, ssthresh
 
 
 def test_fast_retransmit_on_the_third_duplicate_ack_with_sack():
@@ -455,10 +458,10 @@ def test_fast_retransmit_on_the_third_duplicate_ack_with_sack():
     assert len(data_segments(d)) == 10
     for k in (2, 3):
         d.inject(". 1:1(0) ack 1", sack=(rel(d, 1 + MSS, 1 + k * MSS),))
-        assert not d.tcb.in_recovery
+        assert not d.tcb.in_recovery  # INTERNAL: in_recovery
         assert all(start != 1 for start, _ in data_segments(d))
     d.inject(". 1:1(0) ack 1", sack=(rel(d, 1 + MSS, 1 + 4 * MSS),))
-    assert d.tcb.in_recovery and d.tcb.dupacks == 3
+    assert d.tcb.in_recovery and d.tcb.dupacks == 3  # INTERNAL: dupacks, in_recovery
     assert data_segments(d)[0] == (1, MSS)
     assert d.stats["TcpExtTCPSackRecovery"] == 1 and d.stats["TcpExtTCPTimeouts"] == 0
 
@@ -470,16 +473,18 @@ def test_newreno_partial_ack_resends_the_next_hole_full_ack_ends_recovery():
     d = established(sack=False)
     d.send(b"n" * 10 * MSS)
     data_segments(d)
-    for _ in range(4):  # segment 1 (relative 1..1449) lost: ACK 1 and three duplicates
+    for _ in range(3):  # segment 1 (relative 1..1449) lost: three duplicate ACKs
         d.inject(". 1:1(0) ack 1")
-    d.expect(f". 1:{1 + MSS}({MSS}) ack 1")
-    assert d.tcb.in_recovery and d.tcb.recover == (d.iss + 1 + 10 * MSS) & MASK
+    d.expect(f"P. 1:{1 + MSS}({MSS}) ack 1")
+    d.inject(". 1:1(0) ack 1")  # a fourth: inflates the window
+    d.expect_nothing()
+    assert d.tcb.in_recovery and d.tcb.recover == (d.iss + 1 + 10 * MSS) & MASK  # INTERNAL: in_recovery, recover
     d.inject(f". 1:1(0) ack {1 + 4 * MSS}")  # partial: segment 5 was lost too
-    d.expect(f". {1 + 4 * MSS}:{1 + 5 * MSS}({MSS}) ack 1")
-    assert d.tcb.in_recovery
+    d.expect(f"P. {1 + 4 * MSS}:{1 + 5 * MSS}({MSS}) ack 1")
+    assert d.tcb.in_recovery  # INTERNAL: in_recovery
     d.inject(f". 1:1(0) ack {1 + 10 * MSS}")  # full ACK
-    assert not d.tcb.in_recovery
-    assert d.tcb.cwnd == min(d.tcb.ssthresh, MSS + MSS)
+    assert not d.tcb.in_recovery  # INTERNAL: in_recovery
+    assert d.tcb.cwnd == min(d.tcb.ssthresh, MSS + MSS)  # INTERNAL: cwnd, ssthresh
     assert d.stats["TcpRetransSegs"] == 2
 
 
@@ -492,10 +497,10 @@ def test_sack_recovery_resends_only_the_holes():
     # Segments 2 and 5 (relative 1449.., 5793..) are lost; the others arrive.
     above = [rel(d, 1 + 2 * MSS, 1 + 4 * MSS)]
     d.inject(f". 1:1(0) ack {1 + MSS}", sack=tuple(above))
-    assert not d.tcb.in_recovery  # 2 SMSS SACKed: not yet IsLost()
+    assert not d.tcb.in_recovery  # 2 SMSS SACKed: not yet IsLost()  # INTERNAL: in_recovery
     above = [rel(d, 1 + 5 * MSS, 1 + 7 * MSS), rel(d, 1 + 2 * MSS, 1 + 4 * MSS)]
     d.inject(f". 1:1(0) ack {1 + MSS}", sack=tuple(above))
-    assert d.tcb.in_recovery
+    assert d.tcb.in_recovery  # INTERNAL: in_recovery
     assert d.stats["TcpExtTCPSackRecovery"] == 1
     # The first hole has 4 SMSS SACKed above it: lost, resent. The second has only 2:
     # not yet lost (IsLost() needs more than DupThresh - 1 = 2 SMSS above).
@@ -504,7 +509,7 @@ def test_sack_recovery_resends_only_the_holes():
     d.inject(f". 1:1(0) ack {1 + MSS}", sack=tuple(above))
     assert data_segments(d) == [(1 + 4 * MSS, MSS)]  # now it is; SACKed data never resent
     d.inject(f". 1:1(0) ack {1 + 10 * MSS}")
-    assert not d.tcb.in_recovery
+    assert not d.tcb.in_recovery  # INTERNAL: in_recovery
     assert d.stats["TcpRetransSegs"] == 2
 
 
@@ -517,8 +522,9 @@ def test_lost_retransmission_is_detected_and_resent():
     data_segments(d)  # 10 segments out
     for k in range(2, 5):  # segment 1 lost; 2..4 arrive
         d.inject(". 1:1(0) ack 1", sack=(rel(d, 1 + MSS, 1 + k * MSS),))
-    assert d.tcb.in_recovery
-    assert data_segments(d)[-1] == (1, MSS)  # the retransmission (lost again, below)
+        sent = data_segments(d)
+    assert d.tcb.in_recovery  # INTERNAL: in_recovery
+    assert sent[-1] == (1, MSS)  # the retransmission (lost again, below)
     top = (d.tcb.snd_max - d.iss) & MASK
     d.inject(". 1:1(0) ack 1", sack=(rel(d, 1 + MSS, top),))  # the rest of the flight
     new = data_segments(d)
@@ -540,12 +546,12 @@ def test_tail_loss_probe_before_the_rto():
     d.advance(0.001)
     d.expect_nothing()
     d.advance(0.0015)
-    d.expect(f". {1 + 2 * MSS}:{1 + 3 * MSS}({MSS}) ack 1")  # the last segment again
+    d.expect(f"P. {1 + 2 * MSS}:{1 + 3 * MSS}({MSS}) ack 1")  # the last segment again
     assert d.stats["TcpExtTCPLossProbes"] == 1
     d.advance(0.1)
     d.expect_nothing()  # one probe per tail; then the RTO
     d.advance(0.11)
-    d.expect(f". 1:{1 + MSS}({MSS}) ack 1")
+    d.expect(f"P. 1:{1 + MSS}({MSS}) ack 1")
 
 
 # ---------------------------------------------------------------------- receiving
@@ -585,13 +591,12 @@ def test_every_byte_is_acked_within_40_ms_and_every_second_full_segment_at_once(
     in-order segments (after quick-ACK mode): an ACK covers each byte at most 40 ms
     after it arrived, and at once when two full-sized segments are unacknowledged."""
     d = established()
-    d.tcb.quickacks = 0
+    d.tcb.quickacks = 0  # INTERNAL: quickacks
     acks: list[tuple[float, int]] = []  # (time sent, relative ACK)
 
     def collect() -> None:
-        for seg in d.out:
-            acks.append((d.now, (seg.ack - d.peer_isn) & MASK))
-        d.out.clear()
+        for sent in d.take_sent():
+            acks.append((sent.at, (sent.seg.ack - d.peer_isn) & MASK))
 
     def run_until(t: float) -> None:
         while (deadline := d.table.next_deadline()) is not None and deadline <= t:
@@ -630,10 +635,10 @@ def test_out_of_order_data_is_acked_at_once_with_sack_blocks():
         d.inject(part(a, b), payload=payload[a:b])
 
     for _ in range(16):  # leave quick-ACK mode so "at once" is not quick-ACK's doing
-        d.tcb.quickacks = 0
+        d.tcb.quickacks = 0  # INTERNAL: quickacks
     seg(0, 1000)
-    data_segments(d)
-    d.out.clear()
+    d.advance(0.04)  # delayed: quick-ACK mode is off
+    d.expect(". 1:1(0) ack 1001")
     seg(2000, 3000)
     ack = d.expect(". 1:1(0) ack 1001")
     assert [(a - d.peer_isn, b - d.peer_isn) for a, b in ack.sack] == [(2001, 3001)]
@@ -644,7 +649,7 @@ def test_out_of_order_data_is_acked_at_once_with_sack_blocks():
     seg(2000, 3000)  # a duplicate: queued once, its block reported first
     ack = d.expect(". 1:1(0) ack 1001")
     assert [(a - d.peer_isn, b - d.peer_isn) for a, b in ack.sack][0] == (2001, 3001)
-    assert d.tcb.ofo.size == 2000
+    assert d.tcb.ofo.size == 2000  # INTERNAL: ofo
     assert d.stats["TcpExtTCPOFOQueue"] == 2
     seg(1000, 2000)  # fills the first hole
     ack = d.expect(". 1:1(0) ack 3001")
@@ -670,9 +675,12 @@ def test_out_of_order_data_is_bounded_by_the_window():
     d = established("tcp_rmem=8192", wscale=None)
     wnd = d.tcb.rcv_adv - d.tcb.rcv_nxt
     d.inject("P. 1001:20001(19000) ack 1")
-    assert d.tcb.ofo.size <= wnd - 1000
+    d.take()
+    assert d.tcb.ofo.size <= wnd - 1000  # INTERNAL: ofo
     d.inject("P. 1:1001(1000) ack 1")
+    d.take()
     assert len(d.read()) <= wnd
+    d.take()  # the window update
 
 
 def test_receiver_sws_avoidance_and_window_update():
@@ -685,12 +693,12 @@ def test_receiver_sws_avoidance_and_window_update():
         n = min(MSS, (d.tcb.rcv_adv - d.tcb.rcv_nxt) & MASK)
         d.inject(f". {seq}:{seq + n}({n}) ack 1")
         seq += n
-    last = d.out[-1]
+        sent = d.take()
+    last = sent[-1]
     assert last.wnd == 0
-    d.out.clear()
     d.read(100)
     d.expect_nothing()
-    ack = d.tcb._make(ACK, d.tcb.snd_nxt, d.now)
+    ack = d.tcb._make(ACK, d.tcb.snd_nxt, d.now)  # INTERNAL: _make
     assert ack.wnd == 0  # still closed: 100 bytes is silly
     d.read(2000)
     upd = d.expect(f". 1:1(0) ack {seq}")
@@ -710,17 +718,18 @@ def test_the_advertised_right_edge_never_moves_left(steps):
     for size, read, ooo in steps:
         start = seq + (size if ooo else 0)
         d.inject(f". {start}:{start + size}({size}) ack 1")
+        sent = d.take()
         if not ooo:
             seq = (tcb.rcv_nxt - d.peer_isn) & MASK
         d.read(read)
+        sent += d.take()
         d.advance(0.05)
-        for seg in d.out:
+        for seg in sent + d.take():
             if seg.flags & ACK:
-                right = (seg.ack + (seg.wnd << tcb.rcv_wscale)) & MASK
+                right = (seg.ack + (seg.wnd << tcb.rcv_wscale)) & MASK  # INTERNAL: rcv_wscale
                 if edge is not None:
                     assert (right - edge) & MASK < 1 << 31, "the right edge moved left"
                 edge = right
-        d.out.clear()
 
 
 def test_fin_after_out_of_order_data_waits_for_the_hole():
@@ -728,11 +737,10 @@ def test_fin_after_out_of_order_data_waits_for_the_hole():
     d = established()
     d.inject("FP. 101:201(100) ack 1")
     assert d.tcb.state == State.ESTABLISHED
+    d.expect(". 1:1(0) ack 1")  # out of order: a duplicate ACK at once
     d.inject("P. 1:101(100) ack 1")
     assert d.tcb.state == State.CLOSE_WAIT
-    fin_ack = d.out[-1]
-    assert (fin_ack.ack - d.peer_isn) & MASK == 202
-    assert not fin_ack.flags & FIN
+    d.expect(". 1:1(0) ack 202")
 
 
 # ---------------------------------------------------------------------- data structures
