@@ -116,7 +116,7 @@ def test_delayed_ack_echoes_the_earliest_unacknowledged_tsval():
     sender then measures the RTT including the ACK delay."""
     d = Drill()
     tcb = d.established_passive()
-    tcb.quickacks = 0  # INTERNAL: quickacks (past the initial quick ACKs)
+    tcb.quickacks = 0  # fixture: past Linux's initial quick ACKs (TCP_MAX_QUICKACKS)
     d.inject("P. 1:11(10) ack 1 <TS val 6000 ecr 0>")
     d.inject("P. 11:21(10) ack 1 <TS val 6010 ecr 0>")
     d.expect_nothing()
@@ -328,23 +328,23 @@ def test_timestamp_rtt_samples_feed_the_rto_even_for_retransmissions():
     d.advance(0.1)
     d.inject(". 1:1(0) ack 1")  # echoes the SYN-ACK's TSval: RTT 100 ms
     tcb = d.accept()
-    assert tcb.rtt.srtt == pytest.approx(0.1, abs=0.002)  # INTERNAL: rtt (RtoEstimator via the TCB)
-    assert tcb.rtt.rto == pytest.approx(0.3, abs=0.005)  # INTERNAL: rtt (RtoEstimator via the TCB)
+    assert tcb.rtt.srtt == pytest.approx(0.1, abs=0.002)
+    assert tcb.rtt.rto == pytest.approx(0.3, abs=0.005)
     d.send(b"x" * 100)
     d.expect("P. 1:101(100) ack 1")
     d.advance(0.31)  # the RTO (300 ms) fires once, 10 ms ago
     d.expect("P. 1:101(100) ack 1")
     d.advance(0.04)
     d.inject(". 1:1(0) ack 101")  # echoes the retransmission's TSval: 50 ms
-    assert tcb.rtt.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.05, abs=0.002)  # INTERNAL: rtt (RtoEstimator via the TCB)
-    assert tcb.rtt.rto == pytest.approx(tcb.rtt.srtt + 0.2, abs=0.005)  # INTERNAL: rtt (RtoEstimator via the TCB)
+    assert tcb.rtt.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.05, abs=0.002)
+    assert tcb.rtt.rto == pytest.approx(tcb.rtt.srtt + 0.2, abs=0.005)
 
 
 def test_ack_echoing_a_tsval_we_never_sent_gives_no_sample():
     d = Drill()
     d.established_passive()
-    before = (d.tcb.rtt.srtt, d.tcb.rtt.rto)  # INTERNAL: rtt (RtoEstimator via the TCB)
+    before = (d.tcb.rtt.srtt, d.tcb.rtt.rto)
     d.send(b"x")
     sent = d.expect("P. 1:2(1) ack 1")
     d.inject(f". 1:1(0) ack 2 <TS val 5001 ecr {(sent.ts[0] + 100_000) & MASK}>")
-    assert (d.tcb.rtt.srtt, d.tcb.rtt.rto) == before  # INTERNAL: rtt (RtoEstimator via the TCB)
+    assert (d.tcb.rtt.srtt, d.tcb.rtt.rto) == before

@@ -1337,31 +1337,6 @@ class Tcb:
         return None
 
 
-    # Transitional: read-only views for tests being rewritten to wire-level assertions.
-    @property
-    def rto_at(self) -> float | None:
-        return self.timers.get(Timer.RTO)
-
-    @property
-    def cwnd(self) -> int:
-        return self.cc.cwnd
-
-    @property
-    def ssthresh(self) -> int:
-        return self.cc.ssthresh
-
-    @property
-    def in_recovery(self) -> bool:
-        return self.recovery.in_recovery
-
-    @property
-    def dupacks(self) -> int:
-        return self.recovery.dupacks
-
-    @property
-    def recover(self) -> int | None:
-        return self.recovery.recover
-
 _ON_TIMER = {
     Timer.DELACK: Tcb._on_delack, Timer.LOSS: Tcb._on_loss_timer, Timer.RTO: Tcb._on_rto,
     Timer.PERSIST: Tcb._on_persist, Timer.KEEPALIVE: Tcb._on_keepalive,
