@@ -344,16 +344,14 @@ class Server(asyncio.AbstractServer):
                  backlog: int) -> None:
         self._stack = stack
         self._factory = protocol_factory
-        self._listener = stack.table.listen(host, port, backlog, owner=self)
+        self._listener = stack.listen(host, port, backlog, owner=self)
         self.sockets = [ListenSocket(host, self._listener.port)]  # port 0: the one chosen
         self._serving = True
         self._closed = asyncio.get_running_loop().create_future()
         self._transports: set[TcpTransport] = set()
 
     def accept_ready(self) -> None:
-        q = self._listener.accept_queue
-        while q:
-            tcb = q.pop(0)
+        while (tcb := self._stack.accept(self._listener)) is not None:
             protocol = self._factory()
             transport = TcpTransport(self._stack, tcb, protocol)
             protocol.connection_made(transport)
@@ -362,8 +360,7 @@ class Server(asyncio.AbstractServer):
         if not self._serving:
             return
         self._serving = False
-        self._stack.table.unlisten(self._listener, self._stack.now())
-        self._stack.kick()
+        self._stack.unlisten(self._listener)
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -402,7 +399,7 @@ async def create_connection(stack: StackShell, protocol_factory: ProtocolFactory
                             port: int, *, local_port: int | None = None
                             ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
     loop = stack.loop
-    tcb = stack.table.connect(stack.address, host, port, stack.now(), lport=local_port)
+    tcb = stack.connect(host, port, local_port=local_port)
     protocol = protocol_factory()
     transport = TcpTransport(stack, tcb, protocol)
     transport._connect_waiter = loop.create_future()

@@ -228,12 +228,7 @@ async def _reset_connections(stack, grace: float = 1.0) -> None:
     cannot finish a close), then give the handlers a moment to see it and return. A
     handler still running when the loop ends would be cancelled, and asyncio 3.11's
     StreamReaderProtocol logs a traceback for a cancelled client_connected_cb."""
-    for tcb in list(stack.table.est.values()):
-        owner = tcb.owner
-        if owner is not None:
-            owner.abort()
-        else:  # not accepted yet
-            stack.call(tcb, tcb.abort, stack.now())
+    stack.abort_all()
     tasks = asyncio.all_tasks() - {asyncio.current_task()}
     if tasks:
         await asyncio.wait(tasks, timeout=grace)

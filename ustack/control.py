@@ -122,7 +122,7 @@ class ControlServer:
         }
         self._stream_ops = {"trace": self._op_trace, "connect": self._op_connect}
         stack.observers.append(self._observe)
-        stack.table.tw.gone_hooks.append(self._tw_gone)
+        stack.on_time_wait_gone(self._tw_gone)
 
     # ------------------------------------------------------------------ socket
 
@@ -182,8 +182,7 @@ class ControlServer:
         self._inode = None
         if self._observe in self.stack.observers:
             self.stack.observers.remove(self._observe)
-        if self._tw_gone in self.stack.table.tw.gone_hooks:
-            self.stack.table.tw.gone_hooks.remove(self._tw_gone)
+        self.stack.off_time_wait_gone(self._tw_gone)
         self._remove_tap()
 
     # ------------------------------------------------------------------ requests
@@ -280,7 +279,7 @@ class ControlServer:
 
     def _op_ss(self, req: dict) -> dict:
         now = self.stack.now()
-        rows = self.stack.table.rows(now)
+        rows = self.stack.rows()
         since = self._since
         for row in rows:
             name, left, retrans = "", None, None
@@ -297,7 +296,7 @@ class ControlServer:
             else:
                 row["state_age"] = round(now - entered, 3)
         return {"now": time.time(), "address": self.stack.address, "connections": rows,
-                "time_wait": len(self.stack.table.tw)}
+                "time_wait": self.stack.time_wait_count}
 
     def _op_nstat(self, req: dict) -> dict:
         client = _field(req, "client", str, "default")
@@ -503,10 +502,9 @@ class ControlServer:
         elif err:
             clean = False
         else:
-            # Clean: our FIN sent and acknowledged (snd_una caught up with snd_max), and
-            # the peer's FIN received; with SO_LINGER N we stopped reading at close(),
-            # so our acknowledged FIN is enough.
-            fin_acked = tcb.fin_queued and tcb.snd_una == tcb.snd_max
+            # Clean: our FIN acknowledged and the peer's received; with SO_LINGER N we
+            # stopped reading at close(), so our acknowledged FIN is enough.
+            fin_acked = tcb.fin_acked
             clean = fin_acked and (tcb.fin_received or bool(linger))
             if not clean:
                 message = ("SO_LINGER timeout: connection reset" if linger and not fin_acked

@@ -19,9 +19,9 @@ from . import eventlog
 from .config import Config
 from .impair import Impairment
 from .stats import Stats
-from .table import TcpTable
+from .table import Listener, TcpTable
 from .tcp.context import Context
-from .tcp.events import StateChanged
+from .tcp.events import Cause, StateChanged
 from .tcp.tcb import Tcb
 from .wire.checksum import ones_sum
 from .wire.ip import (
@@ -298,11 +298,60 @@ class StackShell:
         """Schedule a flush: transmit what user calls queued, re-arm the timer."""
         self._kick()
 
+    # ------------------------------------------------------------------ opens
+
+    def listen(self, host: str, port: int, backlog: int, owner: ListenerOwner) -> Listener:
+        """A passive open; `owner.accept_ready()` hears of connections to accept."""
+        return self.table.listen(host, port, backlog, owner=owner)
+
+    def accept(self, listener: Listener) -> Tcb | None:
+        """The next established connection of `listener`'s accept queue, if any."""
+        return self.table.accept(listener)
+
+    def unlisten(self, listener: Listener) -> None:
+        self.table.unlisten(listener, self.loop.time())
+        self._kick()
+
+    def connect(self, host: str, port: int, owner: ConnectionOwner | None = None,
+                local_port: int | None = None) -> Tcb:
+        """An active open from this stack's address (SYN sent at the next flush)."""
+        tcb = self.table.connect(self.address, host, port, self.loop.time(), owner=owner,
+                                 lport=local_port)
+        self._kick()
+        return tcb
+
+    def abort_all(self) -> None:
+        """Reset every connection (shutdown): owners abort their own, so they hear of
+        it; connections not yet accepted are aborted here."""
+        for tcb in self.table.connections():
+            owner = tcb.owner
+            if owner is not None:
+                owner.abort()
+            else:
+                self.call(tcb, tcb.abort, self.loop.time())
+
     # ------------------------------------------------------------------ views
 
+    def rows(self, tw_limit: int | None = None) -> list[dict]:
+        """One dict per connection, listener and TIME_WAIT record (table.rows())."""
+        return self.table.rows(self.loop.time(), tw_limit)
+
+    @property
+    def time_wait_count(self) -> int:
+        return len(self.table.tw)
+
+    def on_time_wait_gone(self, hook: Callable[[bytes, Cause], None]) -> None:
+        """Call `hook(key, cause)` whenever a TIME_WAIT record leaves the table (no TCB
+        exists to report a StateChanged for it)."""
+        self.table.tw.gone_hooks.append(hook)
+
+    def off_time_wait_gone(self, hook: Callable[[bytes, Cause], None]) -> None:
+        if hook in self.table.tw.gone_hooks:
+            self.table.tw.gone_hooks.remove(hook)
+
     def status(self) -> dict:
-        return {"address": self.address, "connections": self.table.rows(self.loop.time()),
-                "stats": dict(self.stats), "time_wait": len(self.table.tw)}
+        return {"address": self.address, "connections": self.rows(),
+                "stats": dict(self.stats), "time_wait": self.time_wait_count}
 
     def close(self) -> None:
         self._closed = True

@@ -207,6 +207,15 @@ class TcpTable:
         self.listeners[port] = lst
         return lst
 
+    @staticmethod
+    def accept(lst: Listener) -> Tcb | None:
+        """accept(2): the oldest established child of `lst`, taken off its queue."""
+        return lst.accept_queue.pop(0) if lst.accept_queue else None
+
+    def connections(self) -> list[Tcb]:
+        """Every live TCB (TIME_WAIT records are not TCBs), as a list to iterate safely."""
+        return list(self.est.values())
+
     def _free_port(self) -> int:
         """bind() to port 0: a port of ip_local_port_range that no listener, connection
         or TIME_WAIT record uses, from a random start (Linux inet_csk_find_open_port())."""

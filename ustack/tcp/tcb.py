@@ -280,6 +280,11 @@ class Tcb:
         return self.fin_queued and sq.gt(self.snd_max, self.buf_end)
 
     @property
+    def fin_acked(self) -> bool:
+        """Our FIN was sent and acknowledged."""
+        return self.fin_queued and self.snd_una == self.snd_max and self.fin_sent
+
+    @property
     def in_flight(self) -> int:
         return (self.snd_nxt - self.snd_una) & MASK
 
