@@ -787,17 +787,9 @@ async def transport_scenario(net) -> dict:
     cw.write(b"unread")
     await asyncio.sleep(0.1)
     sw.close()  # with bytes left in the StreamReader
-    try:
-        await asyncio.wait_for(cr.read(), 10)
-        seen["read_after_unread_close"] = None
-    except Exception as exc:
-        seen["read_after_unread_close"] = type(exc).__name__
+    seen["read_after_unread_close"] = await _outcome(cr.read())
     cw.close()
-    try:
-        await asyncio.wait_for(cw.wait_closed(), 10)
-        seen["wait_closed_after_unread_close"] = None
-    except Exception as exc:
-        seen["wait_closed_after_unread_close"] = type(exc).__name__
+    seen["wait_closed_after_unread_close"] = await _outcome(cw.wait_closed())
     # a reset both stacks send: SO_LINGER {1, 0} and close()
     cr, cw = await net.open_connection(PORT + 1)
     sr, sw = await asyncio.wait_for(accepted.get(), 10)
@@ -807,17 +799,9 @@ async def transport_scenario(net) -> dict:
     else:
         sw.transport.set_linger(True, 0)
     sw.close()
-    try:
-        await asyncio.wait_for(cr.read(), 10)
-        seen["read_after_rst"] = None
-    except Exception as exc:
-        seen["read_after_rst"] = type(exc).__name__
+    seen["read_after_rst"] = await _outcome(cr.read())
     cw.close()
-    try:
-        await asyncio.wait_for(cw.wait_closed(), 10)
-        seen["wait_closed_after_rst"] = None
-    except Exception as exc:
-        seen["wait_closed_after_rst"] = type(exc).__name__
+    seen["wait_closed_after_rst"] = await _outcome(cw.wait_closed())
     # close() while drain() waits: the drain ends, the peer still gets every byte
     cr, cw = await net.open_connection(PORT + 1)
     sr, sw = await asyncio.wait_for(accepted.get(), 10)
@@ -862,6 +846,15 @@ TRANSPORT_EXPECTED = {
     "peer_got_everything": True,
     "drain_result": None,
 }
+
+
+async def _outcome(aw) -> str | None:
+    """None if `aw` completes within 10 s, else the name of what it raised."""
+    try:
+        await asyncio.wait_for(aw, 10)
+    except Exception as exc:
+        return type(exc).__name__
+    return None
 
 
 @pytest.mark.netns
