@@ -79,3 +79,17 @@ def test_wraparound():
     q.on_ack(0)
     assert q.seq == 0 and len(q) == 500
     assert [r[:2] for r in ranges(q)] == [(0, 100), (100, 500)]
+
+
+def test_a_burst_at_one_instant_is_one_record_until_marked():
+    q = SendQueue()
+    q.append(bytes(4000))
+    for i in range(4):
+        q.on_transmit(i * 1000, (i + 1) * 1000, 1.0)
+    assert ranges(q) == [(0, 4000, 1.0, 1, 0)]
+    q.on_transmit(4000, 4000, 1.0)  # nothing sent: no record
+    assert q.mark(1000, 2000, SACKED) == 1000  # split on demand
+    assert ranges(q) == [(0, 1000, 1.0, 1, 0), (1000, 2000, 1.0, 1, SACKED),
+                         (2000, 4000, 1.0, 1, 0)]
+    q.on_transmit(0, 1000, 2.0)
+    assert ranges(q)[0] == (0, 1000, 2.0, 2, RETRANSMITTED)

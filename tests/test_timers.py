@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ustack.tcp.timers import Timer, Timers
 
 
@@ -42,3 +45,24 @@ def test_due_sees_changes_made_by_handlers():
             t.set(Timer.RTO, 2.0)  # re-armed: not due in this pass
     assert seen == [Timer.RTO]
     assert t.next() == 2.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(Timer)), st.one_of(st.none(), st.integers(0, 50)),
+                          st.booleans()), max_size=40))
+def test_next_always_equals_the_earliest_slot(ops):
+    """Whatever the sequence of sets and clears (with next() asked in between or not),
+    next() is the minimum over the set slots."""
+    t = Timers()
+    for kind, at, look in ops:
+        if at is None:
+            t.clear(kind)
+        else:
+            t.set(kind, float(at))
+        if look:
+            live = [x for x in t.at if x is not None]
+            assert t.next() == (min(live) if live else None)
+    for kind in t.due(25.0):
+        assert kind not in {k for k, _ in t.items()}
+    live = [x for x in t.at if x is not None]
+    assert t.next() == (min(live) if live else None) and all(x > 25.0 for x in live)

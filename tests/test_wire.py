@@ -31,6 +31,7 @@ from ustack.wire.tcp import (
     ParseError,
     Segment,
     build_tcp,
+    build_tcp_ipv4,
     encode_options,
     format_segment,
     parse_tcp,
@@ -38,6 +39,7 @@ from ustack.wire.tcp import (
 
 SRC = ip_to_bytes("10.0.0.1")
 DST = ip_to_bytes("10.0.0.2")
+MASK32 = 0xFFFFFFFF
 
 u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
@@ -353,3 +355,17 @@ def test_seg_len_and_flags():
     assert seg.seg_len == 5
     assert str(Segment(flags=RST | ACK, ack=9)) == "R. seq 0 ack 9 win 0"
     assert str(Segment(flags=FIN | PSH | ACK, payload=b"x")) == "FP. seq 0 ack 0 win 0 len 1"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.integers(0, MASK32),
+       st.integers(0, MASK32), st.integers(0, 0xFF), st.integers(0, 0xFFFF),
+       st.binary(max_size=1500), st.booleans(), st.integers(0, 0xFFFF),
+       st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4))
+def test_one_pass_frame_builder_equals_the_two_step_build(sport, dport, seq, ack, flags, wnd,
+                                                          payload, ts, ident, src, dst):
+    """build_tcp_ipv4 (the output path's) gives exactly build_ipv4(build_tcp(...))."""
+    seg = Segment(sport, dport, seq, ack, flags, wnd, payload,
+                  ts=(seq, ack) if ts else None, sack=((seq, ack),) if flags & 1 else ())
+    want = build_ipv4(src, dst, PROTO_TCP, build_tcp(seg, src, dst), ident)
+    assert build_tcp_ipv4(seg, src, dst, ident) == want

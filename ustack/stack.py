@@ -32,7 +32,7 @@ from .wire.ip import (
     header_ok,
     ip_to_bytes,
 )
-from .wire.tcp import OptionError, ParseError, build_tcp, parse_tcp
+from .wire.tcp import OptionError, ParseError, build_tcp_ipv4, parse_tcp
 
 log = logging.getLogger("ustack")
 T = TypeVar("T")
@@ -159,10 +159,13 @@ class StackShell:
             stats["TcpInErrs"] += 1
             return
         # RFC 9293 3.1: checksum over the pseudo-header (addresses, protocol, length).
-        s = ones_sum(frame[12:20]) + PROTO_TCP + tcp_len + ones_sum(frame[ihl:total])
-        s = (s & 0xFFFF) + (s >> 16)
-        s = (s & 0xFFFF) + (s >> 16)
-        if s != 0xFFFF:
+        # The one's-complement sum is the big-endian integer modulo 0xFFFF (checksum.py);
+        # it verifies when that is 0 (a sum of 0xFFFF). A memoryview: no copy of the
+        # segment just to sum it.
+        seg_int = int.from_bytes(memoryview(frame)[ihl:total], "big")
+        if tcp_len & 1:
+            seg_int <<= 8
+        if (int.from_bytes(frame[12:20], "big") + PROTO_TCP + tcp_len + seg_int) % 0xFFFF:
             stats["TcpInCsumErrors"] += 1
             stats["TcpInErrs"] += 1
             return
@@ -258,8 +261,7 @@ class StackShell:
             out = tx[:]
             tx.clear()
             for src, dst, seg in out:
-                self._write(build_ipv4(src, dst, PROTO_TCP, build_tcp(seg, src, dst),
-                                       self._next_ident()))
+                self._write(build_tcp_ipv4(seg, src, dst, self._next_ident()))
         if self._pending:
             self._kick()
         self._arm_timer()

@@ -27,7 +27,11 @@ def passes(ts_recent: int, tsval: int, idle: float, window: int) -> bool:
 def reject_established(ts_recent: int, tsval: int, idle: float) -> bool:
     """RFC 7323 5.3 R1 on a full socket (Linux tcp_paws_discard(), LS 92). The caller
     exempts RSTs (LS 94)."""
-    return not passes(ts_recent, tsval, idle, TCP_PAWS_WINDOW)
+    # passes() inlined: this runs for every segment with timestamps.
+    d = (ts_recent - tsval) & 0xFFFFFFFF
+    if d <= TCP_PAWS_WINDOW or d >= 0x80000000 or not ts_recent:
+        return False
+    return idle < TCP_PAWS_24DAYS
 
 
 def reject_minisock(ts_recent: int, tsval: int, idle: float, rst: bool) -> bool:

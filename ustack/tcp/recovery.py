@@ -88,7 +88,9 @@ class Recovery:
         """Outside SACK recovery: what is in flight less what the peer SACKed."""
         c = self.conn
         sb = self.sb
-        return c.in_flight_total() - (sb.sacked_below(c.snd_nxt) if sb else 0)
+        if not sb.blocks:
+            return (c.snd_nxt - c.snd_una) & MASK
+        return c.in_flight_total() - sb.sacked_below(c.snd_nxt)
 
     def limited_transmit(self) -> int:
         """RFC 3042 limited transmit: extra window for the first duplicate ACKs."""
@@ -116,7 +118,7 @@ class Recovery:
     def on_ack(self, acked: int, ack: int, flight: int, dsack: int, now: float) -> None:
         """An ACK of `acked` new bytes up to `ack`; `flight` was outstanding before it."""
         sb = self.sb
-        if sb:
+        if sb.blocks:
             sb.advance(ack)
         if self.tlp_high is not None and sq.ge(ack, self.tlp_high):
             self._tlp_acked(flight, dsack)

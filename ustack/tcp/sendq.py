@@ -7,7 +7,8 @@ range is recorded in `sent`: its sequence range, the time of its latest transmis
 how often it went out, and whether the peer SACKed it or it was deemed lost. RACK
 (RFC 8985) keys its loss detection on those times and PRR (RFC 6937) counts delivered
 bytes from them. Records are ordered by sequence number and cover [SND.UNA, SND.MAX)
-without gaps once sent; a retransmission that covers part of a record splits it.
+without gaps once sent; a retransmission that covers part of a record splits it, and
+new data sent at one instant extends the last record instead of adding one.
 
 Pure data: no clock (times are passed in), no I/O.
 """
@@ -71,7 +72,7 @@ class SendQueue:
         off = sq.diff(seq, self.seq)
         if off < 0:
             return b""
-        return bytes(self.buf[off:off + n])
+        return bytes(memoryview(self.buf)[off:off + n])  # one copy, not two
 
     def clear(self) -> None:
         self.buf.clear()
@@ -85,13 +86,22 @@ class SendQueue:
         if start == end:
             return
         sent = self.sent
-        if not sent or sq.ge(start, sent[-1].end):
-            sent.append(Sent(start, end, now))
+        # Sequence comparisons inlined (seq.py's, modulo 2**32): once per segment.
+        if not sent or (start - sent[-1].end) & MASK < 0x80000000:
+            last = sent[-1] if sent else None
+            if (last is not None and last.end == start and last.time == now
+                    and last.xmits == 1 and not last.flags):
+                # A burst sent at one instant is one record: nothing (RACK's ordering by
+                # time included) tells its segments apart, and mark() splits on demand.
+                last.end = end
+            else:
+                sent.append(Sent(start, end, now))
             return
-        if sq.gt(end, sent[-1].end):
+        last = sent[-1].end
+        if (last - end) & MASK >= 0x80000000:
             # Partly beyond: the new part gets its own record.
-            sent.append(Sent(sent[-1].end, end, now))
-            end = sent[-2].end
+            sent.append(Sent(last, end, now))
+            end = last
         for rec in self._covering(start, end):
             rec.time = now
             rec.xmits += 1
@@ -99,16 +109,21 @@ class SendQueue:
 
     def on_ack(self, una: int) -> None:
         """Everything below `una` was acknowledged: drop its bytes and records."""
-        acked = sq.diff(una, self.seq)
-        if acked > 0:
-            n = min(acked, len(self.buf))
-            del self.buf[:n]
+        acked = (una - self.seq) & MASK
+        if acked and acked < 0x80000000:
+            buf = self.buf
+            n = acked if acked < len(buf) else len(buf)
+            del buf[:n]
             self.seq = (self.seq + n) & MASK  # a FIN's sequence number is not a byte
         sent = self.sent
-        while sent and sq.le(sent[0].end, una):
-            sent.popleft()
-        if sent and sq.lt(sent[0].start, una):
-            sent[0].start = una
+        while sent:
+            first = sent[0]
+            if (una - first.end) & MASK < 0x80000000:  # first.end <= una
+                sent.popleft()
+            else:
+                if (first.start - una) & MASK >= 0x80000000:  # first.start < una
+                    first.start = una
+                break
 
     def mark(self, start: int, end: int, flag: int) -> int:
         """Set `flag` (SACKED or LOST) on every record wholly inside [start, end),

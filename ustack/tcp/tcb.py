@@ -53,6 +53,11 @@ _NO_INPUT = frozenset((State.CLOSED, State.TIME_WAIT))  # TIME_WAIT: see timewai
 _NO_OUTPUT = frozenset((State.CLOSED, State.LISTEN, State.SYN_SENT, State.SYN_RECEIVED,
                         State.TIME_WAIT))
 _GONE = _NO_INPUT
+# The fieldless events, one instance each: frozen and compared by type, so a segment
+# need not allocate one (two per data segment and its ACK otherwise).
+_CONNECTED, _SEND_SPACE, _DATA, _EOF = Connected(), SendSpaceAvailable(), DataReceived(), EofReceived()
+# Timer slots used per segment, as globals: an enum attribute costs a lookup each time.
+_DELACK, _RTO, _PERSIST, _KEEPALIVE = Timer.DELACK, Timer.RTO, Timer.PERSIST, Timer.KEEPALIVE
 _RECEIVING = frozenset((State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2))
 _OPEN = frozenset((State.ESTABLISHED, State.CLOSE_WAIT))  # where a loss probe may go out
 
@@ -194,14 +199,15 @@ class Tcb:
                 field += 1
             seg.ack = self.rcv_nxt
             seg.wnd = field
-            if self.ofo and self.sack_ok and not flags & RST:
+            if self.ofo.blocks and self.sack_ok and not flags & RST:
                 # RFC 2018 4: every ACK reports what we hold above the hole.
                 seg.sack = self.ofo.sack_blocks(3 if self.ts_ok else 4)
             self.rcv_adv = (self.rcv_nxt + (field << self.rcv_wscale)) & MASK
             self.rcv_wup = self.rcv_nxt
             self.ack_now = False
             self.unacked_segs = 0
-            self.timers.clear(Timer.DELACK)
+            if self.timers.at[_DELACK] is not None:
+                self.timers.clear(_DELACK)
         if self.ts_ok:
             seg.ts = (self._ts_now(now), self.ts_recent)
         return seg
@@ -273,7 +279,8 @@ class Tcb:
 
     @property
     def buf_end(self) -> int:
-        return self.sendq.end
+        q = self.sendq
+        return (q.seq + len(q.buf)) & MASK
 
     @property
     def fin_sent(self) -> bool:
@@ -293,7 +300,7 @@ class Tcb:
         timestamps every segment carries) less the SACK blocks `_make` will add while we
         hold out-of-order data (RFC 6691: the sender reduces the data for the options it
         includes; Linux tcp_current_mss()). NOP, NOP, SACK kind and length: 4 + 8 per block."""
-        if self.ofo and self.sack_ok:
+        if self.ofo.blocks and self.sack_ok:
             return self.mss - 4 - 8 * min(len(self.ofo), 3 if self.ts_ok else 4)
         return self.mss
 
@@ -557,8 +564,8 @@ class Tcb:
             base = self.last_rcv if self.probes_out == 0 else now
             self.timers.set(Timer.KEEPALIVE,
                             base + (self.keepidle if self.probes_out == 0 else self.keepintvl))
-        else:
-            self.timers.clear(Timer.KEEPALIVE)
+        elif self.timers.at[_KEEPALIVE] is not None:
+            self.timers.clear(_KEEPALIVE)
 
     def _arm_fin_wait_2(self, now: float) -> None:
         """Orphaned FIN_WAIT_2 lives tcp_fin_timeout, at least 3.5 RTO (LS 41).
@@ -626,7 +633,7 @@ class Tcb:
             self.rtt.reset_backoff()
             self.timers.clear(Timer.RTO)
             self._set_state(State.ESTABLISHED, Cause(Why.SEGMENT, seg))
-            self.events.append(Connected())
+            self.events.append(_CONNECTED)
             self._arm_keepalive(now)
             self._send_ack(now)
             if seg.payload or flags & FIN:
@@ -647,8 +654,9 @@ class Tcb:
         ts = seg.ts
         if not self.ts_ok or ts is None or not sq.le(seg.seq, self.rcv_wup):
             return
-        if paws.may_update_ts_recent(ts_recent=self.ts_recent, tsval=ts[0],
-                                     idle=now - self.ts_recent_stamp):
+        if ((ts[0] - self.ts_recent) & MASK < 0x80000000  # the common case, inline
+                or paws.may_update_ts_recent(ts_recent=self.ts_recent, tsval=ts[0],
+                                             idle=now - self.ts_recent_stamp)):
             self.ts_recent = ts[0]
             self.ts_recent_stamp = now
 
@@ -665,6 +673,8 @@ class Tcb:
         st = self.state
         # PAWS first (RFC 7323 5.3 R1); a RST is exempt (LS 94).
         if (not flags & RST and self.ts_ok and seg.ts is not None
+                # only a TSval older than TS.Recent by more than a tick can fail PAWS
+                and 1 < (self.ts_recent - seg.ts[0]) & MASK < 0x80000000
                 and paws.reject_established(self.ts_recent, seg.ts[0],
                                             now - self.ts_recent_stamp)):
             if flags & SYN:
@@ -774,7 +784,7 @@ class Tcb:
             # Before _process_ack(): an RTT sample it takes replaces the fallback RTO.
             self._handshake_done()
             self._set_state(State.ESTABLISHED, Cause(Why.SEGMENT, seg))
-            self.events.append(Connected())
+            self.events.append(_CONNECTED)
             self._arm_keepalive(now)
             st = State.ESTABLISHED
         if not self._process_ack(seg, now):
@@ -881,7 +891,7 @@ class Tcb:
             self._update_ts_recent(seg, now)
         wnd = seg.wnd if seg.flags & SYN else seg.wnd << self.snd_wscale  # RFC 7323 2.2
         rec = self.recovery
-        flight = sq.diff(self.snd_nxt, old_una) - rec.sacked  # before this ACK, for CWV
+        flight = sq.diff(self.snd_nxt, old_una) - rec.sb.sacked  # before this ACK, for CWV
         newly_sacked = dsack = 0
         if seg.sack and self.sack_ok and acked >= 0:
             newly_sacked, dsack = rec.on_sack(seg.sack, old_una, ack)
@@ -891,10 +901,11 @@ class Tcb:
                 # after 5.7); Linux resets icsk_backoff in tcp_ack_update_rtt().
                 self.rtt.reset_backoff()
             self.snd_una = ack
-            before = len(self.sendq)
-            self.sendq.on_ack(ack)
-            if len(self.sendq) != before:
-                self.events.append(SendSpaceAvailable())
+            q = self.sendq
+            before = len(q.buf)
+            q.on_ack(ack)
+            if len(q.buf) != before:
+                self.events.append(_SEND_SPACE)
             self.retries = 0
             rec.on_ack(acked, ack, flight, dsack, now)
             if self.snd_una == self.snd_max:
@@ -915,7 +926,7 @@ class Tcb:
             self.snd_wl1, self.snd_wl2 = seg.seq, ack
             if wnd > self.max_snd_wnd:
                 self.max_snd_wnd = wnd
-            if wnd and self.timers.is_set(Timer.PERSIST):
+            if wnd and self.timers.at[_PERSIST] is not None:
                 # The window opened: probing is over, and so is its backoff (Linux
                 # tcp_ack_probe()).
                 self.timers.clear(Timer.PERSIST)
@@ -1018,7 +1029,7 @@ class Tcb:
             self.rcv_nxt = (rcv_nxt + len(data)) & MASK
             if hole:
                 self._drain_ofo()
-            self.events.append(DataReceived())
+            self.events.append(_DATA)
             self.unacked_segs += 1
             if self.quickacks > 0:
                 self.quickacks -= 1
@@ -1029,7 +1040,7 @@ class Tcb:
                 # RFC 9293 3.8.6.3 / RFC 5681 4.2: an ACK for at least every second
                 # full-sized segment (Linux: more than one rcv_mss unacknowledged).
                 self.ack_now = True
-            elif not self.timers.is_set(Timer.DELACK):
+            elif self.timers.at[_DELACK] is None:
                 self.timers.set(Timer.DELACK, now + DELACK)
         if fin or (self.ofo_fin is not None and self.ofo_fin == self.rcv_nxt):
             if fin and (start + len(data)) & MASK != self.rcv_nxt:
@@ -1051,7 +1062,7 @@ class Tcb:
         self.ofo_fin = None
         self.rcv_nxt = (self.rcv_nxt + 1) & MASK
         self.ack_now = True  # Linux ACKs a FIN at once in the closing states (LS 7, 8)
-        self.events.append(EofReceived())
+        self.events.append(_EOF)
         cause = Cause(Why.SEGMENT, seg)
         st = self.state
         if st == State.ESTABLISHED:
@@ -1105,16 +1116,18 @@ class Tcb:
         if self.state in _NO_OUTPUT:
             return
         sent = False
-        if not self.timers.is_set(Timer.RTO) and self.snd_una == self.snd_max and \
+        if self.timers.at[_RTO] is None and self.snd_una == self.snd_max and \
                 now - self.last_send > self.rtt.current():
             self.cc.on_idle_restart()  # RFC 5681 4.1 / RFC 7661
         rec = self.recovery
-        sack_recovery = rec.sack_recovery
+        sack_recovery = rec.in_recovery and self.sack_ok
         if sack_recovery:
             sent, flight = rec.sack_retransmit(now, rec.pipe(), lost_only=True)
         else:
             flight = rec.flight()
-        cwnd = self.cc.cwnd + rec.limited_transmit()
+        cwnd = self.cc.cwnd
+        if rec.dupacks:
+            cwnd += rec.limited_transmit()
         smss = self.send_mss()  # full-sized for Nagle and SWS: with this segment's options
         while True:
             nxt = self.snd_nxt
@@ -1155,7 +1168,10 @@ class Tcb:
                         # it (tcp_minshall_check()): no second small segment while one is
                         # unacknowledged. Full-sized means self.mss, options subtracted.
                         break
-                payload = self.sendq.data(nxt, n)
+                q = self.sendq
+                off = (nxt - q.seq) & MASK
+                # One copy out of the send buffer (a bytearray slice would be a second).
+                payload = bytes(memoryview(q.buf)[off:off + n])
                 flags = ACK
                 if n == unsent:
                     flags |= PSH
@@ -1195,9 +1211,11 @@ class Tcb:
         self.sendq.on_transmit(seq, self.snd_nxt, now)
         if sq.gt(self.snd_nxt, self.snd_max):
             self.snd_max = self.snd_nxt
-        if not self.timers.is_set(Timer.RTO):
-            self.timers.set(Timer.RTO, now + self.rtt.current())
-        self.timers.clear(Timer.PERSIST)
+        at = self.timers.at
+        if at[_RTO] is None:
+            self.timers.set(_RTO, now + self.rtt.current())
+        if at[_PERSIST] is not None:
+            self.timers.clear(_PERSIST)
         self.last_send = now
         self._emit(seg)
 

@@ -33,30 +33,45 @@ _N = len(_KINDS)
 class Timers:
     """One slot per `Timer`; `next()` is the earliest set slot."""
 
-    __slots__ = ("at", "_next", "_dirty")
+    __slots__ = ("at", "_next", "_dirty", "_count")
 
     def __init__(self) -> None:
         self.at: list[float | None] = [None] * _N
-        self._next: float | None = None
+        self._next: float | None = None  # the earliest slot, unless _dirty
         self._dirty = False
+        self._count = 0  # slots set
 
     def set(self, kind: Timer, at: float) -> None:
-        self.at[kind] = at
+        # Runs on nearly every ACK (the RTO restarts), so the earliest slot is kept up
+        # to date without a scan where it can be. While _dirty, _next is a lower bound
+        # of the earliest slot, else exact.
+        slots = self.at
+        old = slots[kind]
+        slots[kind] = at
+        if old is None:
+            self._count += 1
         nxt = self._next
-        if nxt is None or at < nxt:
-            self._next = at  # cheap path: an earlier deadline needs no scan
-        elif not self._dirty:
-            self._dirty = True  # moving the earliest slot later needs one
+        if self._count == 1 or nxt is None or at <= nxt:
+            self._next = at  # the only timer, or earlier than every other
+            self._dirty = False
+        elif old is not None and old <= nxt:
+            self._dirty = True  # the earliest slot moved later
 
     def clear(self, kind: Timer) -> None:
         if self.at[kind] is not None:
             self.at[kind] = None
-            self._dirty = True
+            self._count -= 1
+            if self._count == 0:
+                self._next = None
+                self._dirty = False
+            else:
+                self._dirty = True
 
     def clear_all(self) -> None:
         self.at = [None] * _N
         self._next = None
         self._dirty = False
+        self._count = 0
 
     def get(self, kind: Timer) -> float | None:
         return self.at[kind]
@@ -83,8 +98,7 @@ class Timers:
         for kind in _KINDS:
             t = at[kind]
             if t is not None and now >= t:
-                at[kind] = None
-                self._dirty = True
+                self.clear(kind)
                 yield kind
 
     def items(self) -> list[tuple[Timer, float]]:
