@@ -20,7 +20,7 @@ import dpkt  # noqa: E402
 
 from ustack.wire.checksum import checksum  # noqa: E402
 from ustack.wire.ip import PROTO_TCP, build_ipv4, ip_to_bytes  # noqa: E402
-from ustack.wire.tcp import ACK, PSH, Segment, build_tcp, parse_tcp  # noqa: E402
+from ustack.wire.tcp import ACK, PSH, Segment, build_tcp, build_tcp_ipv4, parse_tcp  # noqa: E402
 
 TARGET_NS = 500_000_000
 REPEAT = 3
@@ -98,6 +98,7 @@ def figures(target_ns: int = TARGET_NS, repeat: int = REPEAT, show: bool = False
         "parse_tcp": parse_tcp, "dpkt": dpkt, "checksum": checksum,
         "word_loop_checksum": word_loop_checksum, "array_checksum": array_checksum,
         "build_tcp": build_tcp, "build_ipv4": build_ipv4, "PROTO_TCP": PROTO_TCP,
+        "build_tcp_ipv4": build_tcp_ipv4,
         "n_frame": len(frame),
     }
     cases = [
@@ -110,6 +111,8 @@ def figures(target_ns: int = TARGET_NS, repeat: int = REPEAT, show: bool = False
         ("array", "(d) array('H') checksum, 1460 B", "array_checksum(data)"),
         ("build", "(e) build_tcp + build_ipv4, 1448 B",
          "build_ipv4(src, dst, PROTO_TCP, build_tcp(seg, src, dst))"),
+        ("build_frame", "(f) build_tcp_ipv4 (the output path)",
+         "build_tcp_ipv4(seg, src, dst, 1)"),
     ]
     if show:
         print(f"Python {sys.version.split()[0]}, dpkt {dpkt.__version__}; "
