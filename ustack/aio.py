@@ -403,7 +403,6 @@ async def create_connection(stack: StackShell, protocol_factory: ProtocolFactory
     protocol = protocol_factory()
     transport = TcpTransport(stack, tcb, protocol)
     transport._connect_waiter = loop.create_future()
-    stack.kick()
     try:
         await transport._connect_waiter
     except asyncio.CancelledError:
