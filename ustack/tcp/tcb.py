@@ -3,7 +3,15 @@
 Inputs: `handle_segment(seg, now)`, `handle_timer(now)` and the user calls (`send`, `recv`,
 `shutdown`, `close`, `abort`). Outputs, pulled by the caller: segments appended to
 `self.tx` (a list shared with the demultiplexer), events in `self.events`, and the next
-deadline in `self.deadline`. No sockets, no clock, no asyncio.
+deadline in `self.deadline` (the earliest of `self.timers`). No sockets, no clock, no
+asyncio, no logging; state changes carry a `Cause` (events.py), formatted by the edges.
+
+This module is the pair of Linux's tcp_input.c and tcp_output.c: the user calls, the
+input ladder, text and FIN, and the output loop. What owns its own state lives beside
+it: congestion control (`self.cc`, cc/), loss recovery and the loss probe
+(`self.recovery`, recovery.py), the send buffer and its record of what was sent when
+(`self.sendq`, sendq.py), the timers (`self.timers`, timers.py), PAWS (paws.py), the
+RTO estimator (`self.rtt`, rto.py) and the reassembly queue (`self.ofo`, ofo.py).
 
 Read RFC 9293 section 3.10 (event processing) alongside `_synchronized_input`; the
 comments cite it. Where the RFC leaves a choice, ustack does what Linux does and
