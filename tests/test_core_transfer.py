@@ -800,3 +800,35 @@ def test_scoreboard_matches_a_set_of_octets(blocks, advance_to, una):
     assert covered == set(range(100))
     sb.advance((una + advance_to) & MASK)
     assert sb.sacked == len({o for o in octets if o >= advance_to})
+
+
+def test_send_mss_is_bounded_by_half_the_largest_window_offered():
+    """Linux tcp_bound_to_half_wnd() (LINUX-SPEC-2 item 360): a peer that never offers
+    more than 1000 bytes gets 500-byte segments, two of them in flight, at once; when
+    it offers more, full segments follow."""
+    d = established(wscale=None, win=1000)
+    d.script(f"""
+        +0    send(2000)
+        +0    > . 1:501(500) ack 1
+        +0    > . 501:1001(500) ack 1
+        +0.01 < . 1:1(0) ack 1001 win 1000
+        +0    > . 1001:1501(500) ack 1
+        +0    > P. 1501:2001(500) ack 1
+        +0.01 < . 1:1(0) ack 2001 win 20000
+        +0    send({3 * MSS})
+        +0    > . 2001:{2001 + MSS}({MSS}) ack 1
+    """, more=True)
+    d.take()
+
+
+def test_a_window_below_the_default_mss_is_used_whole_not_persisted():
+    """The same rule below TCP_MSS_DEFAULT (536): the cutoff is the window itself, so a
+    peer offering 300 bytes gets 300-byte segments without waiting for the persist
+    timer (RFC 9293's sender SWS avoidance alone would wait; Linux does not)."""
+    d = established(wscale=None, win=300)
+    d.script("""
+        +0    send(600)
+        +0    > . 1:301(300) ack 1
+        +0.01 < . 1:1(0) ack 301 win 300
+        +0    > P. 301:601(300) ack 1
+    """)

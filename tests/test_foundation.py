@@ -243,14 +243,15 @@ def test_rto_resends_only_what_was_sent():
     window had grown took them and ACKed past SND.MAX, an ACK we then dropped as one of
     unsent data, again and again until the connection timed out."""
     d = Drill(wscale=None)
-    d.established_passive()  # the peer's window: 1000
+    d.established_passive()  # the peer's window: 1000, so 500-byte segments (half of it)
     d.script("""
         +0   send(1001)
-        +0   > . 1:1001(1000) ack 1
-        +0.2 > P. 1:1001(1000) ack 1   // the RTO: the 1000 bytes sent, not 1001
+        +0   > . 1:501(500) ack 1
+        +0   > . 501:1001(500) ack 1
+        +0.2 > P. 1:501(500) ack 1   // the RTO: what was sent at SND.UNA, no unsent byte
         +0.01 wait
     """)
-    assert d.tcb.snd_nxt == d.tcb.snd_max
+    assert (d.tcb.snd_max - d.tcb.iss) & MASK == 1001  # the 1001st byte never went out
     d.script("""
         +0 < . 1:1(0) ack 1001 win 2000
         +0 > P. 1001:1002(1) ack 1

@@ -307,10 +307,21 @@ class Tcb:
         """Payload bytes the next segment may carry: self.mss (the peer's MSS less the
         timestamps every segment carries) less the SACK blocks `_make` will add while we
         hold out-of-order data (RFC 6691: the sender reduces the data for the options it
-        includes; Linux tcp_current_mss()). NOP, NOP, SACK kind and length: 4 + 8 per block."""
+        includes; Linux tcp_current_mss()). NOP, NOP, SACK kind and length: 4 + 8 per block.
+
+        Bounded first by half the largest window the peer ever offered (Linux
+        tcp_bound_to_half_wnd(), LINUX-SPEC-2 item 360): a peer whose window never
+        reaches two segments gets segments it can take, instead of a wait for the
+        persist timer; at least 68 bytes of header and data."""
+        mss = self.mss
+        maxw = self.max_snd_wnd
+        if maxw:
+            cutoff = maxw >> 1 if maxw > DEFAULT_MSS else maxw
+            if mss > cutoff:
+                mss = max(cutoff, 68 - 20 - (TS_OPT_LEN if self.ts_ok else 0))
         if self.ofo.blocks and self.sack_ok:
-            return self.mss - 4 - 8 * min(len(self.ofo), 3 if self.ts_ok else 4)
-        return self.mss
+            return mss - 4 - 8 * min(len(self.ofo), 3 if self.ts_ok else 4)
+        return mss
 
     @property
     def send_queue(self) -> int:
