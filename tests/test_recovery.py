@@ -32,7 +32,8 @@ class FakeSender:
     def unsent(self) -> int:
         return 0
 
-    def in_flight_total(self) -> int:
+    @property
+    def in_flight(self) -> int:
         return self.snd_nxt - self.snd_una
 
     def open_for_probe(self) -> bool:

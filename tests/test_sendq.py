@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ustack.tcp.sendq import LOST, RETRANSMITTED, SACKED, SendQueue
 
 MASK = 0xFFFFFFFF
@@ -93,3 +96,54 @@ def test_a_burst_at_one_instant_is_one_record_until_marked():
                          (2000, 4000, 1.0, 1, 0)]
     q.on_transmit(0, 1000, 2.0)
     assert ranges(q)[0] == (0, 1000, 2.0, 2, RETRANSMITTED)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([0, MASK - 3000]), st.lists(st.tuples(
+    st.sampled_from(["new", "resend", "sack", "ack"]), st.integers(0, 4000), st.integers(1, 1500)),
+    max_size=30))
+def test_the_record_matches_a_byte_by_byte_model(base, ops):
+    """Against a model that keeps (time, transmissions, SACKED) per byte: new data,
+    retransmissions of any sent range, SACK marks and ACKs in any order, also across
+    the 2**32 wrap; the records stay ordered and contiguous from SND.UNA to SND.MAX."""
+    q = SendQueue()
+    q.start_at(base)
+    q.append(bytes(20000))
+    model: dict[int, list] = {}  # offset from base -> [time, xmits, sacked]
+    una = nxt = 0  # offsets
+    for t, (op, a, n) in enumerate(ops):
+        now = float(t // 2)  # pairs of operations share an instant (bursts)
+        if op == "new" and nxt + n <= 20000:
+            q.on_transmit((base + nxt) & MASK, (base + nxt + n) & MASK, now)
+            for o in range(nxt, nxt + n):
+                model[o] = [now, 1, False]
+            nxt += n
+        elif op == "resend" and nxt > una:
+            s = una + a % (nxt - una)
+            e = min(s + n, nxt)
+            q.on_transmit((base + s) & MASK, (base + e) & MASK, now)
+            for o in range(s, e):
+                model[o][0] = now
+                model[o][1] += 1
+        elif op == "sack" and nxt > una:
+            s = una + a % (nxt - una)
+            e = min(s + n, nxt)
+            q.mark((base + s) & MASK, (base + e) & MASK, SACKED)
+            for o in range(s, e):
+                model[o][2] = True
+        elif op == "ack":
+            una = min(una + a % 2000, nxt)
+            q.on_ack((base + una) & MASK)
+            for o in [o for o in model if o < una]:
+                del model[o]
+        got = {}
+        pos = una
+        for r in q.sent:
+            assert r.start == (base + pos) & MASK, "records not contiguous"
+            length = (r.end - r.start) & MASK
+            assert 0 < length <= 20000
+            for o in range(pos, pos + length):
+                got[o] = [r.time, r.xmits, bool(r.flags & SACKED)]
+            pos += length
+        assert pos == nxt or (not q.sent and una == nxt)
+        assert got == model

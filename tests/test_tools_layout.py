@@ -1,51 +1,20 @@
 """The tools keep their promise: ustack/tools/ imports no core, only ustack.tools,
-ustack.ctlproto, ustack.ssfilter and ustack.wire; ctlproto imports nothing from ustack but ustack.wire;
-and the protocol's state spellings agree with the core's."""
+ustack.ctlproto, ustack.ssfilter and ustack.wire (the import rule itself, from the AST,
+is test_layers.py's; here: ctlproto's own stricter rule, the tables the tools rely on,
+and the same promise at run time); and the protocol's state spellings agree with the
+core's."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from test_layers import TOOLS_MAY_IMPORT, imports_of, violations
 
 from ustack import ctlproto
 from ustack.tcp.state import State
 
 PKG = Path(__file__).resolve().parent.parent / "ustack"
-TOOLS_ALLOWED = ("ustack.tools", "ustack.ctlproto", "ustack.ssfilter", "ustack.wire")
-
-
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(PKG.parent).with_suffix("")
-    parts = list(rel.parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def ustack_imports(path: Path, module: str | None = None) -> list[tuple[int, str]]:
-    """Every ustack module `path` imports, at any level (also inside functions and
-    `if TYPE_CHECKING:`), relative imports resolved: [(line, "ustack.x.y"), ...]."""
-    tree = ast.parse(path.read_text(), str(path))
-    pkg = (module or _module_name(path)).split(".")
-    if path.name != "__init__.py":
-        pkg.pop()
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = pkg[:len(pkg) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-                if node.module is None:  # from . import x: x is a module of the package
-                    out += [(node.lineno, f"{mod}.{a.name}") for a in node.names]
-                    continue
-            else:
-                mod = node.module or ""
-            out.append((node.lineno, mod))
-    return [(line, m) for line, m in out if m == "ustack" or m.startswith("ustack.")]
 
 
 def _allowed(mod: str, prefixes: tuple[str, ...]) -> bool:
@@ -62,23 +31,13 @@ def test_there_are_tools_to_check():
 
 @pytest.mark.parametrize("path", TOOL_FILES, ids=lambda p: p.name)
 def test_tools_import_only_tools_ctlproto_and_wire(path: Path):
-    bad = [f"{path.name}:{line}: {mod}" for line, mod in ustack_imports(path)
-           if not _allowed(mod, TOOLS_ALLOWED)]
-    assert not bad, "tools import the core: " + ", ".join(bad)
+    module = "ustack.tools" + ("" if path.stem == "__init__" else f".{path.stem}")
+    bad = violations({module: imports_of(path)})
+    assert not bad, f"tools import the core: {sorted(bad)}"
 
 
 def test_ctlproto_imports_nothing_from_ustack_but_wire():
-    bad = [m for _, m in ustack_imports(PKG / "ctlproto.py")
-           if not _allowed(m, ("ustack.wire",))]
-    assert not bad
-
-
-def test_the_checker_sees_relative_and_nested_imports(tmp_path):
-    fake = tmp_path / "probe.py"
-    fake.write_text("from ..tcp.state import State\nfrom . import filter\n"
-                    "def f():\n    import ustack.stack\n    from ..control import X\n")
-    got = {m for _, m in ustack_imports(fake, "ustack.tools.probe")}
-    assert got == {"ustack.tcp.state", "ustack.tools.filter", "ustack.stack", "ustack.control"}
+    assert not [m for m in imports_of(PKG / "ctlproto.py") if not _allowed(m, ("ustack.wire",))]
 
 
 def test_ctlproto_state_names_agree_with_the_core():
@@ -107,4 +66,4 @@ def test_loading_every_tool_loads_no_core():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=PKG.parent).stdout.split()
     assert "ustack.tools.ss" in out
-    assert not [m for m in out if m != "ustack" and not _allowed(m, TOOLS_ALLOWED)]
+    assert not [m for m in out if m != "ustack" and not _allowed(m, TOOLS_MAY_IMPORT)]

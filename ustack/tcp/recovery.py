@@ -37,7 +37,8 @@ class Sender(Protocol):
 
     def send_mss(self) -> int: ...
     def unsent(self) -> int: ...
-    def in_flight_total(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
     def open_for_probe(self) -> bool: ...
     def retransmit(self, seq: int, limit: int, now: float) -> int: ...
     def retransmit_head(self, now: float) -> int: ...
@@ -75,22 +76,13 @@ class Recovery:
 
     # ------------------------------------------------------------------ views
 
-    @property
-    def sack_recovery(self) -> bool:
-        return self.in_recovery and self.conn.sack_ok
-
-    @property
-    def sacked(self) -> int:
-        """Octets above SND.UNA the peer reported holding."""
-        return self.sb.sacked
-
     def flight(self) -> int:
         """Outside SACK recovery: what is in flight less what the peer SACKed."""
         c = self.conn
         sb = self.sb
         if not sb.blocks:
             return (c.snd_nxt - c.snd_una) & MASK
-        return c.in_flight_total() - sb.sacked_below(c.snd_nxt)
+        return c.in_flight - sb.sacked_below(c.snd_nxt)
 
     def limited_transmit(self) -> int:
         """RFC 3042 limited transmit: extra window for the first duplicate ACKs."""
@@ -330,7 +322,7 @@ class Recovery:
             return
         self.stats["TcpExtTCPLossProbes"] += 1
         unsent = c.unsent()
-        room = c.snd_wnd - c.in_flight_total()
+        room = c.snd_wnd - c.in_flight
         if unsent > 0 and room > 0 and c.snd_nxt == c.snd_max:
             c.send_new(min(unsent, c.send_mss(), room), now)
             self.tlp_rtx = False

@@ -15,7 +15,7 @@ Pure data: no clock (times are passed in), no I/O.
 
 from __future__ import annotations
 
-from collections import deque
+from bisect import bisect_right
 
 from .. import seq as sq
 
@@ -50,7 +50,7 @@ class SendQueue:
     def __init__(self) -> None:
         self.buf = bytearray()
         self.seq = 0  # the sequence number of buf[0]
-        self.sent: deque[Sent] = deque()
+        self.sent: list[Sent] = []  # ordered by start, contiguous: bisectable
 
     def __len__(self) -> int:
         return len(self.buf)
@@ -116,14 +116,15 @@ class SendQueue:
             del buf[:n]
             self.seq = (self.seq + n) & MASK  # a FIN's sequence number is not a byte
         sent = self.sent
-        while sent:
-            first = sent[0]
-            if (una - first.end) & MASK < 0x80000000:  # first.end <= una
-                sent.popleft()
-            else:
+        k = 0
+        for first in sent:
+            if (una - first.end) & MASK >= 0x80000000:  # first.end > una: stays
                 if (first.start - una) & MASK >= 0x80000000:  # first.start < una
                     first.start = una
                 break
+            k += 1
+        if k:
+            del sent[:k]
 
     def mark(self, start: int, end: int, flag: int) -> int:
         """Set `flag` (SACKED or LOST) on every record wholly inside [start, end),
@@ -140,25 +141,38 @@ class SendQueue:
         for rec in self.sent:
             rec.flags &= ~flag
 
-    def _split(self, at: int) -> None:
-        """Make `at` a record boundary if a record spans it."""
+    def _index(self, seq: int) -> int:
+        """The index of the record holding `seq` (or of the last one starting before
+        it), -1 if it lies before them all: a bisection, the records being ordered."""
         sent = self.sent
-        for i, rec in enumerate(sent):
-            if sq.ge(rec.start, at):
-                return
-            if sq.gt(rec.end, at):
+        if not sent:
+            return -1
+        base = sent[0].start
+        return bisect_right(sent, (seq - base) & MASK,
+                            key=lambda r: (r.start - base) & MASK) - 1
+
+    def _split(self, at: int) -> int:
+        """Make `at` a record boundary if a record spans it; the index of the first
+        record starting at or after `at`."""
+        sent = self.sent
+        i = self._index(at)
+        if i >= 0:
+            rec = sent[i]
+            if rec.start == at:
+                return i
+            if sq.gt(rec.end, at) and sq.lt(rec.start, at):
                 sent.insert(i + 1, Sent(at, rec.end, rec.time, rec.xmits, rec.flags))
                 rec.end = at
-                return
+        return i + 1
 
     def _covering(self, start: int, end: int) -> list[Sent]:
         """The records inside [start, end) after splitting at both edges."""
-        self._split(start)
-        self._split(end)
-        out = []
-        for rec in self.sent:
-            if sq.ge(rec.start, end):
-                break
-            if sq.ge(rec.start, start):
-                out.append(rec)
-        return out
+        if not self.sent or sq.le(end, self.sent[0].start) or sq.ge(start, self.sent[-1].end):
+            return []
+        if sq.lt(start, self.sent[0].start):
+            start = self.sent[0].start
+        if sq.gt(end, self.sent[-1].end):
+            end = self.sent[-1].end
+        i = self._split(start)
+        j = self._split(end)
+        return self.sent[i:j]

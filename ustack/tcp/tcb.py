@@ -40,7 +40,7 @@ from .events import (
 from .ofo import OfoQueue
 from .recovery import Recovery
 from .rto import RtoEstimator
-from .sendq import SendQueue
+from .sendq import SACKED, SendQueue
 from .state import State
 from .timers import Timer, Timers
 
@@ -297,7 +297,7 @@ class Tcb:
     @property
     def fin_acked(self) -> bool:
         """Our FIN was sent and acknowledged."""
-        return self.fin_queued and self.snd_una == self.snd_max and self.fin_sent
+        return self.fin_sent and self.snd_una == self.snd_max
 
     @property
     def in_flight(self) -> int:
@@ -914,6 +914,12 @@ class Tcb:
         newly_sacked = dsack = 0
         if seg.sack and self.sack_ok and acked >= 0:
             newly_sacked, dsack = rec.on_sack(seg.sack, old_una, ack)
+            if newly_sacked:
+                # The send record learns it too (what RACK will key on); a D-SACK block
+                # reports a duplicate, not data held.
+                mark = self.sendq.mark
+                for left, right in seg.sack[1:] if dsack else seg.sack:
+                    mark(left, right, SACKED)
         if acked > 0:
             if self._rtt_sample_ack(seg, now):
                 # Karn: the backed-off RTO stays until a valid sample (RFC 6298 5, note
@@ -1111,9 +1117,6 @@ class Tcb:
     def unsent(self) -> int:
         """Queued bytes not yet sent."""
         return sq.diff(self.sendq.end, self.snd_nxt)
-
-    def in_flight_total(self) -> int:
-        return (self.snd_nxt - self.snd_una) & MASK
 
     def open_for_probe(self) -> bool:
         """A loss probe may go out only where new data may (RFC 8985 7.2)."""
@@ -1317,6 +1320,8 @@ class Tcb:
         # ssthresh once per loss episode (Linux tcp_enter_loss()).
         self.cc.on_rto(sq.diff(self.snd_max, self.snd_una), first=self.retries == 1)
         self.recovery.on_rto()
+        if self.retries >= 2:
+            self.sendq.clear_flag(SACKED)  # as recovery forgets its SACKs (RFC 2018 8)
         self.rtt.back_off()
         self.snd_nxt = (self.snd_una + self.retransmit_head(now)) & MASK
         self.timers.set(Timer.RTO, now + self.rtt.current())
