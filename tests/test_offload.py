@@ -275,3 +275,30 @@ def test_the_advertised_mss_follows_the_mtu(mtu):
     d.inject("S 0:0(0) win 65535")
     syn_ack = d.expect("S. 0:0(0) ack 1")
     assert syn_ack.mss == mtu - 40
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--impair", "loss=0.01", "--offload", "on"], "--impair needs wire-sized packets"),
+    (["--mtu", "100"], "MTU 100 is outside 576..65535"),
+    (["--mtu", "65536"], "outside"),
+    (["--offload", "maybe"], "invalid choice"),
+])
+def test_bad_offload_arguments_are_refused(argv, message, capsys):
+    from ustack.cli import main
+
+    with pytest.raises(SystemExit) if "--impair" not in argv else _returns(2) as ctx:
+        status = main(["serve", *argv])
+        ctx.status = status
+    assert message in capsys.readouterr().err
+
+
+class _returns:
+    def __init__(self, want: int) -> None:
+        self.want = want
+        self.status = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self.status == self.want
