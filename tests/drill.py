@@ -177,7 +177,8 @@ class World:
         return mine
 
     def drain(self) -> None:
-        for _src, _dst, seg in self.table.tx:
+        # The end of a batch, as the shell's flush ends one (TcpTable.transmit()).
+        for _src, _dst, seg in self.table.transmit(self.now):
             for c in self.conns:
                 if (seg.sport, seg.dport) == (c.local_port, c.peer_port):
                     if seg.flags & SYN and c.iss is None:
@@ -185,7 +186,6 @@ class World:
                     if seg.ts is not None:
                         c.last_tsval = seg.ts[0]
             self.out.append(Sent(self.now, seg))
-        self.table.tx.clear()
 
     def step_to(self, end: float, stop: Callable[[], bool] | None = None) -> bool:
         """Run the clock to `end`, each timer at its own deadline; with `stop`, halt as

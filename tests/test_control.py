@@ -627,14 +627,15 @@ async def test_trace_streams_state_changes_with_relative_causes(env):
                      ("ESTABLISHED", "CLOSE_WAIT"), ("CLOSE_WAIT", "LAST_ACK"),
                      ("LAST_ACK", "CLOSED")]
     assert got[0]["cause"].startswith("on S seq 0")
-    assert got[2]["cause"] == "on F. seq 812 ack 1"  # 811 bytes after the SYN's 1
+    # write() and write_eof() in one turn: the FIN rides on the data (Tcb.output_soon()).
+    assert got[2]["cause"] == "on FP. seq 1 ack 1 len 811"
     assert got[3]["cause"] == "close()" or got[3]["cause"] == "shutdown()"
     assert got[4]["cause"] == "on . seq 813 ack 2"
     assert all(ev["passive"] for ev in got)
     from ustack.tools.trace import format_state
     line = format_state(got[2])
-    assert f"{PEER}:" in line and f" -> {STACK}:80  ESTABLISHED -> CLOSE_WAIT  on F. seq 812 " \
-           "ack 1" in line
+    assert f"{PEER}:" in line and f" -> {STACK}:80  ESTABLISHED -> CLOSE_WAIT  on FP. seq 1 " \
+           "ack 1 len 811" in line
     assert line.index(PEER) < line.index(STACK)  # client -> server
 
 

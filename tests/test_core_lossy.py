@@ -55,7 +55,7 @@ def transfer(seed: int, loss: float, reorder: float, dup: float, *knobs: str,
 
     def ship(src: TcpTable) -> None:
         nonlocal n
-        for lip, rip, seg in src.tx:
+        for lip, rip, seg in src.transmit(now):
             frame = build_ipv4(lip, rip, PROTO_TCP, build_tcp(seg, lip, rip))
             assert len(frame) <= 1500, f"{len(frame)}-byte frame: {seg}"
             if rng.random() < loss:
@@ -64,7 +64,6 @@ def transfer(seed: int, loss: float, reorder: float, dup: float, *knobs: str,
                 late = rng.uniform(0, 3 * ONE_WAY) if rng.random() < reorder else 0.0
                 heapq.heappush(heap, (now + ONE_WAY + late, n, peer[id(src)], frame))
                 n += 1
-        src.tx.clear()
 
     b.listen(B, 80)
     ta = a.connect(A, B, 80, now)

@@ -25,9 +25,7 @@ def connect(d: Drill, rport: int = 80, remote: str = REMOTE, local: str = LOCAL,
 
 
 def syns(d: Drill) -> list:
-    out = [s for _, _, s in d.table.tx if s.flags & SYN]
-    d.table.tx.clear()
-    return out
+    return [s for _, _, s in d.table.transmit(d.now) if s.flags & SYN]
 
 
 def client_time_wait(d: Drill):

@@ -284,9 +284,15 @@ class StackShell:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        table = self.table
         for _ in range(64):  # event delivery may cause more events; bounded, never a hang
             if not self._pending:
-                break
+                if not self.ctx.output_due:
+                    break
+                # The batch's deferred output (Tcb.output_soon()); the events it makes
+                # are delivered in the next round.
+                self._send(table.transmit(self.loop.time()))
+                continue
             batch, self._pending = self._pending, []
             for tcb, events in batch:
                 owner = tcb.owner
@@ -303,18 +309,19 @@ class StackShell:
         notices = self.ctx.notices
         while notices:
             eventlog.notice(notices.popleft())
-        tx = self.table.tx
-        if tx:
-            out = tx[:]
-            tx.clear()
-            if self._tso:
-                self._write_offloaded(out)
-            else:
-                for src, dst, seg in out:
-                    self._write(build_tcp_ipv4(seg, src, dst, self._next_ident()))
-        if self._pending:
+        self._send(table.transmit(self.loop.time()))
+        if self._pending or self.ctx.output_due:
             self._kick()
         self._arm_timer()
+
+    def _send(self, out: list) -> None:
+        if not out:
+            return
+        if self._tso:
+            self._write_offloaded(out)
+        else:
+            for src, dst, seg in out:
+                self._write(build_tcp_ipv4(seg, src, dst, self._next_ident()))
 
     def _arm_timer(self) -> None:
         at = self.table.next_deadline()

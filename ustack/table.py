@@ -329,6 +329,21 @@ class TcpTable:
                 break
         raise OSError(E.EADDRNOTAVAIL, "Cannot assign requested address")
 
+    def transmit(self, now: float) -> list[Tx]:
+        """End a batch: run the output that TCBs deferred (Tcb.output_soon()), then
+        take every segment queued since the last call, in order."""
+        due = self.ctx.output_due
+        while due:
+            batch = due[:]
+            due.clear()
+            for tcb in batch:
+                tcb.output_due = False
+                tcb.output(now)
+                self._after(tcb, now)
+        out = self.tx[:]
+        self.tx.clear()
+        return out
+
     def call(self, tcb: Tcb, now: float, fn: Callable[..., T], *args: object) -> T:
         """Run a user call on a TCB (send, recv, close ...) and do the bookkeeping."""
         try:

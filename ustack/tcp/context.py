@@ -13,7 +13,7 @@ from ..stats import Stats
 
 class Context:
     __slots__ = ("config", "stats", "secret", "rng", "notices", "_challenge_second",
-                 "_challenge_left", "adv_mss", "gso_max")
+                 "_challenge_left", "adv_mss", "gso_max", "output_due")
 
     def __init__(self, config: Config | None = None, stats: Stats | None = None,
                  secret: bytes | None = None, seed: int | None = None) -> None:
@@ -27,6 +27,9 @@ class Context:
         self._challenge_second = -1
         self._challenge_left = 0
         self.set_link(1500, 0)
+        # TCBs whose output waits for the end of the batch (Tcb.output_soon(),
+        # TcpTable.transmit()), in the order they asked.
+        self.output_due: list = []
 
     def set_link(self, mtu: int, gso_max: int) -> None:
         """What the device below allows: `mtu` gives the MSS we advertise (Linux advmss,

@@ -144,7 +144,14 @@ class Tcb:
         self.snd_sml: int | None = None  # end of the last small segment sent (Nagle)
         self.last_send = 0.0
         # ACK policy
+        self.output_due = False  # on ctx.output_due: output() runs at the batch's end
         self.ack_now = False
+        # This segment's ACK cannot wait for the batch's end: a duplicate ACK (out of
+        # order, duplicate or beyond-window data, a filled hole) is one per segment,
+        # as the sender counts them (RFC 5681 4.2; Linux __tcp_ack_snd_check() with
+        # an out-of-order queue). In-order data is ACKed once per batch, as GRO makes
+        # one segment of a burst.
+        self.ack_at_once = False
         self.unacked_segs = 0
         self.quickacks = QUICKACKS
         self.last_oow_ack = -1e9  # per-socket rate limit of invalid-segment ACKs
@@ -442,7 +449,7 @@ class Tcb:
             raise BrokenPipeError(E.EPIPE, "Broken pipe")
         self.sendq.append(data)
         if self.state.synchronized:
-            self.output(now)
+            self.output_soon()
         return len(data)
 
     def recv(self, n: int, now: float) -> bytes:
@@ -461,7 +468,8 @@ class Tcb:
             old = (self.rcv_adv - self.rcv_nxt) & MASK
             new = self.rcv_window()
             if new - old >= self.rcv_cap // 4 or old < self.ctx.adv_mss <= new:
-                self._send_ack(now)
+                self.ack_now = True
+                self.output_soon()
         return data
 
     def shutdown(self, now: float) -> None:
@@ -480,7 +488,7 @@ class Tcb:
             self._set_state(State.LAST_ACK, Cause(Why.SHUTDOWN))
         else:
             return
-        self.output(now)
+        self.output_soon()
 
     def close(self, now: float, unread: int = 0) -> None:
         """close(2): the application is done with the connection (RFC 9293 3.10.4).
@@ -565,7 +573,7 @@ class Tcb:
         tcp_push_pending_frames() from do_tcp_setsockopt())."""
         self.nodelay = on
         if on:
-            self.output(now)
+            self.output_soon()
 
     def set_keepalive(self, on: bool, now: float, idle: int | None = None,
                       intvl: int | None = None, cnt: int | None = None) -> None:
@@ -659,7 +667,7 @@ class Tcb:
             self._send_ack(now)
             if seg.payload or flags & FIN:
                 self._process_text(seg, now)
-            self.output(now)
+            self.output_soon()
         else:
             # Simultaneous open (RFC 9293 3.10.7.3, Figure 8): SYN-SENT -> SYN-RECEIVED.
             self.snd_wnd = seg.wnd
@@ -842,7 +850,11 @@ class Tcb:
             elif flags & FIN or seg.payload:
                 # CLOSE_WAIT, CLOSING, LAST_ACK: the peer already sent FIN; re-ACK.
                 self.ack_now = True
-        self.output(now)
+        if self.ack_at_once:
+            self.ack_at_once = False
+            self.output(now)
+        else:
+            self.output_soon()
         self._arm_keepalive(now)
 
     def _handshake_done(self) -> None:
@@ -1031,14 +1043,14 @@ class Tcb:
                 start = rcv_nxt
                 if not data:
                     if not fin:
-                        self.ack_now = True  # a duplicate: tell the sender where we are
+                        self.ack_now = self.ack_at_once = True  # a duplicate: tell the sender where we are
                         return
         wnd_edge = self.rcv_adv if sq.gt(self.rcv_adv, rcv_nxt) else rcv_nxt
         if data:
             room = sq.diff(wnd_edge, start)
             if room <= 0:
                 self.ctx.stats["TcpExtTCPZeroWindowDrop"] += 1
-                self.ack_now = True
+                self.ack_now = self.ack_at_once = True
                 return
             if len(data) > room:
                 data = data[:room]  # beyond the window: trimmed (RFC 9293 3.10.7.4)
@@ -1051,7 +1063,7 @@ class Tcb:
                 self.ctx.stats["TcpExtTCPOFOQueue"] += 1
             if fin:
                 self.ofo_fin = (start + len(data)) & MASK
-            self.ack_now = True
+            self.ack_now = self.ack_at_once = True
             return
         if data:
             hole = bool(self.ofo)
@@ -1065,7 +1077,7 @@ class Tcb:
                 self.quickacks -= 1
                 self.ack_now = True
             elif hole:
-                self.ack_now = True  # RFC 5681 4.2: it fills all or part of a gap
+                self.ack_now = self.ack_at_once = True  # RFC 5681 4.2: it fills all or part of a gap
             elif sq.diff(self.rcv_nxt, self.rcv_wup) > self.rcv_mss:
                 # RFC 9293 3.8.6.3 / RFC 5681 4.2: an ACK for at least every second
                 # full-sized segment (Linux: more than one rcv_mss unacknowledged).
@@ -1134,6 +1146,17 @@ class Tcb:
 
     def _on_loss_timer(self, now: float) -> None:
         self.recovery.on_probe_timeout(now)
+
+    def output_soon(self) -> None:
+        """Ask for output() at the end of the batch: when every segment that arrived
+        together and every call the application made in this turn is in (the shell's
+        flush, TcpTable.transmit()). So a burst of segments gets one ACK (still one per
+        two full-sized segments' worth: the rule is in _process_text), and data
+        written just before close() leaves with the FIN. Time does not pass in between:
+        a batch is one instant."""
+        if not self.output_due:
+            self.output_due = True
+            self.ctx.output_due.append(self)
 
     def output(self, now: float, force: bool = False) -> None:
         """Send what the windows, Nagle and the state allow, then a pending ACK.
