@@ -421,8 +421,8 @@ def measure(sizes: dict, per_packet: bool | None = None, each=None) -> tuple[dic
         plan.append(("ustack-perpacket", lambda lab, www: up_ustack(lab, www, PER_PACKET),
                      None, HTTP))
     else:
-        notes.append("per-packet mode: needs --offload (ustack serve has no --offload "
-                     "and --mtu yet), so only the default configuration ran")
+        notes.append("per-packet mode needs --offload: ustack serve has no --offload "
+                     "and --mtu yet, so only the default configuration ran")
     plan += [("kernel", up_veth, None, HTTP),
              ("kernel-sendfile", up_veth, ("download",), SENDFILE),
              ("relay", up_relay, None, HTTP)]
@@ -473,7 +473,8 @@ def rows_of(results: dict, notes: list, sizes: dict) -> list[dict]:
                              "value": a / b if a and b else 0.0, "unit": "x",
                              "figure": fig, "ratio": [mine, theirs]})
     for note in notes:
-        rows.append({"name": f"note: {note}", "value": 0.0, "unit": "", "note": note})
+        rows.append({"name": f"note: {note.split(':')[0]}", "value": 0.0, "unit": "",
+                     "note": note})
     return rows
 
 
