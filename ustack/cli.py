@@ -84,6 +84,8 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from .io.tun import OFFLOAD_CHOICES
+
     p = sub.add_parser(
         "serve", help="run the daemon: TUN device, stack, HTTP/echo/discard services",
         description="Create a TUN interface, run a stack behind it and serve HTTP, echo "
@@ -110,6 +112,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="impair frames at the TUN boundary, e.g. loss=0.05,reorder=0.1,"
                         "dup=0.02,corrupt=0.01,delay=5ms,seed=1 (in.KEY / out.KEY for one "
                         "direction)")
+    p.add_argument("--mtu", metavar="N", type=_mtu, default=1500,
+                   help="the TUN interface's MTU; the MSS we advertise is N - 40 "
+                        "(default: %(default)s; up to 65535)")
+    p.add_argument("--offload", choices=OFFLOAD_CHOICES, default="auto",
+                   help="TUN offloads (virtio-net header, checksum and TSO): 'auto' "
+                        "uses them when the kernel accepts them and no --impair is "
+                        "given, 'on' requires them, 'off' is one packet per frame "
+                        "(default: %(default)s)")
     p.add_argument("--control", metavar="PATH", default=None,
                    help="Unix control socket for ss, nstat, capture, trace, ladder and "
                         "connect (default: /run/ustack/NAME.sock; 'none' disables it)")
@@ -126,8 +136,23 @@ def build_config(settings: Sequence[str]) -> Config:
     return apply_settings(Config(), list(settings))
 
 
+def _mtu(text: str) -> int:
+    from .io.tun import MAX_MTU, MIN_MTU
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad MTU {text!r}") from None
+    if not MIN_MTU <= value <= MAX_MTU:
+        raise argparse.ArgumentTypeError(f"MTU {value} is outside {MIN_MTU}..{MAX_MTU}")
+    return value
+
+
 def _check_serve(args: argparse.Namespace) -> str | None:
     """Checks that need more than one argument; returns the error message, if any."""
+    if args.impair is not None and args.offload == "on":
+        # The impairment layer acts on wire packets; a 64 KB super-segment is dozens.
+        return "--impair needs wire-sized packets: use --offload off (or auto)"
     addr, host = args.address, args.host_address
     if addr.ip == host.ip:
         return f"--address and --host-address are both {addr.ip}"
@@ -188,7 +213,10 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    device = TunDevice(args.tun, str(args.host_address))
+    spec = getattr(args, "impair_spec", None)
+    impaired = spec is not None and spec.active
+    offload = "off" if impaired else args.offload
+    device = TunDevice(args.tun, str(args.host_address), mtu=args.mtu, offload=offload)
     stack = None
     servers: list[asyncio.AbstractServer] = []
     control = captures = None
@@ -196,8 +224,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         stack = Stack(str(args.address.ip), config=config)
         stack.attach(device)
         captures, control = await _start_observability(stack, args, device.name)
-        spec = getattr(args, "impair_spec", None)
-        if spec is not None and spec.active:
+        if impaired:
             from .impair import Impairment
 
             stack.set_impairment(Impairment(spec, stack.stats))
@@ -205,7 +232,9 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         servers, names = await _start_services(stack, args)
         device.start(loop, stack.receive)
         services = ", ".join(names) or "no services"
-        _say(f"serving on {args.address.ip} via {device.name} ({services})")
+        mode = "offloads" if device.tso else "one packet per frame"
+        _say(f"serving on {args.address.ip} via {device.name}, MTU {device.mtu}, {mode} "
+             f"({services})")
         await stop.wait()
         log.info("shutting down")
         for server in servers:

@@ -23,6 +23,7 @@ from .table import Listener, TcpTable
 from .tcp.context import Context
 from .tcp.events import Cause, StateChanged
 from .tcp.tcb import Tcb
+from .wire import vnet
 from .wire.checksum import ones_sum
 from .wire.ip import (
     PROTO_ICMP,
@@ -32,13 +33,17 @@ from .wire.ip import (
     header_ok,
     ip_to_bytes,
 )
-from .wire.tcp import OptionError, ParseError, build_tcp_ipv4, parse_tcp
+from .wire.tcp import OptionError, ParseError, build_tcp_ipv4, parse_tcp, tcp_checksum_filled
 
 log = logging.getLogger("ustack")
 T = TypeVar("T")
 
 
 class Device(Protocol):
+    """Frames out. A device may also have `mtu` (default 1500) and `tso`: True when it
+    takes `write(frame, hdr)` with a virtio-net header `hdr` (ustack.wire.vnet) and
+    completes partial checksums and cuts super-segments (io.tun.TunDevice)."""
+
     def write(self, frame: bytes) -> None: ...
 
 
@@ -89,11 +94,23 @@ class StackShell:
         self._timer_at: float | None = None
         self._ident = 0
         self._closed = False
+        self._tso = False  # TCP frames go out with partial checksums, maybe super-sized
 
     # ------------------------------------------------------------------ device side
 
     def attach(self, device: Device) -> None:
         self.device = device
+        self._link_changed()
+
+    def _link_changed(self) -> None:
+        # Offloads only straight to the device: the impairment layer works on wire
+        # packets (it drops, corrupts and reorders what a real link would carry).
+        dev = self.device
+        self._tso = bool(getattr(dev, "tso", False)) and self.impair is None
+        mtu = getattr(dev, "mtu", 1500)
+        # 64 KB per packet less the IP header and the largest TCP header (Linux
+        # sk_gso_max_size: the device's 65536 less MAX_TCP_HEADER + 1).
+        self.ctx.set_link(mtu, 65535 - 20 - 60 if self._tso else 0)
 
     def now(self) -> float:
         return self.loop.time()
@@ -107,9 +124,15 @@ class StackShell:
             impairment.bind(self.loop, functools.partial(self.receive, impaired=True),
                             self._device_write)
         self.impair = impairment
+        self._link_changed()
 
-    def receive(self, frame: bytes, impaired: bool = False) -> None:
-        """One IPv4 frame from the device. Never raises: bad input is counted and dropped."""
+    def receive(self, frame: bytes, impaired: bool = False, csum_ok: bool = False,
+                gso: int = 0) -> None:
+        """One IPv4 frame from the device. Never raises: bad input is counted and dropped.
+
+        `csum_ok`: the device vouches for the TCP checksum (a virtio-net header with
+        NEEDS_CSUM or DATA_VALID), so it is not summed here. `gso`: the segment size of
+        a super-segment (the frame is one TCP segment of up to 64 KB all the same)."""
         if self.impair is not None and not impaired:
             self.impair.inbound.send(frame)  # comes back here, impaired=True, maybe later
             return
@@ -143,7 +166,7 @@ class StackShell:
             return
         proto = frame[9]
         if proto == PROTO_TCP:
-            self._tcp_input(frame, ihl, total)
+            self._tcp_input(frame, ihl, total, csum_ok, gso)
         elif proto == PROTO_ICMP:
             self._icmp_input(frame, ihl, total)
         else:
@@ -151,24 +174,26 @@ class StackShell:
             return
         self._kick()
 
-    def _tcp_input(self, frame: bytes, ihl: int, total: int) -> None:
+    def _tcp_input(self, frame: bytes, ihl: int, total: int, csum_ok: bool = False,
+                   gso: int = 0) -> None:
         stats = self.stats
         stats["IpInDelivers"] += 1
         tcp_len = total - ihl
         if tcp_len < 20:
             stats["TcpInErrs"] += 1
             return
-        # RFC 9293 3.1: checksum over the pseudo-header (addresses, protocol, length).
-        # The one's-complement sum is the big-endian integer modulo 0xFFFF (checksum.py);
-        # it verifies when that is 0 (a sum of 0xFFFF). A memoryview: no copy of the
-        # segment just to sum it.
-        seg_int = int.from_bytes(memoryview(frame)[ihl:total], "big")
-        if tcp_len & 1:
-            seg_int <<= 8
-        if (int.from_bytes(frame[12:20], "big") + PROTO_TCP + tcp_len + seg_int) % 0xFFFF:
-            stats["TcpInCsumErrors"] += 1
-            stats["TcpInErrs"] += 1
-            return
+        if not csum_ok:
+            # RFC 9293 3.1: checksum over the pseudo-header (addresses, protocol,
+            # length). The one's-complement sum is the big-endian integer modulo
+            # 0xFFFF (checksum.py); it verifies when that is 0 (a sum of 0xFFFF). A
+            # memoryview: no copy of the segment just to sum it.
+            seg_int = int.from_bytes(memoryview(frame)[ihl:total], "big")
+            if tcp_len & 1:
+                seg_int <<= 8
+            if (int.from_bytes(frame[12:20], "big") + PROTO_TCP + tcp_len + seg_int) % 0xFFFF:
+                stats["TcpInCsumErrors"] += 1
+                stats["TcpInErrs"] += 1
+                return
         # The demux key, sliced straight from the header: with a 20-byte IP header the
         # addresses and ports are contiguous. Measured by benchmarks/bench_wire.py: the
         # slice 43 ns, our struct-based parse_tcp 1.2 us, a full dpkt.ip.IP parse 5.3 us,
@@ -181,6 +206,9 @@ class StackShell:
             if isinstance(exc, OptionError):  # a bad data offset is no bad option
                 stats["TcpExtTCPBadOptions"] += 1
             return
+        if gso and len(seg.payload) > gso:
+            seg.gso = gso
+        # One per segment as it came in: a super-segment is one (LINUX-SPEC-2 item 211).
         stats["TcpInSegs"] += 1
         self.table.input(key, seg, self.loop.time())
 
@@ -210,6 +238,25 @@ class StackShell:
             self.impair.outbound.send(frame)
         elif self.device is not None:
             self.device.write(frame)
+
+    def _write_offloaded(self, out: list) -> None:
+        """TCP frames with partial checksums that the kernel completes, super-segments
+        with the segment size it cuts them to (LINUX-SPEC-2 item 210). Taps see the
+        frame as it will be delivered: the same packet, its checksum filled in."""
+        device = self.device
+        if device is None:
+            return
+        stats = self.stats
+        taps = self.taps
+        partial = vnet.partial_tcp
+        for src, dst, seg in out:
+            frame = build_tcp_ipv4(seg, src, dst, self._next_ident(), partial=True)
+            if taps:
+                full = tcp_checksum_filled(frame)
+                for tap in taps:
+                    tap("out", full)
+            stats["IpOutRequests"] += 1
+            device.write(frame, partial(20, len(frame) - len(seg.payload), seg.gso))  # type: ignore[call-arg]
 
     def _device_write(self, frame: bytes) -> None:
         if self.device is not None:
@@ -260,8 +307,11 @@ class StackShell:
         if tx:
             out = tx[:]
             tx.clear()
-            for src, dst, seg in out:
-                self._write(build_tcp_ipv4(seg, src, dst, self._next_ident()))
+            if self._tso:
+                self._write_offloaded(out)
+            else:
+                for src, dst, seg in out:
+                    self._write(build_tcp_ipv4(seg, src, dst, self._next_ident()))
         if self._pending:
             self._kick()
         self._arm_timer()

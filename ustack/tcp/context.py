@@ -13,7 +13,7 @@ from ..stats import Stats
 
 class Context:
     __slots__ = ("config", "stats", "secret", "rng", "notices", "_challenge_second",
-                 "_challenge_left")
+                 "_challenge_left", "adv_mss", "gso_max")
 
     def __init__(self, config: Config | None = None, stats: Stats | None = None,
                  secret: bytes | None = None, seed: int | None = None) -> None:
@@ -26,6 +26,14 @@ class Context:
         self.notices: deque = deque(maxlen=1024)
         self._challenge_second = -1
         self._challenge_left = 0
+        self.set_link(1500, 0)
+
+    def set_link(self, mtu: int, gso_max: int) -> None:
+        """What the device below allows: `mtu` gives the MSS we advertise (Linux advmss,
+        MTU - 40); `gso_max` is the largest TCP payload one segment may carry when the
+        device segments for us (TSO), 0 when every segment must fit the MTU."""
+        self.adv_mss = mtu - 40
+        self.gso_max = gso_max
 
     def isn(self, key: bytes, now: float) -> int:
         """RFC 6528 section 3: ISN = M + F(4-tuple, secret), M a 4-microsecond clock."""

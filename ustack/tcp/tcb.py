@@ -49,7 +49,7 @@ DEFAULT_MSS = 536  # RFC 9293 3.7.1: assumed when the peer sends no MSS option
 # Linux net.ipv4.tcp_min_snd_mss (CVE-2019-11479): a smaller MSS option is raised to
 # this, else the options every segment carries could leave no room for data.
 MIN_SND_MSS = 48
-OUR_MSS = 1460  # TUN MTU 1500 - 40
+OUR_MSS = 1460  # the MSS we advertise on the default MTU of 1500 (ctx.adv_mss: MTU - 40)
 TS_OPT_LEN = 12
 DELACK = 0.040  # Linux TCP_DELACK_MIN, the issue's "at most 40 ms"
 QUICKACKS = 16  # Linux TCP_MAX_QUICKACKS: ACK every segment at the start
@@ -139,7 +139,7 @@ class Tcb:
         self.rtt_seq: int | None = None  # Karn: the segment being timed (RFC 6298 3)
         self.rtt_time = 0.0
         # congestion control (cc/) and loss recovery (recovery.py) own their state
-        self.cc = cc.create(cfg.tcp_congestion_control, OUR_MSS)
+        self.cc = cc.create(cfg.tcp_congestion_control, ctx.adv_mss)
         self.recovery = Recovery(self, self.cc, self.timers, self.rtt, ctx.stats)
         self.snd_sml: int | None = None  # end of the last small segment sent (Nagle)
         self.last_send = 0.0
@@ -190,7 +190,7 @@ class Tcb:
         # RFC 9293 3.8.6.2.2 receiver SWS avoidance: only move the edge right by at least
         # min(buffer/2, MSS).
         adv = (self.rcv_adv - self.rcv_nxt) & MASK if sq.le(self.rcv_nxt, self.rcv_adv) else 0
-        if free > adv and free - adv < min(self.rcv_cap // 2, OUR_MSS):
+        if free > adv and free - adv < min(self.rcv_cap // 2, self.ctx.adv_mss):
             free = adv
         if free < adv:
             free = adv  # never shrink the window (RFC 9293 3.8.6.2.1)
@@ -222,7 +222,9 @@ class Tcb:
 
     def _emit(self, seg: Segment) -> None:
         self.tx.append((self.lip, self.rip, seg))
-        self.ctx.stats["TcpOutSegs"] += 1
+        # A super-segment counts as the wire segments it becomes, as Linux counts
+        # tcp_skb_pcount() in __tcp_transmit_skb().
+        self.ctx.stats["TcpOutSegs"] += -(-len(seg.payload) // seg.gso) if seg.gso else 1
         if seg.flags & RST:
             self.ctx.stats["TcpOutRsts"] += 1
 
@@ -335,7 +337,7 @@ class Tcb:
 
     def _syn_options(self, seg: Segment, now: float, peer: Segment | None) -> None:
         cfg = self.ctx.config
-        seg.mss = OUR_MSS
+        seg.mss = self.ctx.adv_mss
         if cfg.tcp_sack and (peer is None or peer.sack_perm):
             seg.sack_perm = True
         if cfg.tcp_timestamps and (peer is None or peer.ts is not None):
@@ -364,7 +366,7 @@ class Tcb:
             self.ts_recent = syn.ts[0]
             self.ts_recent_stamp = self.last_rcv
         self.sack_ok = bool(cfg.tcp_sack and syn.sack_perm)
-        self.mss = min(self.peer_mss, OUR_MSS) - (TS_OPT_LEN if self.ts_ok else 0)
+        self.mss = min(self.peer_mss, self.ctx.adv_mss) - (TS_OPT_LEN if self.ts_ok else 0)
         self.cc.set_mss(self.mss)
 
     # ------------------------------------------------------------------ opens
@@ -419,7 +421,7 @@ class Tcb:
         wnd = min(self.rcv_cap, 65535)
         seg = Segment(self.local[1], self.remote[1], self.iss, self.rcv_nxt, SYN | ACK, wnd)
         self.rcv_adv = (self.rcv_nxt + wnd) & MASK
-        seg.mss = OUR_MSS
+        seg.mss = self.ctx.adv_mss
         if self.sack_ok:
             seg.sack_perm = True
         if self.ts_ok:
@@ -458,7 +460,7 @@ class Tcb:
             # (RFC 9293 3.8.6.2.2), e.g. after the application drained a full buffer.
             old = (self.rcv_adv - self.rcv_nxt) & MASK
             new = self.rcv_window()
-            if new - old >= self.rcv_cap // 4 or old < OUR_MSS <= new:
+            if new - old >= self.rcv_cap // 4 or old < self.ctx.adv_mss <= new:
                 self._send_ack(now)
         return data
 
@@ -1017,8 +1019,11 @@ class Tcb:
         data = seg.payload
         fin = bool(seg.flags & FIN)
         rcv_nxt = self.rcv_nxt
-        if len(data) > self.rcv_mss:
-            self.rcv_mss = len(data)  # the peer's full-sized segment (tcp_measure_rcv_mss())
+        # The peer's full-sized segment (tcp_measure_rcv_mss()): of a super-segment,
+        # the size it was cut from (gso_size), not its whole length.
+        seen = seg.gso or len(data)
+        if seen > self.rcv_mss:
+            self.rcv_mss = seen
         if data:
             d = sq.diff(start, rcv_nxt)
             if d < 0:  # trim the part we already have
@@ -1151,13 +1156,27 @@ class Tcb:
         if rec.dupacks:
             cwnd += rec.limited_transmit()
         smss = self.send_mss()  # full-sized for Nagle and SWS: with this segment's options
+        gso_max = self.ctx.gso_max
         while True:
             nxt = self.snd_nxt
             buf_end = self.buf_end
             unsent = sq.diff(buf_end, nxt)
             if unsent > 0:
                 room = min(self.snd_wnd - self.in_flight, cwnd - flight)
-                n = min(unsent, smss, room)
+                if gso_max and unsent > smss and room > smss:
+                    # A super-segment for the device to cut (TSO). Linux's size goal
+                    # (tcp_xmit_size_goal()), on a sub-512 us path where
+                    # tcp_tso_autosize() gives the whole 64 KB, and tcp_cwnd_test():
+                    # at most half the cwnd per packet, so two are in flight.
+                    segs = min(gso_max // smss, max(cwnd // smss >> 1, 1))
+                    n = min(unsent, smss * segs, room)
+                    tail = n % smss
+                    if tail and (n < unsent or self._nagle_blocks()):
+                        # tcp_mss_split_point(): a short last piece goes on its own,
+                        # by the rules for small segments below.
+                        n -= tail
+                else:
+                    n = min(unsent, smss, room)
                 if sq.lt(nxt, self.snd_max):
                     # Go-back-N after an RTO (RFC 5681 3.1, RFC 6298 5.4), in slow start,
                     # skipping what the peer SACKed; no Nagle/SWS for data already sent.
@@ -1183,12 +1202,7 @@ class Tcb:
                             if self.snd_una == self.snd_max:
                                 self._arm_persist(now)
                             break
-                    elif not self.nodelay and not self.fin_queued and \
-                            self.snd_sml is not None and sq.gt(self.snd_sml, self.snd_una) \
-                            and sq.le(self.snd_sml, self.snd_max):
-                        # Nagle (RFC 896, RFC 9293 3.7.4) in Minshall's form as Linux has
-                        # it (tcp_minshall_check()): no second small segment while one is
-                        # unacknowledged. Full-sized means self.mss, options subtracted.
+                    elif self._nagle_blocks():
                         break
                 q = self.sendq
                 off = (nxt - q.seq) & MASK
@@ -1199,7 +1213,7 @@ class Tcb:
                     flags |= PSH
                     if self.fin_queued:
                         flags |= FIN  # piggyback the FIN on the last data segment (LS 20)
-                self._transmit(flags, payload, now)
+                self._transmit(flags, payload, now, smss if n > smss else 0)
                 flight += n
                 sent = True
                 continue
@@ -1217,7 +1231,16 @@ class Tcb:
         if not sent and self.ack_now:
             self._send_ack(now)
 
-    def _transmit(self, flags: int, payload: bytes, now: float) -> None:
+    def _nagle_blocks(self) -> bool:
+        """Nagle (RFC 896, RFC 9293 3.7.4) in Minshall's form as Linux has it
+        (tcp_nagle_check(), tcp_minshall_check()): no second small segment while one is
+        unacknowledged. Full-sized means self.mss, options subtracted."""
+        sml = self.snd_sml
+        return not self.nodelay and not self.fin_queued and sml is not None and \
+            sq.gt(sml, self.snd_una) and sq.le(sml, self.snd_max)
+
+    def _transmit(self, flags: int, payload: bytes, now: float, gso: int = 0) -> None:
+        """Send `payload` from SND.NXT; `gso`: the segment size of a super-segment."""
         seq = self.snd_nxt
         seg = self._make(flags, seq, now, payload)
         n = len(payload) + (1 if flags & FIN else 0)
@@ -1227,7 +1250,11 @@ class Tcb:
         elif self.rtt_seq is None and n:
             self.rtt_seq = seq
             self.rtt_time = now
-        if 0 < len(payload) < self.send_mss():
+        if gso:
+            seg.gso = gso
+            if len(payload) % gso:  # tcp_minshall_update(): len < pcount * mss
+                self.snd_sml = (seq + len(payload)) & MASK
+        elif 0 < len(payload) < self.send_mss():
             self.snd_sml = (seq + len(payload)) & MASK
         self.snd_nxt = (seq + n) & MASK
         self.sendq.on_transmit(seq, self.snd_nxt, now)

@@ -38,6 +38,9 @@ class Segment:
     flags: int = 0
     wnd: int = 0  # the raw 16-bit field; scaling is the TCB's business
     payload: bytes = b""
+    # Payload bytes per wire segment when this is a super-segment (TSO/GRO through a
+    # TUN device with offloads, LINUX-SPEC-2 items 208-211); 0 for an ordinary segment.
+    gso: int = 0
     mss: int | None = None
     wscale: int | None = None
     sack_perm: bool = False
@@ -188,7 +191,8 @@ def encode_options(seg: Segment) -> bytes:
 _IP = struct.Struct("!BBHHHBBH4s4s")
 
 
-def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int) -> bytes:
+def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int,
+                   partial: bool = False) -> bytes:
     """The whole IPv4 frame of `seg` (what `build_ipv4(src, dst, 6, build_tcp(seg, src,
     dst), ident)` gives, with DF set and TTL 64), built for the output path: the
     payload is copied once, into the frame, and read once, for the checksum.
@@ -197,7 +201,11 @@ def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int) -> bytes:
     their sums (RFC 1071), and each piece's sum is its big-endian integer modulo
     0xFFFF (checksum.py), so the pseudo-header, the header and the payload are summed
     apart and never joined for it. Measured by benchmarks/bench_wire.py ("build"): the
-    two-step build copied the payload four times."""
+    two-step build copied the payload four times.
+
+    `partial`: for a device that completes TCP checksums (TUN with TUN_F_CSUM): the
+    checksum field gets the folded pseudo-header sum, not complemented, and the payload
+    is never read (LINUX-SPEC-2 item 210; Linux's CHECKSUM_PARTIAL)."""
     opts = encode_options(seg) if (seg.mss is not None or seg.ts is not None or seg.sack
                                    or seg.sack_perm or seg.wscale is not None) else b""
     if len(opts) > 40:
@@ -207,11 +215,14 @@ def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int) -> bytes:
     tcp_len = hlen + len(payload)
     header = _HDR.pack(seg.sport, seg.dport, seg.seq, seg.ack, (hlen // 4) << 4, seg.flags,
                        seg.wnd, 0, seg.urg) + opts
-    plen = len(payload)
-    p = int.from_bytes(payload, "big") << 8 if plen & 1 else int.from_bytes(payload, "big")
     addrs = int.from_bytes(src + dst, "big")
-    r = (addrs + 6 + tcp_len + int.from_bytes(header, "big") + p) % 0xFFFF
-    csum = (~(r or 0xFFFF)) & 0xFFFF
+    if partial:
+        csum = (addrs + 6 + tcp_len) % 0xFFFF or 0xFFFF
+    else:
+        plen = len(payload)
+        p = int.from_bytes(payload, "big") << 8 if plen & 1 else int.from_bytes(payload, "big")
+        r = (addrs + 6 + tcp_len + int.from_bytes(header, "big") + p) % 0xFFFF
+        csum = (~(r or 0xFFFF)) & 0xFFFF
     ip = _IP.pack(0x45, 0, 20 + tcp_len, ident & 0xFFFF, 0x4000, 64, 6, 0, src, dst)
     ir = int.from_bytes(ip, "big") % 0xFFFF
     icsum = (~(ir or 0xFFFF)) & 0xFFFF
@@ -231,3 +242,16 @@ def build_tcp(seg: Segment, src: bytes, dst: bytes) -> bytes:
     data = header + seg.payload
     csum = checksum(data, pseudo_header_sum(src, dst, 6, len(data)))
     return data[:16] + csum.to_bytes(2, "big") + data[18:]
+
+
+def tcp_checksum_filled(frame: bytes) -> bytes:
+    """`frame` (IPv4 + TCP, its TCP checksum field holding the partial pseudo-header
+    sum) with the complete TCP checksum, as the kernel will see it."""
+    ihl = (frame[0] & 15) * 4
+    seg = memoryview(frame)[ihl:]
+    n = int.from_bytes(seg, "big") << 8 if len(seg) & 1 else int.from_bytes(seg, "big")
+    # The field already holds the pseudo-header sum, so summing the segment with it
+    # gives the whole sum; the checksum is its complement (Linux skb_checksum_help()).
+    r = n % 0xFFFF
+    csum = (~(r or 0xFFFF)) & 0xFFFF
+    return b"".join((frame[:ihl + 16], csum.to_bytes(2, "big"), frame[ihl + 18:]))
