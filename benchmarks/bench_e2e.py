@@ -101,6 +101,7 @@ class Lab:
         self.tag = secrets.token_hex(3)
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen] = []
+        self.relay: subprocess.Popen | None = None
 
     def netns(self, suffix: str) -> str:
         name = f"{NS_PREFIX}{self.tag}-{suffix}"
@@ -258,7 +259,25 @@ def up_relay(lab: Lab, www: Path) -> tuple[str, str]:
         lab.run(ns, "sysctl", "-qw", f"net.ipv4.conf.{dev}.rp_filter=0", check=False)
     _kernel_server(lab, r2, RELAY_NET[1], www, sendfile=False)
     wait_ping(lab, r1, RELAY_NET[1], relay)
+    lab.relay = relay
     return r1, RELAY_NET[1]
+
+
+def relay_counters(lab: Lab) -> dict | None:
+    """Stop the relay and read the counters it prints: frames and bytes each way, drops
+    (the largest frame it saw shows there were no offloads: never above the MTU)."""
+    relay = lab.relay
+    if relay is None:
+        return None
+    lab.stop(relay)
+    try:
+        counters = json.loads(relay.stdout.read().decode().strip().splitlines()[-1])
+    except (ValueError, IndexError, OSError):
+        return None
+    frames = counters["frames_1to2"] + counters["frames_2to1"]
+    counters["mean_frame_bytes"] = round(
+        (counters["bytes_1to2"] + counters["bytes_2to1"]) / frames, 1) if frames else 0
+    return counters
 
 
 # ---------------------------------------------------------------------- the clients
@@ -439,6 +458,10 @@ def measure(sizes: dict, per_packet: bool | None = None, each=None) -> tuple[dic
                 try:
                     ns, ip = up(lab, www)
                     results[server] = clients(lab, ns, ip, www, sizes, only, port)
+                    counters = relay_counters(lab)
+                    if counters is not None:
+                        print(f"bench_e2e:   relay counters: {counters}", file=sys.stderr)
+                        results[server]["download"]["relay_counters"] = counters
                 except (Setup, subprocess.SubprocessError, OSError) as exc:
                     print(f"bench_e2e: {server}: {exc}", file=sys.stderr, flush=True)
                     results[server] = {fig: {"value": 0.0, "error": str(exc)[-400:],

@@ -64,6 +64,7 @@ class Relay:
         self.frames = [0, 0]  # copied 1->2, 2->1
         self.bytes = [0, 0]
         self.dropped = [0, 0]
+        self.largest = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.add_reader(self.fds[0], self._copy, 0)
@@ -78,6 +79,8 @@ class Relay:
                 frame = read(src, READ_SIZE)
                 n += 1
                 nbytes += len(frame)
+                if len(frame) > self.largest:
+                    self.largest = len(frame)
                 try:
                     write(dst, frame)
                 except OSError as exc:
@@ -93,7 +96,8 @@ class Relay:
     def counters(self) -> dict:
         return {"frames_1to2": self.frames[0], "frames_2to1": self.frames[1],
                 "bytes_1to2": self.bytes[0], "bytes_2to1": self.bytes[1],
-                "dropped_1to2": self.dropped[0], "dropped_2to1": self.dropped[1]}
+                "dropped_1to2": self.dropped[0], "dropped_2to1": self.dropped[1],
+                "largest_frame": self.largest}
 
 
 async def serve(fd1: int, fd2: int) -> Relay:
