@@ -32,16 +32,20 @@ def test_initial_window_follows_the_mss():
     assert r.cwnd == MSS  # RFC 5681 3.1: one segment after a lost SYN
 
 
-def test_slow_start_grows_by_acked_bytes_capped_at_one_mss():
-    """RFC 5681 3.1 with RFC 3465 L=1: an ACK adds min(acked, SMSS)."""
+def test_slow_start_grows_by_all_acked_bytes_up_to_ssthresh():
+    """Linux tcp_slow_start(): an ACK adds all it covers (no RFC 3465 L cap), so a
+    stretch ACK for a super-segment counts in full; never beyond ssthresh."""
     r = Reno(MSS)
     flight = r.cwnd
     r.on_ack(MSS, flight, 0.0)
     assert r.cwnd == 11 * MSS
-    r.on_ack(3 * MSS, flight, 0.0)  # a stretch ACK still adds one SMSS
-    assert r.cwnd == 12 * MSS
+    r.on_ack(3 * MSS, flight, 0.0)  # a stretch ACK adds what it covers
+    assert r.cwnd == 14 * MSS
     r.on_ack(500, flight, 0.0)
-    assert r.cwnd == 12 * MSS + 500
+    assert r.cwnd == 14 * MSS + 500
+    r.ssthresh = 15 * MSS
+    r.on_ack(10 * MSS, flight, 0.0)
+    assert r.cwnd == 15 * MSS
 
 
 def test_slow_start_needs_a_used_window():

@@ -61,14 +61,14 @@ def established(*settings: str, sack: bool = True, win: int = 1000, **kw) -> Dri
 
 
 def test_initial_window_is_ten_segments_then_slow_start():
-    """RFC 6928: IW = 10 segments; RFC 5681 3.1: each ACK of new data grows cwnd by up
-    to one SMSS while the window is in use."""
+    """RFC 6928: IW = 10 segments; slow start as Linux's tcp_slow_start(): each ACK of
+    new data grows cwnd by all it covers while the window is in use (cc/reno.py)."""
     d = established()
     d.send(b"x" * 30 * MSS)
     segs = data_segments(d)
     assert len(segs) == IW_SEGMENTS and all(n == MSS for _, n in segs)
     d.inject(f". 1:1(0) ack {1 + 2 * MSS}")  # one ACK for two segments
-    assert len(data_segments(d)) == 3  # 2 acknowledged + 1 of growth (cc/reno.py)
+    assert len(data_segments(d)) == 4  # 2 acknowledged + 2 of growth
 
 
 def test_cwnd_restarts_from_the_initial_window_after_idle():

@@ -84,7 +84,7 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    from .io.tun import OFFLOAD_CHOICES
+    from .io import OFFLOAD_CHOICES
 
     p = sub.add_parser(
         "serve", help="run the daemon: TUN device, stack, HTTP/echo/discard services",
@@ -137,7 +137,7 @@ def build_config(settings: Sequence[str]) -> Config:
 
 
 def _mtu(text: str) -> int:
-    from .io.tun import MAX_MTU, MIN_MTU
+    from .io import MAX_MTU, MIN_MTU
 
     try:
         value = int(text)

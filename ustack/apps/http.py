@@ -8,8 +8,12 @@ beyond the request stay unread in the StreamReader. When we then close first, us
 Linux) answers with RST instead of FIN (RFC 9293 3.10.4), which is behaviour worth seeing.
 
 Who closes first decides who holds TIME-WAIT: HTTP/1.0 requests and `Connection: close`
-make us close after the response; otherwise the connection stays open for the next request
-until the client closes it.
+make us close after the response; otherwise (HTTP/1.1, or HTTP/1.0 with `Connection:
+keep-alive`) the connection stays open for the next request until the client closes it.
+
+Each response leaves in one write: head and body together for small files, head and the
+first 256 KiB for large ones. Two small writes in a row would put the second behind Nagle,
+waiting for the client's delayed ACK (40 ms). File lookups are cached (`FileCache`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ import logging
 import mimetypes
 import os
 import pathlib
+import stat
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
@@ -32,7 +40,11 @@ import h11
 
 log = logging.getLogger(__name__)
 
-CHUNK = 65536
+CHUNK = 65536  # request body reads
+FILE_CHUNK = 256 * 1024  # file reads: big writes, with a drain() between them
+SMALL_FILE = 64 * 1024  # files up to this size have their contents cached
+CACHE_ENTRIES = 1024
+CACHE_BYTES = 16 * 1024 * 1024  # cached contents in all
 ALLOWED = (b"GET", b"HEAD")
 OCTET_STREAM = "application/octet-stream"
 HTML = "text/html; charset=utf-8"
@@ -52,10 +64,10 @@ async def start_http(
 ) -> Any:
     """Serve files under `root` (or the built-in status page when None); returns the server."""
     # Resolve once so the containment check compares real paths with a real root.
-    real_root = root.resolve(strict=True) if root is not None else None
+    cache = FileCache(root.resolve(strict=True)) if root is not None else None
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _Session(reader, writer, real_root, status).run()
+        await _Session(reader, writer, cache, status).run()
 
     return await start_server(handle, host, port)
 
@@ -103,6 +115,154 @@ def resolve(root: pathlib.Path, path: str) -> pathlib.Path | None:
 def content_type(path: pathlib.Path) -> str:
     guessed, _ = mimetypes.guess_type(path.name)
     return guessed or OCTET_STREAM
+
+
+Signature = tuple[int, int, int, int, int]
+
+
+def signature(st: os.stat_result) -> Signature:
+    """What identifies a file and its state: same inode, unchanged since we looked.
+
+    ctime is there because it moves on everything else that matters here: chmod, chown,
+    rename, link and unlink (so a file moved out of the root misses), and writes."""
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(slots=True)
+class CachedFile:
+    probe: str  # the requested path under the root, symlinks not resolved
+    path: str  # what resolve() found (a hit opens `probe`, checked by its fstat)
+    sig: Signature
+    ctype: str
+    body: bytes | None  # contents of a small file; None for large ones
+
+    @property
+    def size(self) -> int:
+        return self.sig[2]
+
+
+class FileCache:
+    """Request path -> validated file, so a hit costs one stat instead of a resolve.
+
+    A miss runs resolve() (`..` refused, symlinks followed, containment checked), opens
+    the file and records its signature. A hit stats the *requested* path, following
+    symlinks as the next open would, and must find the very signature recorded: then
+    the request leads to the inode that passed the containment check, unchanged since.
+    Anything else (the file rewritten, deleted, chmod-ed, replaced by a symlink, a
+    directory on the way swapped for a link pointing outside) means another inode or
+    a new ctime: the entry is dropped and resolve() runs again. Not os.lstat: a symlink
+    inside the root (alias.txt -> real.txt) is fine, and lstat would see the link, not
+    the file it leads to; nor a stat of the resolved path, which a symlink re-pointed
+    elsewhere would not touch.
+
+    A write that keeps the size inside one tick of the kernel's coarse file clock keeps
+    the signature too: as with any stat-validated cache (nginx's open_file_cache), such
+    a change shows only after the next one.
+
+    Bounded: an LRU of `entries` files holding at most `max_bytes` of contents.
+    """
+
+    def __init__(self, root: pathlib.Path, *, entries: int = CACHE_ENTRIES,
+                 max_bytes: int = CACHE_BYTES, small: int = SMALL_FILE) -> None:
+        self.root = root  # already resolved
+        self.entries = entries
+        self.max_bytes = max_bytes
+        self.small = small
+        self._files: OrderedDict[str, CachedFile] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def lookup(self, path: str) -> CachedFile | None:
+        """The validated file for a decoded request path, or None (404)."""
+        entry = self._files.get(path)
+        if entry is not None:
+            try:
+                if signature(os.stat(entry.probe)) == entry.sig:
+                    self._files.move_to_end(path)
+                    self.hits += 1
+                    return entry
+            except (OSError, ValueError):
+                pass
+            self._drop(path)
+        self.misses += 1
+        entry = self._fill(path)
+        if entry is not None:
+            self._files[path] = entry
+            self._bytes += len(entry.body or b"")
+            while len(self._files) > self.entries or self._bytes > self.max_bytes:
+                self._drop(next(iter(self._files)))
+        return entry
+
+    def forget(self, path: str) -> None:
+        """Drop `path`'s entry: what it named turned out different when opened."""
+        if path in self._files:
+            self._drop(path)
+
+    def _drop(self, path: str) -> None:
+        entry = self._files.pop(path)
+        self._bytes -= len(entry.body or b"")
+
+    def _fill(self, path: str) -> CachedFile | None:
+        real = resolve(self.root, path)
+        if real is None:
+            return None  # 404s are not cached: nothing to re-validate them by
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        probe = os.path.join(self.root, *parts)
+        if real.name == "index.html" and os.path.isdir(probe):
+            probe = os.path.join(probe, "index.html")
+        try:
+            with open(real, "rb") as f:
+                st = os.fstat(f.fileno())
+                body = f.read(st.st_size) if st.st_size <= self.small else None
+        except OSError:
+            return None
+        if body is not None and len(body) != st.st_size:
+            return None  # changed while we read it; the next request tries again
+        return CachedFile(probe, str(real), signature(st), content_type(real), body)
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The Date header's value, formatted once a second rather than per response."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+def wants_http10_keep_alive(request: h11.Request) -> bool:
+    """An HTTP/1.0 request asking to keep the connection (ab -k sends this)."""
+    if request.http_version != b"1.0":
+        return False
+    for name, value in request.headers:
+        if name == b"connection":
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            if b"keep-alive" in tokens and b"close" not in tokens:
+                return True
+    return False
+
+
+_CLOSE = b"\r\nconnection: close\r\n"
+
+
+def keep_alive_head(head: bytes) -> bytes:
+    """h11's response head with `Connection: keep-alive` in place of `Connection: close`.
+
+    h11 (0.16) keeps no HTTP/1.0 connection alive: it marks the exchange must-close and
+    writes `Connection: close` into the head itself. We do keep it (see _Session), so
+    the client must hear so. lower() keeps offsets, so the splice finds h11's header
+    whatever its case."""
+    i = head.lower().find(_CLOSE)
+    if i < 0:  # an h11 that wrote no close header: add ours before the blank line
+        return head[:-2] + b"Connection: keep-alive\r\n\r\n"
+    return head[:i] + b"\r\nConnection: keep-alive\r\n" + head[i + len(_CLOSE):]
 
 
 def status_page(snapshot: dict) -> bytes:
@@ -160,27 +320,33 @@ def _declared_length(request: h11.Request) -> int:
 
 
 class _Session:
-    """One connection: read a request, answer it, repeat while both sides keep alive."""
+    """One connection: read a request, answer it, repeat while both sides keep alive.
+
+    HTTP/1.0 keep-alive is ours, not h11's: h11 makes every HTTP/1.0 exchange must-close.
+    When the request asked for it, the response says `Connection: keep-alive` (always with
+    a Content-Length), and once both sides are done we start a fresh h11.Connection on
+    the same streams, handing it whatever the old one had received beyond the request."""
 
     def __init__(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        root: pathlib.Path | None,
+        cache: FileCache | None,
         status: Status | None,
     ) -> None:
         self.reader = reader
         self.writer = writer
-        self.root = root
+        self.cache = cache
         self.status = status
         self.conn = h11.Connection(h11.SERVER)
         self.body_left = 0
+        self.keep_alive_10 = False  # the current request is HTTP/1.0 asking keep-alive
 
     async def run(self) -> None:
         peer = self.writer.get_extra_info("peername")
         try:
             while await self._cycle():
-                self.conn.start_next_cycle()
+                pass
         except h11.RemoteProtocolError as exc:
             log.debug("http %s: bad request: %s", peer, exc)
             with contextlib.suppress(ConnectionError, OSError, h11.LocalProtocolError):
@@ -213,13 +379,27 @@ class _Session:
         request = await self._next_event()
         if not isinstance(request, h11.Request):
             return False  # ConnectionClosed: the client closed while idle
+        self.keep_alive_10 = wants_http10_keep_alive(request)
         while not isinstance(event := await self._next_event(), h11.EndOfMessage):
             if isinstance(event, h11.ConnectionClosed):
                 return False
             # Data: a body nobody asked for (GET with a body, or a 405 upload); drop it.
         await self._respond(request)
+        conn = self.conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            return True
+        if (self.keep_alive_10 and conn.our_state is h11.MUST_CLOSE
+                and conn.their_state is h11.MUST_CLOSE):
+            data, closed = conn.trailing_data
+            self.conn = h11.Connection(h11.SERVER)
+            if data:  # receive_data(b"") would mean EOF to h11
+                self.conn.receive_data(data)
+            if closed:
+                self.conn.receive_data(b"")
+            return True
         # MUST_CLOSE after HTTP/1.0 or `Connection: close`: we close first.
-        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+        return False
 
     async def _respond(self, request: h11.Request) -> None:
         if request.method not in ALLOWED:
@@ -230,14 +410,14 @@ class _Session:
         if path is None:
             await self._send_bytes(400, b"bad request\n", head=head)
             return
-        if self.root is not None:
-            file = resolve(self.root, path)
-            if file is not None and await self._send_file(file, head):
+        if self.cache is not None:
+            file = self.cache.lookup(path)
+            if file is not None and await self._send_file(self.cache, path, file, head):
                 return
         elif path in ("/", "/index.html"):
             await self._send_snapshot(status_page, HTML, head)
             return
-        if path == "/status.json" and (self.root is None or self.status is not None):
+        if path == "/status.json" and (self.cache is None or self.status is not None):
             await self._send_snapshot(_status_json, "application/json", head)
             return
         await self._send_bytes(404, b"not found\n", head=head)
@@ -254,17 +434,26 @@ class _Session:
             return
         await self._send_bytes(200, body, ctype, head=head)
 
-    def _start(self, status: int, ctype: str, length: int, extra: list[tuple[str, str]]) -> None:
+    def _head(self, status: int, ctype: str, length: int, extra: list[tuple[str, str]]) -> bytes:
+        """The response head, not yet written: it leaves together with the body."""
         headers = [
             ("Server", "ustack"),
-            ("Date", formatdate(usegmt=True)),
+            ("Date", http_date()),
             ("Content-Type", ctype),
             ("Content-Length", str(length)),
             *extra,
         ]
         # h11 leaves the reason phrase empty unless given one: "HTTP/1.1 200 OK", please.
-        self.writer.write(self.conn.send(h11.Response(
-            status_code=status, headers=headers, reason=HTTPStatus(status).phrase)))
+        data = self.conn.send(h11.Response(
+            status_code=status, headers=headers, reason=HTTPStatus(status).phrase))
+        return keep_alive_head(data) if self.keep_alive_10 else data
+
+    def _body(self, chunk: bytes) -> list[bytes]:
+        # Passthrough: h11 hands the chunk back instead of copying it into a new bytes.
+        return self.conn.send_with_data_passthrough(h11.Data(data=chunk)) or []
+
+    def _end(self) -> bytes:
+        return self.conn.send(h11.EndOfMessage())  # b"" with a Content-Length
 
     async def _send_bytes(
         self,
@@ -274,43 +463,61 @@ class _Session:
         *,
         head: bool = False,
         extra: list[tuple[str, str]] | None = None,
+        length: int | None = None,
     ) -> None:
-        self._start(status, ctype, len(body), extra or [])
+        """A whole response in one write (see the module docstring); `length` is for a
+        HEAD whose body we do not have."""
+        size = len(body) if length is None else length
+        parts = [self._head(status, ctype, size, extra or [])]
         if not head and body:
-            self.writer.write(self.conn.send(h11.Data(data=body)))
-        self.writer.write(self.conn.send(h11.EndOfMessage()))
+            parts += self._body(body)
+        parts.append(self._end())
+        self.writer.write(b"".join(parts))
         await self.writer.drain()
 
-    async def _send_file(self, path: pathlib.Path, head: bool) -> bool:
-        """Stream a file in chunks, draining after each; False if it cannot be opened."""
+    async def _send_file(self, cache: FileCache, path: str, file: CachedFile,
+                         head: bool) -> bool:
+        """Send a cached file, or stream a large one; False if it cannot be opened."""
+        if head or file.body is not None:
+            await self._send_bytes(200, file.body or b"", file.ctype, head=head,
+                                   length=file.size)
+            return True
         try:
-            f = path.open("rb")
+            f = open(file.probe, "rb")
         except OSError:
+            cache.forget(path)
             return False
         with f:
-            # Length from the open file, so a rename after resolve() cannot mismatch it.
-            size = os.fstat(f.fileno()).st_size
-            self._start(200, content_type(path), size, [])
-            left = 0 if head else size
+            st = os.fstat(f.fileno())
+            if signature(st) != file.sig or not stat.S_ISREG(st.st_mode):
+                # Swapped between the cache's stat and our open: not the file validated.
+                cache.forget(path)
+                return False
+            left = file.size
+            parts = [self._head(200, file.ctype, left, [])]
+            # Each write is one FILE_CHUNK of the file; the first also carries the head.
             while left > 0:
-                chunk = f.read(min(CHUNK, left))
+                chunk = f.read(min(FILE_CHUNK, left))
                 if not chunk:
-                    break  # file shrank: h11 refuses EndOfMessage below and we close
+                    # The file shrank: h11 refuses EndOfMessage, run() closes the connection.
+                    break
                 left -= len(chunk)
-                self.writer.write(self.conn.send(h11.Data(data=chunk)))
+                parts += self._body(chunk)
+                if left == 0 and (end := self._end()):
+                    parts.append(end)
+                self.writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
                 await self.writer.drain()
-            self.writer.write(self.conn.send(h11.EndOfMessage()))
-            await self.writer.drain()
+                parts = []
+            if left:
+                self._end()
         return True
 
     async def _send_error(self, status: int) -> None:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # a response is already under way; closing is all that is left
+        self.keep_alive_10 = False
         body = f"{status} error\n".encode()
-        self._start(status, "text/plain; charset=utf-8", len(body), [("Connection", "close")])
-        self.writer.write(self.conn.send(h11.Data(data=body)))
-        self.writer.write(self.conn.send(h11.EndOfMessage()))
-        await self.writer.drain()
+        await self._send_bytes(status, body, extra=[("Connection", "close")])
 
 
 def _status_json(snapshot: dict) -> bytes:

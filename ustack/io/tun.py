@@ -31,6 +31,7 @@ from collections.abc import Callable
 import pytun
 
 from ..wire import vnet
+from . import MAX_MTU, MIN_MTU, OFFLOAD_CHOICES
 
 log = logging.getLogger("ustack.tun")
 
@@ -41,14 +42,11 @@ READ_BATCH = 512
 # Biggest possible IPv4 packet; a read never truncates whatever MTU is configured, nor
 # a super-segment (LINUX-SPEC-2 item 203: a short buffer truncates silently).
 READ_SIZE = 65535
-MAX_MTU = 65535
-MIN_MTU = 576  # RFC 791's datagram every host must accept; an MSS of 536 fits
 
 # if_tun.h (LINUX-SPEC-2 item 212; the asm-generic _IOC layout of x86-64 and arm64).
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
-OFFLOAD_CHOICES = ("auto", "on", "off")
 
 
 class TunError(Exception):
