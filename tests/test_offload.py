@@ -131,6 +131,9 @@ class SoftwareGso:
         self.headers: list[tuple[int, int, int, int, int, int]] = []
         self.wire: list[bytes] = []
 
+    def write_parts(self, hdr: bytes, head: bytes, payload: bytes) -> None:
+        self.write(head + payload, hdr)
+
     def write(self, frame: bytes, hdr: bytes = vnet.PLAIN) -> None:
         h = vnet.HDR.unpack(hdr)
         self.headers.append(h)
@@ -241,7 +244,9 @@ async def test_vnet_device_reads_strip_the_header_and_writes_prepend_it():
     dev.write(pkt, vnet.partial_tcp(20, 40, 1448))
     assert theirs.recv(100) == vnet.PLAIN + pkt
     assert theirs.recv(100) == vnet.partial_tcp(20, 40, 1448) + pkt
-    assert dev.tx_frames == 2 and dev.tx_gso == 1
+    dev.write_parts(vnet.PLAIN, pkt[:20], pkt[20:])  # one packet from two pieces
+    assert theirs.recv(100) == vnet.PLAIN + pkt
+    assert dev.tx_frames == 3 and dev.tx_gso == 1
     dev.close()
     ours.close()
     theirs.close()

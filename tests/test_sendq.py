@@ -147,3 +147,36 @@ def test_the_record_matches_a_byte_by_byte_model(base, ops):
             pos += length
         assert pos == nxt or (not q.sent and una == nxt)
         assert got == model
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([1, MASK - 70_000]), st.lists(st.one_of(
+    st.tuples(st.just("write"), st.integers(1, 9000), st.sampled_from([bytes, bytearray,
+                                                                          memoryview])),
+    st.tuples(st.just("ack"), st.integers(0, 20_000), st.none()),
+    st.tuples(st.just("read"), st.integers(0, 70_000), st.integers(1, 70_000)),
+), max_size=60))
+def test_the_chunks_match_one_flat_buffer(base, ops):
+    """Writes kept as chunks (small ones gathered, big ones not copied), trimmed by
+    ACKs: every read of any range gives what one flat buffer would."""
+    q = SendQueue()
+    q.start_at(base)
+    model = bytearray()
+    una = base
+    counter = 0
+    for op, a, b in ops:
+        if op == "write":
+            data = bytes((counter + i) & 0xFF for i in range(a))
+            counter += a
+            q.append(b(data) if b is not memoryview else memoryview(bytearray(data)))
+            model += data
+        elif op == "ack":
+            n = min(a, len(model))
+            una = (una + n) & MASK
+            q.on_ack(una)
+            del model[:n]
+        else:
+            off = min(a, len(model))
+            assert q.data((una + off) & MASK, b) == bytes(model[off:off + b])
+        assert len(q) == len(model) and q.end == (una + len(model)) & MASK
+    assert q.data((una - 1) & MASK, 10) == b""  # before SND.UNA: nothing

@@ -192,7 +192,11 @@ class TcpTransport(asyncio.Transport):
         return True
 
     def get_write_buffer_size(self) -> int:
-        return self._tcb.send_queue
+        """Bytes beyond the socket's send buffer (tcp_wmem), as over a kernel socket:
+        there write() hands the kernel what fits in SO_SNDBUF and only the rest waits
+        in the transport, which is what asyncio's buffer size and flow control see."""
+        excess = self._tcb.send_queue - self._tcb.snd_cap
+        return excess if excess > 0 else 0
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return (self._low, self._high)
@@ -206,13 +210,13 @@ class TcpTransport(asyncio.Transport):
         self._maybe_pause_writing()
 
     def _maybe_pause_writing(self) -> None:
-        if not self._writing_paused and self._tcb.send_queue > self._high:
+        if not self._writing_paused and self.get_write_buffer_size() > self._high:
             self._writing_paused = True
             self._protocol.pause_writing()
 
     def _maybe_resume_writing(self) -> None:
         # Not after connection_lost (close() during a drain: the core still sends).
-        if self._writing_paused and not self._lost and self._tcb.send_queue <= self._low:
+        if self._writing_paused and not self._lost and self.get_write_buffer_size() <= self._low:
             self._writing_paused = False
             self._protocol.resume_writing()
 

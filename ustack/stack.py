@@ -33,7 +33,14 @@ from .wire.ip import (
     header_ok,
     ip_to_bytes,
 )
-from .wire.tcp import OptionError, ParseError, build_tcp_ipv4, parse_tcp, tcp_checksum_filled
+from .wire.tcp import (
+    OptionError,
+    ParseError,
+    build_tcp_ipv4,
+    build_tcp_ipv4_head,
+    parse_tcp,
+    tcp_checksum_filled,
+)
 
 log = logging.getLogger("ustack")
 T = TypeVar("T")
@@ -41,8 +48,9 @@ T = TypeVar("T")
 
 class Device(Protocol):
     """Frames out. A device may also have `mtu` (default 1500) and `tso`: True when it
-    takes `write(frame, hdr)` with a virtio-net header `hdr` (ustack.wire.vnet) and
-    completes partial checksums and cuts super-segments (io.tun.TunDevice)."""
+    takes `write_parts(hdr, head, payload)`, one packet behind a virtio-net header
+    `hdr` (ustack.wire.vnet), and completes partial checksums and cuts super-segments
+    (io.tun.TunDevice)."""
 
     def write(self, frame: bytes) -> None: ...
 
@@ -249,14 +257,15 @@ class StackShell:
         stats = self.stats
         taps = self.taps
         partial = vnet.partial_tcp
+        write = device.write_parts  # type: ignore[attr-defined]
         for src, dst, seg in out:
-            frame = build_tcp_ipv4(seg, src, dst, self._next_ident(), partial=True)
+            head = build_tcp_ipv4_head(seg, src, dst, self._next_ident())
             if taps:
-                full = tcp_checksum_filled(frame)
+                full = tcp_checksum_filled(head + seg.payload)
                 for tap in taps:
                     tap("out", full)
             stats["IpOutRequests"] += 1
-            device.write(frame, partial(20, len(frame) - len(seg.payload), seg.gso))  # type: ignore[call-arg]
+            write(partial(20, len(head), seg.gso), head, seg.payload)
 
     def _device_write(self, frame: bytes) -> None:
         if self.device is not None:

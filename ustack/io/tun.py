@@ -92,7 +92,7 @@ class FdDevice:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Frames the kernel could not take right now, oldest first. Bounded: when it is
         # full we drop, the way a NIC's ring does, and TCP retransmits.
-        self._queue: deque[tuple[bytes, bytes]] = deque()  # (vnet header, frame)
+        self._queue: deque[tuple] = deque()  # the buffers of one writev() each
         self._queue_limit = queue_limit
         self._writer_armed = False
         self.rx_frames = 0
@@ -161,36 +161,40 @@ class FdDevice:
     def write(self, frame: bytes, hdr: bytes = vnet.PLAIN) -> None:
         """Hand one IPv4 frame to the kernel; queue it if the kernel is busy. `hdr` is
         its virtio-net header, written in front of it only on a `vnet` device."""
+        self._send((hdr, frame) if self.vnet else (frame,))
+
+    def write_parts(self, hdr: bytes, *parts: bytes) -> None:
+        """One packet given in pieces (e.g. headers, then a payload that stays where it
+        lies) behind its virtio-net header: one writev(), one packet (item 200)."""
+        self._send((hdr, *parts) if self.vnet else parts)
+
+    def _send(self, bufs: tuple) -> None:
         if self.closed:
             return
         if self._queue:  # keep order: nothing overtakes frames already waiting
-            self._enqueue(hdr, frame)
+            self._enqueue(bufs)
             return
         try:
-            self._write(hdr, frame)
+            self._write(bufs)
         except BlockingIOError:
-            self._enqueue(hdr, frame)
+            self._enqueue(bufs)
         except OSError as exc:
             # A frame the kernel refuses (EINVAL, EIO during teardown) is lost like
             # any other packet; raising here would unwind the stack's flush.
             self.tx_dropped += 1
             log.debug("write to %s failed: %s", self.name, exc)
 
-    def _write(self, hdr: bytes, frame: bytes) -> None:
-        if self.vnet:
-            # One writev() is one packet (item 200), and spares joining 64 KB to 10.
-            os.writev(self.fd, (hdr, frame))
-            if hdr[1]:
-                self.tx_gso += 1
-        else:
-            os.write(self.fd, frame)
+    def _write(self, bufs: tuple) -> None:
+        os.writev(self.fd, bufs)
+        if self.vnet and bufs[0][1]:
+            self.tx_gso += 1
         self.tx_frames += 1
 
-    def _enqueue(self, hdr: bytes, frame: bytes) -> None:
+    def _enqueue(self, bufs: tuple) -> None:
         if len(self._queue) >= self._queue_limit:
             self.tx_dropped += 1
             return
-        self._queue.append((hdr, frame))
+        self._queue.append(bufs)
         if not self._writer_armed and self._loop is not None:
             self._loop.add_writer(self.fd, self._flush)
             self._writer_armed = True
@@ -199,7 +203,7 @@ class FdDevice:
         queue = self._queue
         while queue:
             try:
-                self._write(*queue[0])
+                self._write(queue[0])
             except BlockingIOError:
                 return
             except OSError as exc:

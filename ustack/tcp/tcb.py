@@ -296,8 +296,7 @@ class Tcb:
 
     @property
     def buf_end(self) -> int:
-        q = self.sendq
-        return (q.seq + len(q.buf)) & MASK
+        return self.sendq.end
 
     @property
     def fin_sent(self) -> bool:
@@ -941,9 +940,9 @@ class Tcb:
                 self.rtt.reset_backoff()
             self.snd_una = ack
             q = self.sendq
-            before = len(q.buf)
+            before = len(q)
             q.on_ack(ack)
-            if len(q.buf) != before:
+            if len(q) != before:
                 self.events.append(_SEND_SPACE)
             self.retries = 0
             rec.on_ack(acked, ack, flight, dsack, now)
@@ -1227,10 +1226,7 @@ class Tcb:
                             break
                     elif self._nagle_blocks():
                         break
-                q = self.sendq
-                off = (nxt - q.seq) & MASK
-                # One copy out of the send buffer (a bytearray slice would be a second).
-                payload = bytes(memoryview(q.buf)[off:off + n])
+                payload = self.sendq.data(nxt, n)
                 flags = ACK
                 if n == unsent:
                     flags |= PSH

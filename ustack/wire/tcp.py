@@ -206,6 +206,8 @@ def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int,
     `partial`: for a device that completes TCP checksums (TUN with TUN_F_CSUM): the
     checksum field gets the folded pseudo-header sum, not complemented, and the payload
     is never read (LINUX-SPEC-2 item 210; Linux's CHECKSUM_PARTIAL)."""
+    if partial:
+        return build_tcp_ipv4_head(seg, src, dst, ident) + seg.payload
     opts = encode_options(seg) if (seg.mss is not None or seg.ts is not None or seg.sack
                                    or seg.sack_perm or seg.wscale is not None) else b""
     if len(opts) > 40:
@@ -216,18 +218,34 @@ def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int,
     header = _HDR.pack(seg.sport, seg.dport, seg.seq, seg.ack, (hlen // 4) << 4, seg.flags,
                        seg.wnd, 0, seg.urg) + opts
     addrs = int.from_bytes(src + dst, "big")
-    if partial:
-        csum = (addrs + 6 + tcp_len) % 0xFFFF or 0xFFFF
-    else:
-        plen = len(payload)
-        p = int.from_bytes(payload, "big") << 8 if plen & 1 else int.from_bytes(payload, "big")
-        r = (addrs + 6 + tcp_len + int.from_bytes(header, "big") + p) % 0xFFFF
-        csum = (~(r or 0xFFFF)) & 0xFFFF
+    plen = len(payload)
+    p = int.from_bytes(payload, "big") << 8 if plen & 1 else int.from_bytes(payload, "big")
+    r = (addrs + 6 + tcp_len + int.from_bytes(header, "big") + p) % 0xFFFF
+    csum = (~(r or 0xFFFF)) & 0xFFFF
     ip = _IP.pack(0x45, 0, 20 + tcp_len, ident & 0xFFFF, 0x4000, 64, 6, 0, src, dst)
     ir = int.from_bytes(ip, "big") % 0xFFFF
     icsum = (~(ir or 0xFFFF)) & 0xFFFF
     return b"".join((ip[:10], icsum.to_bytes(2, "big"), ip[12:], header[:16],
                      csum.to_bytes(2, "big"), header[18:], payload))
+
+
+def build_tcp_ipv4_head(seg: Segment, src: bytes, dst: bytes, ident: int) -> bytes:
+    """The IPv4 and TCP headers of `seg` for a device that completes the TCP checksum
+    (build_tcp_ipv4's `partial`), without the payload: the device writes the payload
+    from where it lies (writev), so a 64 KB segment is never copied into a frame."""
+    opts = encode_options(seg) if (seg.mss is not None or seg.ts is not None or seg.sack
+                                   or seg.sack_perm or seg.wscale is not None) else b""
+    if len(opts) > 40:
+        raise ValueError(f"TCP options need {len(opts)} bytes, more than the 40 that fit")
+    hlen = 20 + len(opts)
+    tcp_len = hlen + len(seg.payload)
+    csum = (int.from_bytes(src + dst, "big") + 6 + tcp_len) % 0xFFFF or 0xFFFF
+    ip = _IP.pack(0x45, 0, 20 + tcp_len, ident & 0xFFFF, 0x4000, 64, 6, 0, src, dst)
+    ir = int.from_bytes(ip, "big") % 0xFFFF
+    icsum = (~(ir or 0xFFFF)) & 0xFFFF
+    return b"".join((ip[:10], icsum.to_bytes(2, "big"), ip[12:],
+                     _HDR.pack(seg.sport, seg.dport, seg.seq, seg.ack, (hlen // 4) << 4,
+                               seg.flags, seg.wnd, csum, seg.urg), opts))
 
 
 def build_tcp(seg: Segment, src: bytes, dst: bytes) -> bytes:
