@@ -98,8 +98,10 @@ class SendQueue:
             self._starts.append(self._total)
         self._total += n
 
-    def data(self, seq: int, n: int) -> bytes:
-        """Up to `n` queued bytes from `seq`."""
+    def data(self, seq: int, n: int) -> bytes | memoryview:
+        """Up to `n` queued bytes from `seq`: a view into the application's bytes when
+        they lie in one chunk of its (immutable, so the view stays true), else a copy.
+        Either way a bytes-like object the wire builders and writev() take."""
         off = sq.diff(seq, self.seq)
         if off < 0:
             return b""
@@ -113,9 +115,10 @@ class SendQueue:
         chunk = chunks[i]
         a = pos - starts[i]
         if a + n <= len(chunk):
-            if a == 0 and n == len(chunk) and type(chunk) is bytes:
-                return chunk
-            return bytes(memoryview(chunk)[a:a + n])  # one copy
+            if type(chunk) is bytes:
+                return chunk if a == 0 and n == len(chunk) else memoryview(chunk)[a:a + n]
+            # A gathering bytearray grows in place, which a live view would forbid.
+            return bytes(memoryview(chunk)[a:a + n])
         parts = [memoryview(chunk)[a:]]
         left = n - len(parts[0])
         while left > 0:

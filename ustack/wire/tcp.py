@@ -37,7 +37,7 @@ class Segment:
     ack: int = 0
     flags: int = 0
     wnd: int = 0  # the raw 16-bit field; scaling is the TCB's business
-    payload: bytes = b""
+    payload: bytes | memoryview = b""  # outbound: maybe a view into the send queue
     # Payload bytes per wire segment when this is a super-segment (TSO/GRO through a
     # TUN device with offloads, LINUX-SPEC-2 items 208-211); 0 for an ordinary segment.
     gso: int = 0
