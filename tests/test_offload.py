@@ -307,3 +307,40 @@ class _returns:
 
     def __exit__(self, *exc) -> None:
         assert self.status == self.want
+
+
+async def test_frames_read_as_views_are_taken_like_bytes():
+    """The vnet reader hands frames over as memoryviews past the header: a SYN, with
+    and without IP options, and a ping are answered as if they were bytes, and the
+    table's keys are bytes, never views pinning a read buffer."""
+    from ustack.wire.ip import PROTO_ICMP, build_ipv4
+
+    stack = Stack("10.77.0.2")
+    out: list[bytes] = []
+
+    class Dev:
+        def write(self, frame: bytes) -> None:
+            out.append(frame)
+
+    stack.attach(Dev())
+    await stack.start_server(lambda r, w: None, "10.77.0.2", 80)
+    peer, me = bytes([10, 77, 0, 1]), bytes([10, 77, 0, 2])
+    syn = build_tcp_ipv4(Segment(40000, 80, 1, 0, SYN, 65535, mss=1460), peer, me, 1)
+    stack.receive(memoryview(b"\0" * 10 + syn)[10:])
+    # The same SYN from another port, its IP header carrying a 4-byte NOP option.
+    syn2 = build_tcp_ipv4(Segment(40001, 80, 1, 0, SYN, 65535, mss=1460), peer, me, 2)
+    hdr = bytearray(syn2[:20] + b"\x01\x01\x01\x00")
+    hdr[0] = 0x46
+    hdr[2:4] = (len(syn2) + 4).to_bytes(2, "big")
+    hdr[10:12] = b"\0\0"
+    hdr[10:12] = (~ones_sum(bytes(hdr)) & 0xFFFF).to_bytes(2, "big")
+    stack.receive(memoryview(bytes(hdr) + syn2[20:]))
+    echo = bytearray(b"\x08\x00\x00\x00\x12\x34\x00\x01hello!")
+    echo[2:4] = (~ones_sum(bytes(echo)) & 0xFFFF).to_bytes(2, "big")
+    stack.receive(memoryview(build_ipv4(peer, me, PROTO_ICMP, bytes(echo), 3)))
+    await asyncio.sleep(0.01)
+    synacks = [parse_tcp(f, 20, len(f)) for f in out if f[9] == 6]
+    assert sorted(s.dport for s in synacks if s.flags == SYN | 0x10) == [40000, 40001]
+    assert [f[20] for f in out if f[9] == PROTO_ICMP] == [0]  # an echo reply
+    assert all(type(k) is bytes for k in stack.table.est)
+    stack.close()

@@ -141,6 +141,8 @@ class StackShell:
         `csum_ok`: the device vouches for the TCP checksum (a virtio-net header with
         NEEDS_CSUM or DATA_VALID), so it is not summed here. `gso`: the segment size of
         a super-segment (the frame is one TCP segment of up to 64 KB all the same)."""
+        if type(frame) is memoryview and (self.impair is not None or self.taps):
+            frame = bytes(frame)  # they keep or change it: give them their own
         if self.impair is not None and not impaired:
             self.impair.inbound.send(frame)  # comes back here, impaired=True, maybe later
             return
@@ -206,7 +208,9 @@ class StackShell:
         # addresses and ports are contiguous. Measured by benchmarks/bench_wire.py: the
         # slice 43 ns, our struct-based parse_tcp 1.2 us, a full dpkt.ip.IP parse 5.3 us,
         # so the hot path slices and unpacks with struct and leaves dpkt to the tools.
-        key = frame[12:24] if ihl == 20 else frame[12:20] + frame[ihl:ihl + 4]
+        key = frame[12:24] if ihl == 20 else bytes(frame[12:20]) + frame[ihl:ihl + 4]
+        if type(key) is memoryview:
+            key = bytes(key)  # the table keeps keys: never a view pinning the frame
         try:
             seg = parse_tcp(frame, ihl, total)
         except ParseError as exc:
@@ -231,7 +235,7 @@ class StackShell:
             stats["IcmpInEchos"] += 1
             stats["IcmpOutMsgs"] += 1
             stats["IcmpOutEchoReps"] += 1
-            self._write(build_ipv4(self.addr_bytes, frame[12:16], PROTO_ICMP,
+            self._write(build_ipv4(self.addr_bytes, bytes(frame[12:16]), PROTO_ICMP,
                                    build_icmp_echo_reply(msg), self._next_ident()))
 
     def _next_ident(self) -> int:

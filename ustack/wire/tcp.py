@@ -37,7 +37,7 @@ class Segment:
     ack: int = 0
     flags: int = 0
     wnd: int = 0  # the raw 16-bit field; scaling is the TCB's business
-    payload: bytes | memoryview = b""  # outbound: maybe a view into the send queue
+    payload: bytes | memoryview = b""  # maybe a view: into the send queue, or a read
     # Payload bytes per wire segment when this is a super-segment (TSO/GRO through a
     # TUN device with offloads, LINUX-SPEC-2 items 208-211); 0 for an ordinary segment.
     gso: int = 0
@@ -118,7 +118,9 @@ def parse_tcp(buf: bytes | memoryview, off: int, end: int) -> Segment:
     hlen = (off_byte >> 4) * 4
     if hlen < 20 or off + hlen > end:
         raise ParseError(f"bad TCP data offset {hlen}")
-    seg = Segment(sport, dport, seqn, ackn, flags, wnd, bytes(buf[off + hlen:end]))
+    # From bytes, a slice (a copy); from a memoryview (a super-segment as read from a
+    # TUN with offloads), a view: its payload is copied once, into the receive buffer.
+    seg = Segment(sport, dport, seqn, ackn, flags, wnd, buf[off + hlen:end])
     seg.urg = urg
     if hlen > 20:
         _parse_options(seg, buf, off + 20, off + hlen)
