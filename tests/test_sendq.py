@@ -180,3 +180,26 @@ def test_the_chunks_match_one_flat_buffer(base, ops):
             assert q.data((una + off) & MASK, b) == bytes(model[off:off + b])
         assert len(q) == len(model) and q.end == (una + len(model)) & MASK
     assert q.data((una - 1) & MASK, 10) == b""  # before SND.UNA: nothing
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 3000), st.sampled_from([bytes, bytearray,
+                                                                           memoryview])),
+    st.tuples(st.just("take"), st.integers(-1, 5000), st.none())), max_size=50))
+def test_the_receive_queue_matches_one_flat_buffer(ops):
+    from ustack.tcp.rcvq import RecvQueue
+
+    q, model, counter = RecvQueue(), bytearray(), 0
+    for op, n, kind in ops:
+        if op == "append":
+            data = bytes((counter + i) & 0xFF for i in range(n))
+            counter += n
+            q.append(kind(data))
+            model += data
+        else:
+            want = bytes(model) if n < 0 else bytes(model[:n])
+            got = q.take(n)
+            assert type(got) is bytes and got == want
+            del model[:len(want)]
+        assert len(q) == len(model) and bool(q) == bool(model)

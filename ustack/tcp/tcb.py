@@ -38,6 +38,7 @@ from .events import (
     Why,
 )
 from .ofo import OfoQueue
+from .rcvq import RecvQueue
 from .recovery import Recovery
 from .rto import RtoEstimator
 from .sendq import SACKED, SendQueue
@@ -117,7 +118,7 @@ class Tcb:
         self.rcv_adv = 0  # right edge we advertised; never moves left (RFC 9293 3.8.6)
         self.rcv_cap = cfg.tcp_rmem
         self.rcv_wscale = 0
-        self.rcvbuf = bytearray()
+        self.rcvbuf = RecvQueue()
         self.ofo = OfoQueue()  # out-of-order data above rcv_nxt, merged blocks
         self.rcv_mss = DEFAULT_MSS  # the peer's segment size as seen (Linux rcv_mss)
         self.ofo_fin: int | None = None
@@ -455,12 +456,7 @@ class Tcb:
         """Take up to n bytes the application reads; may send a window update."""
         if not self.rcvbuf:
             return b""
-        if n < 0 or n >= len(self.rcvbuf):
-            data = bytes(self.rcvbuf)
-            self.rcvbuf.clear()
-        else:
-            data = bytes(self.rcvbuf[:n])
-            del self.rcvbuf[:n]
+        data = self.rcvbuf.take(n)
         if self.state.can_recv:
             # Send a window update when reading opened the window by a useful amount
             # (RFC 9293 3.8.6.2.2), e.g. after the application drained a full buffer.
@@ -1066,7 +1062,7 @@ class Tcb:
             return
         if data:
             hole = bool(self.ofo)
-            self.rcvbuf += data
+            self.rcvbuf.append(data)
             self.rcv_nxt = (rcv_nxt + len(data)) & MASK
             if hole:
                 self._drain_ofo()
@@ -1092,7 +1088,7 @@ class Tcb:
         """Move the queued data that now continues RCV.NXT to the receive buffer."""
         chunk = self.ofo.pop(self.rcv_nxt)
         if chunk:
-            self.rcvbuf += chunk
+            self.rcvbuf.append(chunk)
             self.rcv_nxt = (self.rcv_nxt + len(chunk)) & MASK
 
     def _fin_received(self, seg: Segment, now: float) -> None:
