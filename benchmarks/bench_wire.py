@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dpkt  # noqa: E402
 
-from ustack.wire.checksum import checksum  # noqa: E402
+from ustack.wire.checksum import checksum, mod_ffff  # noqa: E402
 from ustack.wire.ip import PROTO_TCP, build_ipv4, ip_to_bytes  # noqa: E402
 from ustack.wire.tcp import ACK, PSH, Segment, build_tcp, build_tcp_ipv4, parse_tcp  # noqa: E402
 
@@ -98,7 +98,7 @@ def figures(target_ns: int = TARGET_NS, repeat: int = REPEAT, show: bool = False
         "parse_tcp": parse_tcp, "dpkt": dpkt, "checksum": checksum,
         "word_loop_checksum": word_loop_checksum, "array_checksum": array_checksum,
         "build_tcp": build_tcp, "build_ipv4": build_ipv4, "PROTO_TCP": PROTO_TCP,
-        "build_tcp_ipv4": build_tcp_ipv4,
+        "build_tcp_ipv4": build_tcp_ipv4, "mod_ffff": mod_ffff,
         "n_frame": len(frame),
     }
     cases = [
@@ -109,6 +109,9 @@ def figures(target_ns: int = TARGET_NS, repeat: int = REPEAT, show: bool = False
         ("cksum", "(d) ustack checksum, 1460 B", "checksum(data)"),
         ("words", "(d) word-loop checksum, 1460 B", "word_loop_checksum(data)"),
         ("array", "(d) array('H') checksum, 1460 B", "array_checksum(data)"),
+        ("mod", "(d) from_bytes % 0xFFFF, 1460 B", "int.from_bytes(data, 'big') % 0xFFFF"),
+        ("fold", "(d) from_bytes, folded (mod_ffff), 1460 B",
+         "mod_ffff(int.from_bytes(data, 'big'), 1460)"),
         ("build", "(e) build_tcp + build_ipv4, 1448 B",
          "build_ipv4(src, dst, PROTO_TCP, build_tcp(seg, src, dst))"),
         ("build_frame", "(f) build_tcp_ipv4 (the output path)",

@@ -369,3 +369,14 @@ def test_one_pass_frame_builder_equals_the_two_step_build(sport, dport, seq, ack
                   ts=(seq, ack) if ts else None, sack=((seq, ack),) if flags & 1 else ())
     want = build_ipv4(src, dst, PROTO_TCP, build_tcp(seg, src, dst), ident)
     assert build_tcp_ipv4(seg, src, dst, ident) == want
+
+
+@given(st.binary(max_size=70_000), st.integers(0, 1 << 48), st.integers(0, 80_000))
+def test_the_folded_remainder_is_the_remainder(data, extra, hint):
+    """mod_ffff() folds at multiples of 16 bits: the remainder never changes, whatever
+    size it is told (the hint only decides how often it folds)."""
+    from ustack.wire.checksum import mod_ffff
+
+    x = int.from_bytes(data, "big") + extra
+    assert mod_ffff(x, len(data)) == x % 0xFFFF
+    assert mod_ffff(x, hint) == x % 0xFFFF

@@ -24,7 +24,7 @@ from .tcp.context import Context
 from .tcp.events import Cause, StateChanged
 from .tcp.tcb import Tcb
 from .wire import vnet
-from .wire.checksum import ones_sum
+from .wire.checksum import mod_ffff, ones_sum
 from .wire.ip import (
     PROTO_ICMP,
     PROTO_TCP,
@@ -200,7 +200,8 @@ class StackShell:
             seg_int = int.from_bytes(memoryview(frame)[ihl:total], "big")
             if tcp_len & 1:
                 seg_int <<= 8
-            if (int.from_bytes(frame[12:20], "big") + PROTO_TCP + tcp_len + seg_int) % 0xFFFF:
+            if mod_ffff(int.from_bytes(frame[12:20], "big") + PROTO_TCP + tcp_len + seg_int,
+                        tcp_len + 1):
                 stats["TcpInCsumErrors"] += 1
                 stats["TcpInErrs"] += 1
                 return

@@ -31,3 +31,26 @@ def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
 
 def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
     return ones_sum(src + dst + bytes((0, proto, length >> 8, length & 0xFF)))
+
+
+_MASKS: dict[int, int] = {}
+
+
+def mod_ffff(x: int, nbytes: int) -> int:
+    """x % 0xFFFF for the big-endian integer of `nbytes` bytes, by folding first.
+
+    2**16 == 1 mod 0xFFFF, so the high half of x (cut at a multiple of 16 bits) may be
+    added to the low half without changing the remainder: three folds take a 1448-byte
+    segment's integer to 1/8 of its size with shifts, masks and an addition, which is
+    cheaper than dividing the whole of it (benchmarks/bench_wire.py "checksum":
+    from_bytes + % 2.9 us, folded 2.1 us, for 1460 bytes).
+    """
+    bits = nbytes * 8
+    while bits > 2048:
+        h = (bits >> 5) << 4  # half the bits, rounded down to a multiple of 16
+        m = _MASKS.get(h)
+        if m is None:
+            m = _MASKS[h] = (1 << h) - 1
+        x = (x >> h) + (x & m)
+        bits -= h - 1
+    return x % 0xFFFF

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from .checksum import checksum, pseudo_header_sum
+from .checksum import checksum, mod_ffff, pseudo_header_sum
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 
@@ -222,7 +222,7 @@ def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int,
     addrs = int.from_bytes(src + dst, "big")
     plen = len(payload)
     p = int.from_bytes(payload, "big") << 8 if plen & 1 else int.from_bytes(payload, "big")
-    r = (addrs + 6 + tcp_len + int.from_bytes(header, "big") + p) % 0xFFFF
+    r = mod_ffff(addrs + 6 + tcp_len + int.from_bytes(header, "big") + p, plen + 1)
     csum = (~(r or 0xFFFF)) & 0xFFFF
     ip = _IP.pack(0x45, 0, 20 + tcp_len, ident & 0xFFFF, 0x4000, 64, 6, 0, src, dst)
     ir = int.from_bytes(ip, "big") % 0xFFFF
