@@ -37,7 +37,11 @@ DONE = (State.CLOSED, State.TIME_WAIT)
 
 
 def transfer(seed: int, loss: float, reorder: float, dup: float, *knobs: str,
-             up: int = 120_000, down: int = 80_000) -> tuple[TcpTable, TcpTable, float]:
+             up: int = 120_000, down: int = 80_000,
+             fin_when_acked: bool = False) -> tuple[TcpTable, TcpTable, float]:
+    """Both ends send their data and shut down; with `fin_when_acked` only once all
+    their data is acknowledged and all the peer's received, so the transfer runs in
+    ESTABLISHED."""
     rng = random.Random(seed)
     # TIME_WAIT outlasts any backed-off RTO here: with 10% loss and no timestamps, Karn
     # can leave the RTO above a minute, and a final ACK lost after the peer's 2 MSL
@@ -73,15 +77,19 @@ def transfer(seed: int, loss: float, reorder: float, dup: float, *knobs: str,
         # The applications: send everything once established, then read what arrived.
         if not sent_a and ta.state == State.ESTABLISHED:
             a.call(ta, now, ta.send, data_up, now)
-            a.call(ta, now, ta.shutdown, now)
             sent_a = True
+        if sent_a and not ta.fin_queued and (not fin_when_acked or (
+                not ta.send_queue and len(got_down) == down)):
+            a.call(ta, now, ta.shutdown, now)
         if tb is None and b.listeners[80].accept_queue:
             tb = b.listeners[80].accept_queue.pop(0)
             tb.owner = "app"
         if tb is not None and not sent_b and tb.state.synchronized:
             b.call(tb, now, tb.send, data_down, now)
-            b.call(tb, now, tb.shutdown, now)
             sent_b = True
+        if sent_b and not tb.fin_queued and (not fin_when_acked or (
+                not tb.send_queue and len(got_up) == up)):
+            b.call(tb, now, tb.shutdown, now)
         got_down += a.call(ta, now, ta.recv, -1, now)
         if tb is not None:
             got_up += b.call(tb, now, tb.recv, -1, now)

@@ -68,6 +68,8 @@ _CONNECTED, _SEND_SPACE, _DATA, _EOF = Connected(), SendSpaceAvailable(), DataRe
 # Timer slots used per segment, as globals: an enum attribute costs a lookup each time.
 _DELACK, _RTO, _PERSIST, _KEEPALIVE = Timer.DELACK, Timer.RTO, Timer.PERSIST, Timer.KEEPALIVE
 _RECEIVING = frozenset((State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2))
+_ESTABLISHED = State.ESTABLISHED
+_ACK_PSH = ACK | PSH
 _OPEN = frozenset((State.ESTABLISHED, State.CLOSE_WAIT))  # where a loss probe may go out
 
 
@@ -610,10 +612,15 @@ class Tcb:
 
     # ------------------------------------------------------------------ input
 
+    # Header prediction on (tests turn it off to compare the two paths' output).
+    fast_path = True
+
     def handle_segment(self, seg: Segment, now: float) -> None:
         """Process one arriving segment (RFC 9293 3.10.7)."""
         st = self.state
-        if st == State.SYN_SENT:
+        if st is _ESTABLISHED and self.fast_path and self._predicted(seg):
+            self._fast_input(seg, now)
+        elif st == State.SYN_SENT:
             self._syn_sent_input(seg, now)
         elif st not in _NO_INPUT:
             self._synchronized_input(seg, now)
@@ -683,6 +690,52 @@ class Tcb:
                                              idle=now - self.ts_recent_stamp)):
             self.ts_recent = ts[0]
             self.ts_recent_stamp = now
+
+    def _predicted(self, seg: Segment) -> bool:
+        """Linux's header prediction (tcp_rcv_established()): the next segment in order,
+        only ACK (and PSH), the window unchanged and open, a timestamp not older than
+        TS.Recent, no SACK blocks, nothing queued out of order, and an ACK between
+        SND.UNA and SND.NXT. For such a segment every test of the general ladder before
+        the ACK field passes (PAWS, acceptability, RST, SYN), so it skips them."""
+        if (seg.flags | PSH) != _ACK_PSH or seg.seq != self.rcv_nxt or seg.sack or self.ofo:
+            return False
+        if self.ts_ok:
+            ts = seg.ts
+            if ts is None or (ts[0] - self.ts_recent) & MASK >= 0x80000000:
+                return False
+        wnd = self.snd_wnd
+        if not wnd or seg.wnd << self.snd_wscale != wnd:
+            return False
+        ack = seg.ack
+        una = self.snd_una
+        return (ack - una) & MASK <= (self.snd_nxt - una) & MASK
+
+    def _fast_input(self, seg: Segment, now: float) -> None:
+        """A predicted segment (_predicted()). In-order data that acknowledges nothing
+        new goes straight to the text; a pure ACK or data with new ACK through the
+        ACK processing as in the ladder. The same outcome as _synchronized_input()
+        (tests/test_fast_path.py compares them segment for segment)."""
+        self.last_rcv = now
+        self.probes_out = 0
+        # Linux's names: TCPHPHits for predicted data, TCPHPAcks for pure ACKs.
+        self.ctx.stats["TcpExtTCPHPHits" if seg.payload else "TcpExtTCPHPAcks"] += 1
+        if seg.payload and seg.ack == self.snd_una:
+            # What _process_ack() does for it: TS.Recent (RFC 7323 4.3) and SND.WL1/WL2
+            # (the window itself is unchanged); no duplicate ACK, since it has data.
+            self._update_ts_recent(seg, now)
+            if sq.lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq
+                                                and sq.le(self.snd_wl2, seg.ack)):
+                self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+        elif not self._process_ack(seg, now):
+            return
+        if seg.payload:
+            self._process_text(seg, now)
+        if self.ack_at_once:
+            self.ack_at_once = False
+            self.output(now)
+        else:
+            self.output_soon()
+        self._arm_keepalive(now)
 
     def _acceptable(self, seg: Segment) -> bool:
         """Segment acceptability, Linux tcp_sequence() (LS 151), looser than RFC 9293's table."""
