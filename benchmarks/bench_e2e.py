@@ -35,6 +35,8 @@ The clients, the same for every server, all with a timeout:
 - `ab_keepalive`: `ab -k -n 2000 -c 32` (HTTP/1.0 keep-alive, as far as the server
   keeps it), requests/s. `ab`: `ab -n 2000 -c 32`, a connection per request.
 - `ping`: `ping -q -c 50 -i 0.01`, average RTT in ms (lower is better).
+- `ping_flood`: `ping -q -f -c 1000` (20x the ping count), average RTT: the server is
+  never idle between requests, so this is the processing without the wake-up.
 
 Then, for every figure, ustack / kernel and ustack / relay (both ustack configurations),
 from this one run. For ping the ratio is of RTTs, so above 1 means slower.
@@ -78,7 +80,7 @@ CHECK_SIZE = 2_000_000  # /check.bin, fetched into a file and compared
 FIGURES = [("download", "MB/s", False), ("upload", "MB/s", False),
            ("conns", "req/s", False), ("wrk", "req/s", False),
            ("ab_keepalive", "req/s", False), ("ab", "req/s", False),
-           ("ping", "ms", True)]
+           ("ping", "ms", True), ("ping_flood", "ms", True)]
 FULL = {"download_mb": 200, "upload_mb": 100, "conns_n": 20_000, "conns_seconds": 5.0,
         "wrk_seconds": 5, "ab_n": 2000, "ping_count": 50}
 QUICK = {"download_mb": 20, "upload_mb": 20, "conns_n": 1000, "conns_seconds": 2.0,
@@ -368,8 +370,11 @@ def c_ab(lab: Lab, ns: str, ip: str, n: int, keepalive: bool) -> dict:
     return out
 
 
-def c_ping(lab: Lab, ns: str, ip: str, count: int) -> dict:
-    p = lab.run(ns, "ping", "-q", "-c", str(count), "-i", "0.01", "-W", "1",
+def c_ping(lab: Lab, ns: str, ip: str, count: int, flood: bool = False) -> dict:
+    # Flood (-f): the next request leaves as the reply arrives, so the server never
+    # sleeps: its processing without the cost of waking a sleeping process.
+    gap = ["-f"] if flood else ["-i", "0.01"]
+    p = lab.run(ns, "ping", "-q", "-c", str(count), *gap, "-W", "1",
                 "-w", str(count // 10 + 10), ip, timeout=count // 10 + 20, check=False)
     m = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", p.stdout)
     loss = re.search(r"([\d.]+)% packet loss", p.stdout)
@@ -384,6 +389,7 @@ def clients(lab: Lab, ns: str, ip: str, www: Path, sizes: dict,
     """Every figure of one server: {figure: {"value", ...}}."""
     todo: dict[str, Callable[[], dict]] = {
         "ping": lambda: c_ping(lab, ns, ip, sizes["ping_count"]),
+        "ping_flood": lambda: c_ping(lab, ns, ip, 20 * sizes["ping_count"], flood=True),
         "download": lambda: c_download(lab, ns, ip, port, int(sizes["download_mb"] * 1e6),
                                        www),
         "upload": lambda: c_upload(lab, ns, ip, int(sizes["upload_mb"] * 1e6)),
