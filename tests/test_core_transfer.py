@@ -832,3 +832,26 @@ def test_a_window_below_the_default_mss_is_used_whole_not_persisted():
         +0.01 < . 1:1(0) ack 301 win 300
         +0    > P. 301:601(300) ack 1
     """)
+
+
+def test_a_burst_in_one_batch_gets_one_ack_and_a_hole_one_ack_per_segment():
+    """Segments read together go through the table before anything is sent (the
+    shell's flush ends the batch: TcpTable.transmit()). In-order ones share one ACK,
+    as GRO would make them one segment; each out-of-order one gets its own duplicate
+    ACK, since the sender counts them (RFC 5681 4.2)."""
+    d = established()
+
+    def batch(*texts: str) -> None:
+        for text in texts:
+            d.table.input(d.key, d.segment(text), d.now)
+        d.w.drain()
+
+    batch(*(f". {1 + i * MSS}:{1 + (i + 1) * MSS}({MSS}) ack 1" for i in range(4)))
+    d.expect(f". 1:1(0) ack {1 + 4 * MSS}")
+    d.expect_nothing()
+    batch(*(f". {1 + i * MSS}:{1 + (i + 1) * MSS}({MSS}) ack 1" for i in range(5, 8)))
+    for i in range(5, 8):
+        seg = d.expect(f". 1:1(0) ack {1 + 4 * MSS} <...>")
+        assert [((a - d.peer_isn) & MASK, (b - d.peer_isn) & MASK) for a, b in seg.sack] \
+            == [(1 + 5 * MSS, 1 + (i + 1) * MSS)]
+    d.expect_nothing()

@@ -1102,3 +1102,23 @@ async def test_port_0_binds_a_free_port_as_the_kernel_does(stacks):
     w.close()
     first.close()
     second.close()
+
+
+async def test_the_write_buffer_is_what_exceeds_the_socket_buffer(stacks):
+    """As over a kernel socket, where write() hands SO_SNDBUF's worth to the kernel
+    before asyncio buffers anything: get_write_buffer_size() counts only the bytes
+    beyond tcp_wmem, and flow control pauses above the high-water mark from there."""
+    client, server, _ = stacks()
+    await server.start_server(lambda r, w: None, SERVER, 9)  # never reads
+    _, cw = await client.open_connection(SERVER, 9)
+    wmem = client.config.tcp_wmem
+    paused = []
+    cw.transport.get_protocol().pause_writing = lambda: paused.append(True)
+    cw.write(b"x" * (wmem - 1000))
+    assert cw.transport.get_write_buffer_size() == 0 and not paused
+    cw.write(b"y" * 100_000)
+    # Nothing left yet (the output waits for the batch's end): all of it is queued.
+    assert cw.transport.get_extra_info("ustack_tcb").send_queue == wmem + 99_000
+    assert cw.transport.get_write_buffer_size() == 99_000
+    assert paused == [True]  # 99,000 is above the 64 KiB high-water mark
+    cw.transport.abort()

@@ -110,10 +110,11 @@ class TcpTransport(asyncio.Transport):
         self._eof_delivered = False
         self._eof_written = False
         self._writing_paused = False
-        # The write buffer holds unacknowledged data too, so size it like a kernel
-        # socket's send buffer (tcp_wmem): room for a full window plus new data, which
-        # keeps loss recovery going (new data after a retransmission reveals its loss).
-        self._high = max(64 * 1024, tcb.snd_cap)
+        # asyncio's limits (64 KiB, a quarter of it), counted beyond the socket buffer
+        # (get_write_buffer_size()): tcp_wmem holds the unacknowledged data and a
+        # window's worth more, which keeps loss recovery going (new data after a
+        # retransmission reveals its loss).
+        self._high = 64 * 1024
         self._low = self._high // 4
         self._linger: int | None = None
         self._wait_linger = False

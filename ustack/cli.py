@@ -85,7 +85,7 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    from .io import OFFLOAD_CHOICES
+    from .io import MAX_MTU, MIN_MTU, OFFLOAD_CHOICES
 
     p = sub.add_parser(
         "serve", help="run the daemon: TUN device, stack, HTTP/echo/discard services",
@@ -113,7 +113,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="impair frames at the TUN boundary, e.g. loss=0.05,reorder=0.1,"
                         "dup=0.02,corrupt=0.01,delay=5ms,seed=1 (in.KEY / out.KEY for one "
                         "direction)")
-    p.add_argument("--mtu", metavar="N", type=_mtu, default=1500,
+    p.add_argument("--mtu", metavar="N", type=int_arg("MTU", MIN_MTU, MAX_MTU), default=1500,
                    help="the TUN interface's MTU; the MSS we advertise is N - 40 "
                         "(default: %(default)s; up to 65535)")
     p.add_argument("--offload", choices=OFFLOAD_CHOICES, default="auto",
@@ -135,18 +135,6 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def build_config(settings: Sequence[str]) -> Config:
     """A Config with `--set` items applied in order; raises ConfigError."""
     return apply_settings(Config(), list(settings))
-
-
-def _mtu(text: str) -> int:
-    from .io import MAX_MTU, MIN_MTU
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad MTU {text!r}") from None
-    if not MIN_MTU <= value <= MAX_MTU:
-        raise argparse.ArgumentTypeError(f"MTU {value} is outside {MIN_MTU}..{MAX_MTU}")
-    return value
 
 
 def _check_serve(args: argparse.Namespace) -> str | None:

@@ -130,8 +130,8 @@ def signature(st: os.stat_result) -> Signature:
 
 @dataclass(slots=True)
 class CachedFile:
-    probe: str  # the requested path under the root, symlinks not resolved
-    path: str  # what resolve() found (a hit opens `probe`, checked by its fstat)
+    probe: str  # the requested path under the root, symlinks not resolved; a hit
+    # opens it, and its fstat must show the signature resolve() validated
     sig: Signature
     ctype: str
     body: bytes | None  # contents of a small file; None for large ones
@@ -222,7 +222,7 @@ class FileCache:
             return None
         if body is not None and len(body) != st.st_size:
             return None  # changed while we read it; the next request tries again
-        return CachedFile(probe, str(real), signature(st), content_type(real), body)
+        return CachedFile(probe, signature(st), content_type(real), body)
 
 
 _date_cache: tuple[int, str] = (0, "")

@@ -161,10 +161,10 @@ class FdDevice:
             loop.add_writer(fd, self._flush)
             self._writer_armed = True
 
-    def write(self, frame: bytes, hdr: bytes = vnet.PLAIN) -> None:
-        """Hand one IPv4 frame to the kernel; queue it if the kernel is busy. `hdr` is
-        its virtio-net header, written in front of it only on a `vnet` device."""
-        self._send((hdr, frame) if self.vnet else (frame,))
+    def write(self, frame: bytes) -> None:
+        """Hand one IPv4 frame with complete checksums to the kernel; queue it if the
+        kernel is busy. On a `vnet` device it goes behind a header that says so."""
+        self._send((vnet.PLAIN, frame) if self.vnet else (frame,))
 
     def write_parts(self, hdr: bytes, *parts: bytes) -> None:
         """One packet given in pieces (e.g. headers, then a payload that stays where it

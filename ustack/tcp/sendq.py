@@ -171,13 +171,12 @@ class SendQueue:
             n = acked if acked < queued else queued
             self._base += n
             self.seq = (self.seq + n) & MASK  # a FIN's sequence number is not a byte
+            # Drop the chunks wholly acknowledged: all, or those before the one that
+            # holds the new SND.UNA.
             starts = self._starts
-            k = 0
-            while k + 1 < len(starts) and starts[k + 1] <= self._base:
-                k += 1
-            if k or (starts and self._base == self._total):
-                if self._base == self._total:
-                    k = len(starts)
+            base = self._base
+            k = len(starts) if base == self._total else bisect_right(starts, base) - 1
+            if k > 0:
                 del starts[:k]
                 del self._chunks[:k]
         sent = self.sent

@@ -730,6 +730,11 @@ class Tcb:
             return
         if seg.payload:
             self._process_text(seg, now)
+        self._input_done(now)
+
+    def _input_done(self, now: float) -> None:
+        """The end of a segment that got through: a duplicate ACK leaves now, anything
+        else at the batch's end (output_soon())."""
         if self.ack_at_once:
             self.ack_at_once = False
             self.output(now)
@@ -898,12 +903,7 @@ class Tcb:
             elif flags & FIN or seg.payload:
                 # CLOSE_WAIT, CLOSING, LAST_ACK: the peer already sent FIN; re-ACK.
                 self.ack_now = True
-        if self.ack_at_once:
-            self.ack_at_once = False
-            self.output(now)
-        else:
-            self.output_soon()
-        self._arm_keepalive(now)
+        self._input_done(now)
 
     def _handshake_done(self) -> None:
         """Data transfer begins (Linux tcp_init_transfer()). RFC 6298 5.7: without an RTT

@@ -193,8 +193,7 @@ def encode_options(seg: Segment) -> bytes:
 _IP = struct.Struct("!BBHHHBBH4s4s")
 
 
-def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int,
-                   partial: bool = False) -> bytes:
+def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int) -> bytes:
     """The whole IPv4 frame of `seg` (what `build_ipv4(src, dst, 6, build_tcp(seg, src,
     dst), ident)` gives, with DF set and TTL 64), built for the output path: the
     payload is copied once, into the frame, and read once, for the checksum.
@@ -203,13 +202,7 @@ def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int,
     their sums (RFC 1071), and each piece's sum is its big-endian integer modulo
     0xFFFF (checksum.py), so the pseudo-header, the header and the payload are summed
     apart and never joined for it. Measured by benchmarks/bench_wire.py ("build"): the
-    two-step build copied the payload four times.
-
-    `partial`: for a device that completes TCP checksums (TUN with TUN_F_CSUM): the
-    checksum field gets the folded pseudo-header sum, not complemented, and the payload
-    is never read (LINUX-SPEC-2 item 210; Linux's CHECKSUM_PARTIAL)."""
-    if partial:
-        return build_tcp_ipv4_head(seg, src, dst, ident) + seg.payload
+    two-step build copied the payload four times."""
     opts = encode_options(seg) if (seg.mss is not None or seg.ts is not None or seg.sack
                                    or seg.sack_perm or seg.wscale is not None) else b""
     if len(opts) > 40:
@@ -233,8 +226,10 @@ def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int,
 
 def build_tcp_ipv4_head(seg: Segment, src: bytes, dst: bytes, ident: int) -> bytes:
     """The IPv4 and TCP headers of `seg` for a device that completes the TCP checksum
-    (build_tcp_ipv4's `partial`), without the payload: the device writes the payload
-    from where it lies (writev), so a 64 KB segment is never copied into a frame."""
+    (TUN with TUN_F_CSUM): the checksum field gets the folded pseudo-header sum, not
+    complemented, and the payload is never read (LINUX-SPEC-2 item 210; Linux's
+    CHECKSUM_PARTIAL). Without the payload: the device writes it from where it lies
+    (writev), so a 64 KB segment is never copied into a frame."""
     opts = encode_options(seg) if (seg.mss is not None or seg.ts is not None or seg.sack
                                    or seg.sack_perm or seg.wscale is not None) else b""
     if len(opts) > 40:

@@ -32,8 +32,3 @@ def partial_tcp(ihl: int, hdr_len: int, gso_size: int = 0) -> bytes:
     return HDR.pack(F_NEEDS_CSUM, GSO_TCPV4 if gso_size else GSO_NONE, hdr_len, gso_size,
                     ihl, TCP_CSUM_OFFSET)
 
-
-def parse(buf: bytes) -> tuple[int, int, int]:
-    """(flags, gso_type, gso_size) of the header at the start of `buf`."""
-    flags, gso_type, _hdr_len, gso_size, _start, _off = HDR.unpack_from(buf)
-    return flags, gso_type, gso_size
