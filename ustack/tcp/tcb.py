@@ -172,7 +172,8 @@ class Tcb:
         self.user_timeout = 0.0  # TCP_USER_TIMEOUT in seconds; 0 is off (RFC 5482)
         self.user_mss = 0  # TCP_MAXSEG (Linux tp->rx_opt.user_mss); 0 is off
         self.notsent_lowat = 0  # TCP_NOTSENT_LOWAT; 0 is off (Linux: sysctl, UINT_MAX)
-        self.ut_start: float | None = None  # when the user-timeout clock started
+        self.ut_start: float | None = None  # when the user-timeout clock started (RTO)
+        self.probe_start: float | None = None  # the first zero-window probe (persist)
         self.probes_out = 0
         self.last_rcv = 0.0
         self.error = 0
@@ -1427,6 +1428,7 @@ class Tcb:
             self.timers.set(_RTO, now + self.rtt.current())
         if at[_PERSIST] is not None:
             self.timers.clear(_PERSIST)
+            self.probe_start = None  # the window opened: probing is over
         self.last_send = now
         self._emit(seg)
 
@@ -1538,11 +1540,13 @@ class Tcb:
             # A window too small for SWS avoidance to use: the override (RFC 9293 3.8.6.2.1).
             self.output(now, force=True)
             return
-        if self.probes_out == 0:
-            self.ut_start = now  # Linux icsk_probes_tstamp: the first probe
         self.probes_out += 1
-        # TCP_USER_TIMEOUT, when set, bounds probing instead of the count (tcp_probe_timer()).
-        if (self._user_timed_out(now) if self.user_timeout
+        # TCP_USER_TIMEOUT, when set, bounds probing instead of the count, from the first
+        # probe on even if the peer answers them (tcp_probe_timer(), icsk_probes_tstamp,
+        # cleared only when the window opens: tcp_ack_probe()).
+        if self.probe_start is None:
+            self.probe_start = now
+        if (now - self.probe_start >= self.user_timeout if self.user_timeout
                 else self.probes_out > self.ctx.config.tcp_retries2):
             self.ctx.stats["TcpExtTCPAbortOnTimeout"] += 1
             self._terminate(E.ETIMEDOUT, Cause(Why.ZWP_GIVE_UP))
@@ -1550,7 +1554,10 @@ class Tcb:
         self.ctx.stats["TcpExtTCPWinProbe"] += 1
         self._emit(self._make(ACK, (self.snd_una - 1) & MASK, now))
         self.rtt.back_off()
-        self.timers.set(Timer.PERSIST, self._clamp_to_user_timeout(now + self.rtt.current()))
+        at = now + self.rtt.current()
+        if self.user_timeout:
+            at = min(at, self.probe_start + self.user_timeout)
+        self.timers.set(Timer.PERSIST, at)
 
     def _on_keepalive(self, now: float) -> None:
         """Keepalive (RFC 9293 3.8.4, LS 130-133)."""
