@@ -229,8 +229,9 @@ def compare(spec: Spec, kernel: dict, ours: dict) -> None:
     (so a deviation that went away, or changed, fails too)."""
     kernel, ours = dict(kernel), dict(ours)
     for d in spec.deviations:
-        assert (kernel.pop(d.key, None), ours.pop(d.key, None)) == (d.kernel, d.ustack), \
-            f"deviation {d.key!r} ({d.reason}) is not as documented"
+        seen = (kernel.pop(d.key, None), ours.pop(d.key, None))
+        assert seen == (d.kernel, d.ustack), \
+            f"deviation {d.key!r} ({d.reason}) is not as documented: kernel, ustack = {seen}"
     diff = {k: (kernel.get(k, "<missing>"), ours.get(k, "<missing>"))
             for k in sorted(set(kernel) | set(ours)) if kernel.get(k) != ours.get(k)}
     assert not diff, "kernel vs ustack differ (key: (kernel, ustack)):\n" + "\n".join(
