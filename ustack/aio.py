@@ -537,18 +537,25 @@ class Server(asyncio.AbstractServer):
         self._options: list[tuple[int, int, sockopt.Value]] = list(options or ())
         self._ssl = ssl
         self._ssl_timeouts = (ssl_handshake_timeout, ssl_shutdown_timeout)
-        self._listeners: list | None = []
+        self._listeners: list = []
         names: list[tuple[str, int]] = []
         for host in hosts:
             lst = stack.listen(host, port, backlog, owner=self)  # bind(): the port now
+            lst.inherit = self._inherit
             names.append((host, lst.port))
             self._listeners.append(lst)
+            port = port or lst.port  # one port for every host, as asyncio's
         self._names = names
         self._sockets: list[TransportSocket] | None = [
             TransportSocket(stack, name=n, options=self._options) for n in names]
-        for lst in self._listeners:
-            lst.inherit = self._inherit
-        self._serving = start_serving
+        self._serving = True
+        if not start_serving:
+            # Bound but not listening (asyncio calls listen() in _start_serving()): a
+            # connection meanwhile is refused, as by the kernel. The port stays ours
+            # in name only until start_serving() listens on it again.
+            self._serving = False
+            for lst in self._listeners:
+                stack.unlisten(lst)
         self._active_count = 0
         self._waiters: list[asyncio.Future] | None = []
         self._serving_forever_fut: asyncio.Future | None = None
@@ -561,9 +568,7 @@ class Server(asyncio.AbstractServer):
             sockopt.setsockopt(tcb, level, optname, value)
 
     def accept_ready(self) -> None:
-        if not self._serving:
-            return  # not listen()ing yet (start_serving=False): the queue waits
-        for lst in self._listeners or ():
+        for lst in self._listeners:
             while (tcb := self._stack.accept(lst)) is not None:
                 self._accepted(tcb)
 
@@ -604,9 +609,10 @@ class Server(asyncio.AbstractServer):
         if self._sockets is None:
             return
         self._sockets = None
-        for lst in self._listeners or ():
-            self._stack.unlisten(lst)
-        self._listeners = None
+        if self._serving:
+            for lst in self._listeners:
+                self._stack.unlisten(lst)
+        self._listeners = []
         self._serving = False
         fut = self._serving_forever_fut
         if fut is not None and not fut.done():
@@ -645,8 +651,15 @@ class Server(asyncio.AbstractServer):
     def _start_serving(self) -> None:
         if self._serving:
             return
+        if self._sockets is None:
+            # asyncio's start_serving() on a closed server iterates its sockets, None.
+            raise TypeError("'NoneType' object is not iterable")
         self._serving = True
-        self._loop.call_soon(self.accept_ready)  # what queued before listen() counted
+        listeners, self._listeners = self._listeners, []
+        for old in listeners:
+            lst = self._stack.listen(_ip(old.ip), old.port, self._backlog, owner=self)
+            lst.inherit = self._inherit
+            self._listeners.append(lst)
 
     async def start_serving(self) -> None:
         self._start_serving()
@@ -679,6 +692,10 @@ class Server(asyncio.AbstractServer):
 
 
 Options = Iterable[tuple[int, int, sockopt.Value]]
+
+
+def _ip(raw: bytes) -> str:
+    return socket.inet_ntoa(raw)
 
 
 def _check_ssl_args(ssl: object, server_hostname: object, handshake: object,
