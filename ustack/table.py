@@ -54,6 +54,9 @@ class Listener:
         self.half_open = 0
         self.accept_queue: list[Tcb] = []
         self.closed = False
+        # The listener's socket options for each child before its SYN-ACK (Linux clones
+        # the listening socket, sk_clone_lock()); set by the asyncio layer.
+        self.inherit: Callable[[Tcb], None] | None = None
 
 
 class TcpTable:
@@ -133,6 +136,8 @@ class TcpTable:
         tcb.listener = lst
         lst.half_open += 1
         self.est[key] = tcb
+        if lst.inherit is not None:
+            lst.inherit(tcb)
         tcb.open_passive(seg, now, iss=iss)
         self._after(tcb, now)
 
@@ -247,7 +252,8 @@ class TcpTable:
                 self.call(tcb, now, tcb.drop, "listener closed")
 
     def connect(self, local_ip: str, remote_ip: str, rport: int, now: float,
-                owner: object = None, lport: int | None = None) -> Tcb:
+                owner: object = None, lport: int | None = None,
+                prepare: Callable[[Tcb], None] | None = None) -> Tcb:
         """An active open, from an ephemeral port unless `lport` is given (LS 70-83)."""
         lip, rip = ip_to_bytes(local_ip), ip_to_bytes(remote_ip)
         if lport is None:
@@ -275,6 +281,8 @@ class TcpTable:
             tcb.ts_recent = rec.ts_recent
             tcb.ts_recent_stamp = now - ((sec32(now) - rec.ts_recent_stamp) & 0xFFFFFFFF)
         self.est[key] = tcb
+        if prepare is not None:
+            prepare(tcb)  # socket options set before connect(2): the SYN carries them
         tcb.open_active(now, iss=iss)
         self._after(tcb, now)
         return tcb
