@@ -45,7 +45,7 @@ def test_every_field_given_is_checked(pattern, what):
 
 def test_options_exact_any_or_unchecked():
     for opts in (" <nop,nop,TS val * ecr 5000>", " <...>", ""):
-        fin_wait_1().script(f"+0.2 > F. 1:1(0) ack 1 win 32768{opts}")
+        fin_wait_1().script(f"+0.2 > F. 1:1(0) ack 1 win 2048{opts}")
     with pytest.raises(ValueError, match="end is not start"):
         fin_wait_1().script("+0.2 > F. 1:2(0) ack 1")
 

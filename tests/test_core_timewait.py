@@ -376,7 +376,7 @@ def test_new_incarnation_continues_the_tsval_clock():
     new = d.peer(d.peer_port, isn=PEER_ISN + 100_000)
     new.inject("S 0:0(0) win 65535")
     new.expect(f"S. 0:0(0) ack 1 <mss 1460,sackOK,TS val {(old_tsval + 2000) & MASK} "
-               f"ecr {new.peer_tsval()},nop,wscale 3>")
+               f"ecr {new.peer_tsval()},nop,wscale 7>")
 
 
 def test_syn_with_older_tsval_is_answered_with_the_time_wait_ack():

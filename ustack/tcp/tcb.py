@@ -369,10 +369,12 @@ class Tcb:
             seg.wscale = self.rcv_wscale
 
     def _choose_wscale(self) -> None:
-        shift = 0
-        while (65535 << shift) < self.rcv_cap and shift < 14:
-            shift += 1
-        self.rcv_wscale = shift
+        # Linux tcp_select_initial_window(): the scale the largest buffer the socket
+        # could grow to needs (max(tcp_rmem[2], rmem_max), or SO_RCVBUF's when set),
+        # ilog2(space) - 15, at most 14 (RFC 7323 2.3). The defaults give 7, as Linux's.
+        cfg = self.ctx.config
+        space = max(cfg.tcp_rmem[2], cfg.rmem_max, self.rcv_cap)
+        self.rcv_wscale = min(max(space.bit_length() - 1 - 15, 0), 14)
 
     def _negotiate(self, syn: Segment, we_offered_ts: bool) -> None:
         """Apply the options of the peer's SYN or SYN-ACK (RFC 7323 2.2, 3.2; RFC 9293 3.7.1)."""
