@@ -166,7 +166,10 @@ class Runner:
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
-            words = shlex.split(line)
+            try:
+                words = shlex.split(line)
+            except ValueError:
+                raise Unsupported(f"shell command {line!r}") from None
             if words[0].endswith("common/defaults.sh"):
                 for k, v in DEFAULTS.items():
                     if k in KNOBS:
