@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
     _add_tools(sub)
+    from .labs import command as lab_command
+
+    lab_command.add_parser(sub)
     return parser
 
 
