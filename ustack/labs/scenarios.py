@@ -128,9 +128,9 @@ async def server_closes_first(w: World) -> Outcome:
 
 
 async def fin_ack(w: World) -> Outcome:
-    # The kernel closes 10 ms after EOF: long enough for sock_diag to see CLOSE_WAIT,
+    # The kernel closes 20 ms after EOF: long enough for sock_diag to see CLOSE_WAIT,
     # well before its delayed ACK (at least TCP_DELACK_MIN, 40 ms) is due.
-    out = await _http10(w, client_pause_rtts=0.25)
+    out = await _http10(w, client_pause_rtts=0.5)
     evs = w.ustack_events.get(frozenset((out.ustack_ep, out.kernel_ep)), [])
     fw2 = [e for e in evs if e["new"] in ("FIN_WAIT_2", "TIME_WAIT")]
     if len(fw2) == 2 and fw2[0].get("seg") == fw2[1].get("seg"):
@@ -185,6 +185,7 @@ async def half_close(w: World) -> Outcome:
     port, _ = await _ustack_server(w, app)
     reader, writer = await asyncio.open_connection(USTACK, port)
     kernel_ep = _ep(writer.get_extra_info("sockname"))
+    await w.sleep_rtts(1)  # ESTABLISHED for a while on both sides
     writer.write(b"send me the parts\n")
     writer.write_eof()  # shutdown(SHUT_WR): our FIN; we still read
     data = await reader.read()
@@ -207,6 +208,7 @@ async def close_wait_leak(w: World) -> Outcome:
     port, peer = await _ustack_server(w, app)
     reader, writer = await asyncio.open_connection(USTACK, port)
     kernel_ep = _ep(writer.get_extra_info("sockname"))
+    await w.sleep_rtts(1)
     writer.write(b"bye\n")
     writer.close()
     await asyncio.sleep(2.5)  # past the kernel's tcp_fin_timeout
@@ -262,11 +264,11 @@ async def unread_close(w: World) -> Outcome:
 
 async def _kernel_server(port: int) -> asyncio.AbstractServer:
     """A kernel server that reads to EOF and then closes: the ustack client closes first.
-    It closes 10 ms after EOF, so sock_diag sees its CLOSE_WAIT; its delayed ACK (40 ms
-    at least) is not due yet, so its FIN carries the ACK of ustack's."""
+    It closes 20 ms after EOF, so sock_diag sees its CLOSE_WAIT; its delayed ACK (40 ms
+    at least, TCP_DELACK_MIN) is not due yet, so its FIN carries the ACK of ustack's."""
     async def on_client(reader, writer) -> None:
         await reader.read()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
         writer.close()
 
     return await asyncio.start_server(on_client, KERNEL, port)
