@@ -71,6 +71,7 @@ function drawChart() {
       width: Math.max(box.clientWidth, 400), height: 260,
       scales: {x: {time: true}, y: {range: (u, lo, hi) => [0, Math.max(hi * 1.1, 4)]}},
       axes: [{}, {label: "connections"}],
+      legend: {show: false},  // the counts row under the chart is the legend
       series: [{label: "time"}, ...STATES.map((s) => ({
         label: s, stroke: COLORS[s], width: 2, points: {show: false}}))],
     }, data, box);
