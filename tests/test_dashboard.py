@@ -19,7 +19,7 @@ import pytest
 
 from ustack import Stack
 from ustack import ssfilter as flt
-from ustack.apps.dashboard import Dashboard, Web
+from ustack.apps.dashboard import Dashboard, Web, model
 from ustack.apps.dashboard.model import group_of, measure_tw_record, parse_conn_id
 from ustack.apps.hold import start_hold
 from ustack.apps.http import start_http, url_query
@@ -241,7 +241,7 @@ async def test_hold_service_reads_but_never_closes(env):
 # ---------------------------------------------------------------------- the table
 
 
-async def test_table_filter_state_and_paging_are_bounded(env):
+async def test_table_filter_state_and_paging_are_bounded(env, monkeypatch):
     e = await env()
     await closing_server(e.stack, STACK, 7000)
     for _ in range(5):
@@ -261,7 +261,13 @@ async def test_table_filter_state_and_paging_are_bounded(env):
     one = e.status(f"filter=port+{port}")["table"]
     assert [r["peer"] for r in one["rows"]] == [f"{PEER}:{port}"]
     both = e.status("state=ESTAB,TIME-WAIT&filter=host+10.77.0.1")["table"]
-    assert both["total"] == 8
+    assert both["total"] == 8 and both["tw_scanned"] == both["tw_records"] == 5
+    # Records left out by the state set were not skipped by the scan.
+    assert e.status("state=ESTAB&filter=host+10.77.0.1")["table"]["tw_scanned"] == 5
+    # A filtered request decodes TW_SCAN records at most, and says so.
+    monkeypatch.setattr(model, "TW_SCAN", 2)
+    capped = e.status("state=TIME-WAIT&filter=host+10.77.0.1")["table"]
+    assert (capped["total"], capped["tw_scanned"], capped["tw_records"]) == (2, 2, 5)
     for _reader, writer in held:
         writer.close()
     await until(lambda: not e.stack.table.est)  # the handlers return before teardown

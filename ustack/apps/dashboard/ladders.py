@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ...tcp.tcb import Tcb
 
 WATCHES = 8
-WATCH_IDLE = 30.0  # seconds
+WATCH_IDLE = 60.0  # seconds
 SEGMENTS = 400
 EVENTS = 64
 
@@ -162,6 +162,6 @@ class Ladders:
 
 
 def _note_svg(text: str) -> str:
-    return ('<svg xmlns="http://www.w3.org/2000/svg" width="640" height="40" '
+    return ('<svg xmlns="http://www.w3.org/2000/svg" width="980" height="40" '
             'class="ladder-note"><text x="8" y="24" font-family="monospace" '
             f'font-size="13">{escape(text)}</text></svg>')

@@ -53,6 +53,8 @@ RATE_WINDOW = 10  # seconds: the rates are over the last sample and over this wi
 TW_PROBE = 2000  # scratch records inserted at start-up to measure one record's bytes
 # nstat's groups (the MIB a counter belongs to), longest prefix first.
 GROUPS = ("TcpExt", "IpExt", "IcmpMsg", "Icmp", "UdpLite", "Udp", "Tcp", "Ip", "Ustack")
+# The order nstat prints them in (/proc/net/snmp, then /proc/net/netstat), ustack's last.
+GROUP_ORDER = ("Ip", "Icmp", "IcmpMsg", "Tcp", "Udp", "UdpLite", "TcpExt", "IpExt", "Ustack")
 
 
 def group_of(name: str) -> str:
@@ -233,7 +235,8 @@ class Dashboard:
                         "rate": round(rate, 2), "rate_window": round(rate_w, 2),
                         "moved": rate_w != 0.0})
         out.sort(key=lambda c: (not c["moved"], -abs(c["rate_window"]),
-                                GROUPS.index(c["group"]) if c["group"] in GROUPS else 99,
+                                GROUP_ORDER.index(c["group"]) if c["group"] in GROUP_ORDER
+                                else 99,
                                 c["name"]))
         return out
 
@@ -309,8 +312,8 @@ class Dashboard:
             name = tcb.state.ss_name
             if want(name) and flt.matches(tcb.local, tcb.remote):
                 take(lambda tcb=tcb, name=name: self._tcb_row(tcb, name, now))
-        scanned = 0
         tw = table.tw
+        scanned = len(tw)  # looked at, or left out by the state set without a look
         if want("TIME-WAIT"):
             if not flt:
                 # No filter: the count is known, the page is a slice.
@@ -319,8 +322,8 @@ class Dashboard:
                     for key in itertools.islice(tw.records, start, start + limit - len(rows)):
                         rows.append(self._tw_row(key, now))
                 total += len(tw)
-                scanned = len(tw)
             else:
+                scanned = 0
                 for key in itertools.islice(tw.records, TW_SCAN):
                     scanned += 1
                     lip, rip = ip_to_str(key[4:8]), ip_to_str(key[0:4])
