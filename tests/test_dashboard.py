@@ -367,6 +367,28 @@ async def test_http_routes_dashboard_and_keeps_status_json(env):
             await server.wait_closed()
 
 
+def test_key_matcher_agrees_with_the_filter():
+    # The TIME-WAIT scan matches filters on the demux key's bytes; it must say what
+    # Filter.matches says on the decoded endpoints, for every kind of term.
+    import random
+
+    from ustack.table import make_key
+    from ustack.wire.ip import ip_to_bytes
+
+    rng = random.Random(7)
+    hosts, ports = ["10.77.0.1", "10.77.0.2", "10.77.0.3"], [80, 443, 40000]
+    filters = ["", "host 10.77.0.1", "port 80", "10.77.0.1:80", ":443",
+               "host 10.77.0.2 port 40000", "10.77.0.3 80"]
+    for text in filters:
+        f = flt.parse(text)
+        match = model.key_matcher(f)
+        for _ in range(300):
+            rh, lh = rng.choice(hosts), rng.choice(hosts)
+            rp, lp = rng.choice(ports), rng.choice(ports)
+            key = make_key(ip_to_bytes(rh), ip_to_bytes(lh), rp, lp)
+            assert match(key) == f.matches((lh, lp), (rh, rp)), (text, rh, rp, lh, lp)
+
+
 def test_filter_grammar_is_the_ss_one():
     # The table's filter is ustack/ssfilter.py: the same words as ss, trace and ladder.
     assert str(flt.parse("host 10.77.0.1 port 80")) == "host 10.77.0.1 port 80"
