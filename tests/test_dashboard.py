@@ -389,6 +389,20 @@ def test_key_matcher_agrees_with_the_filter():
             assert match(key) == f.matches((lh, lp), (rh, rp)), (text, rh, rp, lh, lp)
 
 
+def test_serve_options_hold_and_close_wait_warn(capsys):
+    from ustack.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.hold, args.close_wait_warn) == (0, 60.0)  # off, and a minute
+    args = build_parser().parse_args(["serve", "--hold", "5001", "--close-wait-warn", "2.5"])
+    assert (args.hold, args.close_wait_warn) == (5001, 2.5)
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(SystemExit) as info:
+            build_parser().parse_args(["serve", "--close-wait-warn", bad])
+        assert info.value.code == 2
+        assert "--close-wait-warn" in capsys.readouterr().err
+
+
 def test_filter_grammar_is_the_ss_one():
     # The table's filter is ustack/ssfilter.py: the same words as ss, trace and ladder.
     assert str(flt.parse("host 10.77.0.1 port 80")) == "host 10.77.0.1 port 80"

@@ -34,6 +34,7 @@ from ...tcp.context import Context
 from ...tcp.state import State
 from ...tcp.timewait import TimeWaitTable
 from ...wire.ip import ip_to_bytes, ip_to_str
+from .ladders import Ladders
 
 if TYPE_CHECKING:
     from ...aio import Stack
@@ -141,9 +142,6 @@ class Dashboard:
         # (remote ip, remote port) -> TIME-WAIT records whose local port is ephemeral.
         self.tw_ports: Counter[tuple[str, int]] = Counter()
         self._timer = None
-        self._hooks: list[Callable[[Tcb, StateChanged], None]] = []
-        from .ladders import Ladders
-
         self.ladders = Ladders(stack)
         for key in stack.table.tw.records:  # records older than us (none under `serve`)
             self._tw_added(key)

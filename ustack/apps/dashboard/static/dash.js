@@ -96,7 +96,7 @@ function drawStateCounts(states) {
   const tr = el("tr");
   for (const s of STATES) {
     tr.append(el("td", {"data-state": s, "data-count": String(states[s] || 0)},
-      el("span", {class: "swatch", style: ""}), s + " ", el("b", {}, String(states[s] || 0))));
+      el("span", {class: "swatch"}), s + " ", el("b", {}, String(states[s] || 0))));
   }
   tr.querySelectorAll(".swatch").forEach((sw, i) => { sw.style.background = COLORS[STATES[i]]; });
   $("state-counts").tBodies[0].replaceChildren(tr);
@@ -120,9 +120,7 @@ function drawTimeWait(tw) {
       "data-time-wait": d.time_wait, "data-free": d.free},
     el("td", {}, d.dest), el("td", {class: "num"}, d.time_wait), el("td", {class: "num"}, d.live),
     el("td", {class: "num"}, d.free),
-    el("td", {}, el("span", {class: "barbox"}, el("span", {class: "bar",
-      style: `width:${Math.min(100, d.used_pct)}%`})), d.used_pct + "%")));
-  // el() sets style through the property, which is a read-only object: set it here.
+    el("td", {}, el("span", {class: "barbox"}, el("span", {class: "bar"})), d.used_pct + "%")));
   rows.forEach((r, i) => { r.querySelector(".bar").style.width =
     Math.min(100, tw.destinations[i].used_pct) + "%"; });
   $("tw-ports").tBodies[0].replaceChildren(...rows);
