@@ -111,7 +111,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http", metavar="PORT", type=_port, default=80,
                    help="HTTP port (default: %(default)s)")
     p.add_argument("--root", metavar="DIR", type=_directory, default=None,
-                   help="serve files from DIR over HTTP (default: the built-in status page)")
+                   help="serve files from DIR over HTTP (default: the dashboard at /; it stays "
+                        "at /ustack/ with a root)")
     p.add_argument("--echo", metavar="PORT", type=_port, default=7,
                    help="echo port, RFC 862 (default: %(default)s)")
     p.add_argument("--discard", metavar="PORT", type=_port, default=9,
