@@ -6,13 +6,17 @@ the same namespace with `ip netns exec`, so its requests stay in it too.
 --virtual-time-budget milliseconds and prints the DOM as rendered; the page writes what
 it drew into data-* attributes, which are what the assertions read. A screenshot of
 the page is saved to tests/artifacts/dashboard.png (git-ignored) for a human to look at.
+The click test drives Chromium through the DevTools protocol over a pipe instead
+(tests/helpers/cdp.py) and saves tests/artifacts/dashboard-ladder.png.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -185,3 +189,54 @@ def test_dashboard_table_filter_in_the_browser(daemon, tmp_path):
     assert dom.by_id("page-info")["data-total"] == "1"
     dom = dump_dom(d, tmp_path, f"{BASE}/ustack/?filter=host+nonsense")
     assert re.search(r"bad IPv4 address 'nonsense'", "".join(dom.text))
+
+
+def test_click_a_connection_and_its_ladder_grows_live(daemon, tmp_path):
+    """Driven through the DevTools protocol (tests/helpers/cdp.py): a real mouse click
+    on the table row, then the ladder redraws as the peer half-closes, and the leak
+    flag appears, all without a reload."""
+    sys.path.insert(0, str(REPO / "tests" / "helpers"))
+    from cdp import Browser
+
+    d = daemon("--hold", str(HOLD_PORT), "--close-wait-warn", "1")
+    client = d.netns.popen(PYTHON, "-c", HOLD_CLIENT, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+    port = int(client.stdout.readline())
+    ident = f"{STACK_ADDRESS}:{HOLD_PORT}-{HOST_ADDRESS}:{port}"
+    row = f'#connections tr[data-id="{ident}"]'
+    browser = Browser(d.netns.cmd(), tmp_path / "chromium")
+    try:
+        browser.navigate(f"{BASE}/?filter=port+{HOLD_PORT}")
+        assert browser.wait_for(f"document.querySelector('{row}')?.dataset.state") == "ESTAB"
+        assert browser.evaluate("document.getElementById('ladder-panel').hidden") is True
+        browser.click(row)
+        assert browser.wait_for(
+            "!document.getElementById('ladder-panel').hidden && "
+            "document.getElementById('ladder-panel').dataset.id") == ident
+        assert browser.evaluate("new URLSearchParams(location.search).get('conn')") == ident
+        browser.wait_for("document.querySelector('#ladder svg') !== null")
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "half-closed"
+        # The same panel, redrawn: the peer's data and FIN, and our CLOSE_WAIT.
+        fin = (f"#ladder g.segment[data-src='{HOST_ADDRESS}:{port}']"
+               "[data-flags*='F']")
+        browser.wait_for(f"document.querySelector(\"{fin}\") !== null")
+        states = browser.wait_for(
+            "(() => { const s = [...document.querySelectorAll('#ladder text.state')]"
+            f".filter(t => t.dataset.host === '{STACK_ADDRESS}:{HOLD_PORT}')"
+            ".map(t => t.dataset.state); return s.includes('CLOSE_WAIT') && s; })()")
+        assert "CLOSE_WAIT" in states
+        assert browser.wait_for(f"document.querySelector('{row}')?.dataset.state") == \
+            "CLOSE-WAIT"
+        peer = browser.wait_for("document.querySelector('#leaks tr.leak')?.dataset.peer")
+        assert peer == f"{HOST_ADDRESS}:{port}"
+        polls = int(browser.evaluate("document.body.dataset.polls"))
+        assert polls >= 2  # all of this came through polling, never a reload
+        assert browser.evaluate("performance.getEntriesByType('navigation').length") == 1
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.evaluate("document.getElementById('ladder-panel').scrollIntoView()")
+        shot = browser.send("Page.captureScreenshot", format="png")["data"]
+        (ARTIFACTS / "dashboard-ladder.png").write_bytes(base64.b64decode(shot))
+    finally:
+        browser.close()
