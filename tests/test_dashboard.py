@@ -262,6 +262,13 @@ async def test_table_filter_state_and_paging_are_bounded(env, monkeypatch):
     assert [r["peer"] for r in one["rows"]] == [f"{PEER}:{port}"]
     both = e.status("state=ESTAB,TIME-WAIT&filter=host+10.77.0.1")["table"]
     assert both["total"] == 8 and both["tw_scanned"] == both["tw_records"] == 5
+    # ss's own words: `state NAME` / `exclude NAME` in the filter, ss names in state=.
+    assert e.status("filter=state+time-wait+host+10.77.0.1")["table"]["total"] == 5
+    assert e.status("filter=state+established+state+listening")["table"]["total"] == 4
+    assert {r["state"] for r in e.status("filter=exclude+bucket")["table"]["rows"]} == \
+        {"LISTEN", "ESTAB"}
+    assert e.status("state=established")["table"]["total"] == 3
+    assert e.status("state=connected&filter=exclude+time-wait")["table"]["total"] == 3
     # Records left out by the state set were not skipped by the scan.
     assert e.status("state=ESTAB&filter=host+10.77.0.1")["table"]["tw_scanned"] == 5
     # A filtered request decodes TW_SCAN records at most, and says so.
@@ -277,7 +284,8 @@ async def test_bad_queries_are_400_with_the_reason(env):
     e = await env()
     for query, word in (("filter=host+nonsense", "nonsense"), ("state=FOO", "FOO"),
                         ("offset=x", "offset"), ("limit=100000", "limit"),
-                        ("since=yesterday", "since")):
+                        ("since=yesterday", "since"), ("filter=state", "needs a state"),
+                        ("filter=exclude+nothing", "nothing")):
         code, _, body = e.get("/ustack/status.json?" + query)
         assert code == 400 and word in body.decode(), (query, body)
     assert e.get("/ustack/ladder/nonsense.svg")[0] == 400

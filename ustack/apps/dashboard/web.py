@@ -4,8 +4,12 @@
     /ustack/                       the page (also `/` when the server has no --root)
     /ustack/static/NAME            its script, style sheet and the vendored uPlot
     /ustack/status.json?QUERY      one bounded frame: summary, ring, one table page
-        filter=host 10.77.0.1 port 80   the ss filter grammar (ustack/ssfilter.py)
-        state=ESTAB,TIME-WAIT           ss state names, comma-separated (default: all)
+        filter=host 10.77.0.1 port 80   the ss filter grammar (ustack/ssfilter.py), with
+                                        ss's `state NAME` and `exclude NAME` words too:
+                                        "state time-wait host 10.77.0.1", "exclude bucket"
+        state=ESTAB,TIME-WAIT           states, comma-separated: as the table prints them
+                                        (ESTAB) or as ss spells them (established,
+                                        connected, bucket ...); default: all
         offset=N&limit=N                the table page (limit at most model.PAGE_MAX)
         since=T                         only ring samples newer than T (epoch seconds)
     /ustack/ladder/ID.svg          the live ladder of connection ID (LOCAL-PEER)
@@ -25,7 +29,9 @@ from collections.abc import Callable
 from importlib import resources
 from urllib.parse import parse_qs
 
+from ...ctlproto import SS_FILTERS, SS_STATES
 from ...ssfilter import parse as parse_filter
+from ...tools.ss import ALIASES
 from .model import PAGE_MAX, Dashboard, parse_conn_id
 
 log = logging.getLogger(__name__)
@@ -37,9 +43,8 @@ TEXT = "text/plain; charset=utf-8"
 SVG = "image/svg+xml"
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                 ".html": HTML, ".png": "image/png", ".svg": SVG, ".LICENSE": TEXT}
-# ss state names a table query may ask for (`ss state NAME` spells them so too).
-STATE_NAMES = frozenset(("LISTEN", "SYN-SENT", "SYN-RECV", "ESTAB", "FIN-WAIT-1",
-                         "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT"))
+# The states as the table prints them (ss's column), and ss's own filter names.
+STATE_NAMES = frozenset(SS_STATES)
 
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
 
@@ -131,18 +136,16 @@ class Web:
 
     def status_json(self, query: str) -> bytes:
         q = parse_qs(query, keep_blank_values=True, max_num_fields=16)
+        words = q.get("filter", [""])[0].split()
+        states, words = _state_words(words)
         try:
-            flt = parse_filter(q.get("filter", [""])[0])
+            flt = parse_filter(words)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        states = None
         text = q.get("state", [""])[0].strip()
-        if text and text.lower() != "all":
-            states = frozenset(s.strip().upper() for s in text.split(",") if s.strip())
-            unknown = sorted(states - STATE_NAMES)
-            if unknown:
-                raise BadRequest(f"unknown state {', '.join(unknown)} "
-                                 f"(one of {', '.join(sorted(STATE_NAMES))})")
+        if text:
+            asked = frozenset().union(*(state_set(w) for w in text.split(",") if w.strip()))
+            states = asked if states is None else states & asked
         offset = _int(q, "offset", 0, 0, 1 << 31)
         limit = _int(q, "limit", 50, 1, PAGE_MAX)
         since = q.get("since", [""])[0]
@@ -152,6 +155,43 @@ class Web:
             raise BadRequest(f"since={since!r} is not a number") from None
         snap = self.dashboard.summary(flt, states, offset, limit, since_t)
         return json.dumps(snap, separators=(",", ":")).encode()
+
+
+def state_set(name: str) -> frozenset[str]:
+    """The table's states a name stands for: ESTAB (as printed) or established,
+    connected, bucket ... (as `ss state NAME` takes them)."""
+    name = name.strip()
+    if name.upper() in STATE_NAMES:
+        return frozenset((name.upper(),))
+    key = ALIASES.get(name.lower(), name.lower())
+    if key in SS_FILTERS:
+        return SS_FILTERS[key]
+    raise BadRequest(f"unknown state {name!r} (as ss spells them: {', '.join(SS_FILTERS)}; "
+                     f"or as the table prints them: {', '.join(SS_STATES)})")
+
+
+def _state_words(words: list[str]) -> tuple[frozenset[str] | None, list[str]]:
+    """ss's `state NAME` and `exclude NAME` taken out of a filter: (the states, None for
+    no state word; the remaining words, for ssfilter). Several `state`s add up, as in
+    ss; `exclude` alone starts from all states."""
+    wanted: set[str] | None = None
+    excluded: set[str] = set()
+    rest: list[str] = []
+    it = iter(words)
+    for w in it:
+        if w.lower() in ("state", "exclude"):
+            name = next(it, None)
+            if name is None:
+                raise BadRequest(f"filter: {w!r} needs a state name")
+            if w.lower() == "state":
+                wanted = (wanted or set()) | state_set(name)
+            else:
+                excluded |= state_set(name)
+        else:
+            rest.append(w)
+    if wanted is None and not excluded:
+        return None, rest
+    return frozenset((set(SS_STATES) if wanted is None else wanted) - excluded), rest
 
 
 def _int(q: dict, name: str, default: int, lo: int, hi: int) -> int:
