@@ -70,7 +70,12 @@ function drawChart() {
     chart = new uPlot({
       width: Math.max(box.clientWidth, 400), height: 260,
       scales: {x: {time: true}, y: {range: (u, lo, hi) => [0, Math.max(hi * 1.1, 4)]}},
-      axes: [{}, {label: "connections"}],
+      // Whole seconds on the time axis (uPlot's default shows milliseconds when the
+      // ring holds only a few seconds).
+      axes: [{space: 80, incrs: [1, 5, 10, 15, 30, 60, 120, 300],
+              values: (u, splits) => splits.map((v) => new Date(v * 1000)
+                .toLocaleTimeString([], {hour12: false}))},
+             {label: "connections"}],
       legend: {show: false},  // the counts row under the chart is the legend
       series: [{label: "time"}, ...STATES.map((s) => ({
         label: s, stroke: COLORS[s], width: 2, points: {show: false}}))],
