@@ -49,6 +49,16 @@ def _interface(text: str) -> ipaddress.IPv4Interface:
 _port = int_arg("port", 0, 65535, " (0 disables)")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad number of seconds {text!r}") from None
+    if not 0 < value <= 86400 * 365:
+        raise argparse.ArgumentTypeError(f"seconds must be > 0 (got {text!r})")
+    return value
+
+
 def _directory(text: str) -> Path:
     path = Path(text)
     if not path.is_dir():
@@ -104,11 +114,18 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http", metavar="PORT", type=_port, default=80,
                    help="HTTP port (default: %(default)s)")
     p.add_argument("--root", metavar="DIR", type=_directory, default=None,
-                   help="serve files from DIR over HTTP (default: the built-in status page)")
+                   help="serve files from DIR over HTTP (default: the dashboard at /; it stays "
+                        "at /ustack/ with a root)")
     p.add_argument("--echo", metavar="PORT", type=_port, default=7,
                    help="echo port, RFC 862 (default: %(default)s)")
     p.add_argument("--discard", metavar="PORT", type=_port, default=9,
                    help="discard port, RFC 863 (default: %(default)s)")
+    p.add_argument("--hold", metavar="PORT", type=_port, default=0,
+                   help="a service that never closes after the peer's FIN, leaving "
+                        "CLOSE-WAIT (the leak the dashboard flags; default: off)")
+    p.add_argument("--close-wait-warn", metavar="SECONDS", type=_seconds, default=60.0,
+                   help="the dashboard flags CLOSE-WAIT connections older than this as "
+                        "probable leaks (default: %(default)g)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    dest="settings",
                    help="set a knob (repeatable, the last value for a key wins)")
@@ -295,16 +312,21 @@ async def _start_observability(stack, args: argparse.Namespace, name: str):
 
 async def _start_services(stack, args: argparse.Namespace
                           ) -> tuple[list[asyncio.AbstractServer], list[str]]:
+    from .apps.dashboard import Dashboard, Web
     from .apps.discard import start_discard
     from .apps.echo import start_echo
+    from .apps.hold import start_hold
     from .apps.http import start_http
 
     host = str(args.address.ip)
     servers: list[asyncio.AbstractServer] = []
     names: list[str] = []
     if args.http:
+        dashboard = Dashboard(stack, close_wait_warn=args.close_wait_warn)
+        dashboard.start()
         servers.append(await start_http(stack.start_server, host, args.http,
-                                        root=args.root, status=stack.status))
+                                        root=args.root, status=stack.status,
+                                        dashboard=Web(dashboard).respond))
         names.append(f"http {args.http}")
     if args.echo:
         servers.append(await start_echo(stack.start_server, host, args.echo))
@@ -312,6 +334,9 @@ async def _start_services(stack, args: argparse.Namespace
     if args.discard:
         servers.append(await start_discard(stack.start_server, host, args.discard))
         names.append(f"discard {args.discard}")
+    if args.hold:
+        servers.append(await start_hold(stack.start_server, host, args.hold))
+        names.append(f"hold {args.hold}")
     return servers, names
 
 
