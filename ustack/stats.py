@@ -29,6 +29,8 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPZeroWindowDrop", "TcpExtTCPWinProbe", "TcpExtTCPSackRecovery",
     "TcpExtTCPRenoRecovery", "TcpExtTCPDSACKRecv", "TcpExtTCPBadOptions",
     "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery",
+    "TcpExtTCPHystartTrainDetect", "TcpExtTCPHystartTrainCwnd",
+    "TcpExtTCPHystartDelayDetect", "TcpExtTCPHystartDelayCwnd",
     "UstackImpairDropped", "UstackImpairCorrupted", "UstackImpairDuplicated",
     "UstackImpairReordered",
 )

@@ -41,7 +41,7 @@ from .ofo import OfoQueue
 from .rcvq import RecvQueue
 from .recovery import Recovery
 from .rto import RtoEstimator
-from .sendq import SACKED, SendQueue
+from .sendq import RETRANSMITTED, SACKED, SendQueue
 from .state import State
 from .timers import Timer, Timers
 
@@ -142,7 +142,7 @@ class Tcb:
         self.rtt_seq: int | None = None  # Karn: the segment being timed (RFC 6298 3)
         self.rtt_time = 0.0
         # congestion control (cc/) and loss recovery (recovery.py) own their state
-        self.cc = cc.create(cfg.tcp_congestion_control, ctx.adv_mss)
+        self.cc = cc.create(cfg.tcp_congestion_control, ctx.adv_mss, cfg, ctx.stats)
         self.recovery = Recovery(self, self.cc, self.timers, self.rtt, ctx.stats)
         self.snd_sml: int | None = None  # end of the last small segment sent (Nagle)
         self.last_send = 0.0
@@ -988,6 +988,8 @@ class Tcb:
                 # after 5.7); Linux resets icsk_backoff in tcp_ack_update_rtt().
                 self.rtt.reset_backoff()
             self.snd_una = ack
+            if self.cc.wants_rtt:
+                self._ca_rtt_sample(ack, now)
             q = self.sendq
             before = len(q)
             q.on_ack(ack)
@@ -1034,6 +1036,23 @@ class Tcb:
             self._terminate(0, Cause(Why.SEGMENT, seg))
             return False
         return True
+
+    def _ca_rtt_sample(self, ack: int, now: float) -> None:
+        """The controller's RTT sample (HyStart, CUBIC's delay_min): the age of the
+        newest segment this ACK covers, none if it covers a retransmission (Linux's
+        ca_rtt in tcp_clean_rtx_queue(): last_ackt, FLAG_RETRANS_DATA_ACKED)."""
+        t = None
+        for rec in self.sendq.sent:
+            if not sq.lt(rec.start, ack):
+                break
+            if rec.flags & RETRANSMITTED:
+                return
+            if not rec.flags & SACKED:  # timed when it was SACKed, not now
+                t = rec.time
+            if sq.gt(rec.end, ack):
+                break
+        if t is not None:
+            self.cc.on_rtt(now - t, now, ack, self.snd_nxt)
 
     def retransmit(self, seq: int, limit: int, now: float) -> int:
         """Resend up to `limit` octets (at most one MSS) from `seq`, with the FIN if it
@@ -1333,6 +1352,9 @@ class Tcb:
             self.timers.set(_RTO, now + self.rtt.current())
         if at[_PERSIST] is not None:
             self.timers.clear(_PERSIST)
+        if self.snd_una == seq and n:
+            # Nothing was in flight: Linux's CA_EVENT_TX_START (tcp_event_data_sent()).
+            self.cc.on_tx_start(now, now - self.last_send)
         self.last_send = now
         self._emit(seg)
 
