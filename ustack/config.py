@@ -89,6 +89,10 @@ class Config:
     tcp_wmem: int = 262144
     # cubic (RFC 9438 with HyStart, Linux's default) or reno (RFC 5681).
     tcp_congestion_control: str = "cubic"
+    # ECN (RFC 3168, tcp/ecn.py): 0 off, 1 ask in our SYNs and accept, 2 accept when
+    # the peer asks (Linux's default). fallback: a retransmitted SYN asks no more.
+    tcp_ecn: int = 2
+    tcp_ecn_fallback: int = 1
     # Linux's tcp_cubic module parameters (/sys/module/tcp_cubic/parameters/NAME; also
     # settable as `tcp_cubic.NAME`), with Linux's defaults; ustack/tcp/cc/cubic.py.
     cubic_beta: int = 717  # beta * 1024
@@ -128,6 +132,8 @@ _PARSERS = {
     "tcp_rmem": _int_range(4096, 1 << 30),
     "tcp_wmem": _int_range(4096, 1 << 30),
     "tcp_congestion_control": _choice(*CONGESTION_CONTROLS),
+    "tcp_ecn": _int_range(0, 2),
+    "tcp_ecn_fallback": _int_range(0, 1),
     "cubic_beta": _int_range(1, 1023),
     "cubic_bic_scale": _int_range(1, 1 << 16),
     "cubic_fast_convergence": _int_range(0, 1),

@@ -31,8 +31,10 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery",
     "TcpExtTCPHystartTrainDetect", "TcpExtTCPHystartTrainCwnd",
     "TcpExtTCPHystartDelayDetect", "TcpExtTCPHystartDelayCwnd",
+    "IpExtInECT1Pkts", "IpExtInECT0Pkts", "IpExtInCEPkts", "TcpExtTCPDeliveredCE",
+    "UstackTcpEcnOk", "UstackTcpEcnCwr",
     "UstackImpairDropped", "UstackImpairCorrupted", "UstackImpairDuplicated",
-    "UstackImpairReordered",
+    "UstackImpairReordered", "UstackImpairCeMarked",
 )
 
 
