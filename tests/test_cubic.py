@@ -12,7 +12,7 @@ from ustack.stats import Stats
 from ustack.tcp import cc
 from ustack.tcp.cc import Cubic
 from ustack.tcp.cc.base import INFINITE_SSTHRESH
-from ustack.tcp.cc.cubic import cubic_root
+from ustack.tcp.cc.cubic import CubicParams, cubic_root
 
 MSS = 1000
 C = 0.4  # RFC 9438 4.2
@@ -58,6 +58,8 @@ def test_registered_and_the_default():
     # the module parameters as knobs, also under their /sys/module name
     cfg = apply_settings(Config(), ["tcp_cubic.hystart=0", "cubic_beta=512"])
     assert (cfg.cubic_hystart, cfg.cubic_beta) == (0, 512)
+    assert CubicParams.from_config(Config()) == CubicParams()  # Linux's defaults twice
+    assert CubicParams.from_config(cfg) == CubicParams(hystart=0, beta=512)
 
 
 def test_cubic_root_is_exact():
