@@ -6,6 +6,7 @@ arithmetic is Linux's integer version, so the figures are compared with toleranc
 from __future__ import annotations
 
 import pytest
+from drill import Drill
 
 from ustack.config import Config, apply_settings
 from ustack.stats import Stats
@@ -242,3 +243,52 @@ def test_slow_start_leftover_feeds_the_cubic_update():
     c.ssthresh = 12 * MSS
     c.on_ack(4 * MSS, 10 * MSS, 1.0)
     assert c.cwnd == 12 * MSS and c.epoch_start == 1.0 and c.cwnd_cnt == 2
+
+
+# ------------------------------------------------------------------ through a TCB
+
+def tcb_established() -> Drill:
+    d = Drill()
+    d.listen(80)
+    d.inject("S 0:0(0) win 65535")
+    d.expect("S. 0:0(0) ack 1")
+    d.inject(". 1:1(0) ack 1 win 1000")
+    d.accept()
+    return d
+
+
+def test_tcb_feeds_rtt_samples_from_the_send_record():
+    """The TCB's call site (Linux's ca_rtt): the age of the newest segment an ACK
+    covers, in microseconds; none from an ACK that covers a retransmission."""
+    mss = 1448
+    d = tcb_established()
+    c = d.tcb.cc
+    assert isinstance(c, Cubic) and c.delay_min == 0
+    d.send(4 * mss)
+    assert len(d.take()) == 4
+    d.advance(0.001)
+    d.inject(f". 1:1(0) ack {1 + 2 * mss}")
+    assert c.delay_min == pytest.approx(1000, abs=2)
+    d.advance(0.3)  # the rest is lost: the RTO resends the head and forgets delay_min
+    d.take()
+    assert d.stats["TcpExtTCPTimeouts"] >= 1 and c.delay_min == 0
+    d.inject(f". 1:1(0) ack {1 + 4 * mss}")  # covers a retransmission: no sample
+    assert c.delay_min == 0
+    d.take()
+
+
+def test_tcb_reports_the_start_of_transmission_after_idle():
+    """CA_EVENT_TX_START: new data with nothing in flight moves CUBIC's epoch by the
+    time since the last send."""
+    mss = 1448
+    d = tcb_established()
+    c = d.tcb.cc
+    d.send(mss)
+    d.take()
+    d.inject(f". 1:1(0) ack {1 + mss}")
+    c.epoch_start = d.w.now  # as if in congestion avoidance since now
+    start = c.epoch_start
+    d.advance(0.1)
+    d.send(mss)
+    d.take()
+    assert c.epoch_start == pytest.approx(start + 0.1)
