@@ -4,7 +4,8 @@ smoltcp's `Controller`, aioquic's `QuicCongestionControl`).
 A controller owns `cwnd` and `ssthresh`, in bytes, and nothing else of the connection:
 the TCB and the loss recovery (recovery.py) tell it what happened, at fixed points,
 and read `cwnd` back. No clock, no I/O; `now` is passed in where an algorithm needs
-time (CUBIC will).
+time (CUBIC's curve and HyStart do). The hooks without a body (configure's knobs,
+on_tx_start, on_rtt) are optional: Reno needs none of them.
 """
 
 from __future__ import annotations
