@@ -10,10 +10,11 @@ and the bytes still arrive exact. The counters of both sides show each step.
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, REPO, STACK_ADDRESS, Daemon
+from conftest import HOST_ADDRESS, PYTHON, REPO, STACK_ADDRESS, Daemon, kernel_listener
 from test_transfer_tun import kernel_counters, sha256_file, stack_counters
 
 pytestmark = pytest.mark.tun
@@ -92,3 +93,44 @@ def test_ect_on_super_segments_with_offloads(daemon, www: Path, tmp_path: Path):
     k = kernel_counters(d)
     assert s["UstackTcpEcnOk"] >= 1
     assert k["IpExtInECT0Pkts"] > 0
+
+
+# The kernel as the server: send 2 MB of a known pattern, then read to EOF (the
+# client's data, checked by size) and close.
+PATTERN_SERVER = kernel_listener() + """
+import hashlib
+c, _ = s.accept()
+data = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(65536))
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+n = 0
+while chunk := c.recv(65536):
+    n += len(chunk)
+print("got", n, flush=True)
+c.close()
+"""
+
+
+def test_active_open_with_tcp_ecn_1(daemon, tmp_path: Path):
+    """ustack asks (`--set tcp_ecn=1`), the kernel's default tcp_ecn=2 accepts. With
+    CE marks in both directions: the kernel's data reaches ustack marked, ustack echoes
+    ECE, the kernel counts the CE-acknowledged deliveries; and the reverse for ours."""
+    ctl = tmp_path / "ctl.sock"
+    d = daemon("--control", ctl, "--set", "tcp_ecn=1", "--impair", "ce=0.05,seed=9")
+    server = d.netns.popen(PYTHON, "-c", PATTERN_SERVER, "9100", stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready", server.stderr.read()
+    upload = b"u" * (1 << 20)
+    proc = d.run(PYTHON, "-m", "ustack", "connect", "--control", str(ctl), HOST_ADDRESS,
+                 "9100", input=upload, text=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    want = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(65536))
+    assert proc.stdout == want  # byte-exact
+    assert server.communicate(timeout=30)[0].strip() == f"got {len(upload)}"
+    s = stack_counters(d)
+    k = kernel_counters(d)
+    assert s["UstackTcpEcnOk"] >= 1
+    assert s["IpExtInECT0Pkts"] > 0 and s["IpExtInCEPkts"] > 0  # the kernel's data
+    assert k["TcpExtTCPDeliveredCE"] > 0  # ...and our ECE
+    assert k["IpExtInECT0Pkts"] > 0 and k["IpExtInCEPkts"] > 0  # ours
+    assert s["UstackTcpEcnCwr"] > 0  # answered
