@@ -196,6 +196,12 @@ def test_ece_ignored_without_ecn_and_on_nothing_outstanding():
     assert e.stats["UstackTcpEcnCwr"] == 0
 
 
+def test_flags_print_as_tcpdump_prints_them():
+    from ustack.wire.tcp import ACK, CWR, ECE, PSH, SYN, flag_string
+    assert [flag_string(f) for f in (SYN | ECE | CWR, SYN | ACK | ECE, ACK | ECE,
+                                     PSH | ACK | CWR)] == ["SEW", "S.E", ".E", "P.W"]
+
+
 def test_set_ce_keeps_the_header_checksum_valid():
     from ustack.wire.tcp import Segment, build_tcp_ipv4
     for ecn in (1, 2):

@@ -67,7 +67,8 @@ class Segment:
 
 
 def flag_string(flags: int) -> str:
-    """tcpdump/packetdrill style: S, S., F., P., R, R., FP. ..."""
+    """tcpdump/packetdrill style: S, S., F., P., R, R., FP. ...; ECN's ECE and CWR as
+    tcpdump prints them, after the rest (SEW, S.E, .E, P.W)."""
     s = ""
     if flags & SYN:
         s += "S"
@@ -79,6 +80,11 @@ def flag_string(flags: int) -> str:
         s += "P"
     if flags & ACK:
         s += "."
+    if flags & (ECE | CWR):
+        if flags & ECE:
+            s += "E"
+        if flags & CWR:
+            s += "W"
     return s or "none"
 
 
