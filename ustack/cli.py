@@ -131,8 +131,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="set a knob (repeatable, the last value for a key wins)")
     p.add_argument("--impair", metavar="SPEC", default=None,
                    help="impair frames at the TUN boundary, e.g. loss=0.05,reorder=0.1,"
-                        "dup=0.02,corrupt=0.01,delay=5ms,seed=1 (in.KEY / out.KEY for one "
-                        "direction)")
+                        "dup=0.02,corrupt=0.01,delay=5ms,seed=1; ce=P marks CE on that "
+                        "share of the ECT packets (ECN); in.KEY / out.KEY for one "
+                        "direction")
     p.add_argument("--mtu", metavar="N", type=int_arg("MTU", MIN_MTU, MAX_MTU), default=1500,
                    help="the TUN interface's MTU; the MSS we advertise is N - 40 "
                         "(default: %(default)s; up to 65535)")

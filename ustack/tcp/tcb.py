@@ -23,8 +23,8 @@ from __future__ import annotations
 import errno as E
 
 from .. import seq as sq
-from ..wire.tcp import ACK, FIN, PSH, RST, SYN, Segment
-from . import cc, paws
+from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, Segment
+from . import cc, ecn, paws
 from .cc import IW_SEGMENTS  # noqa: F401  (re-exported: tests and benchmarks)
 from .context import Context
 from .events import (
@@ -41,7 +41,7 @@ from .ofo import OfoQueue
 from .rcvq import RecvQueue
 from .recovery import Recovery
 from .rto import RtoEstimator
-from .sendq import SACKED, SendQueue
+from .sendq import RETRANSMITTED, SACKED, SendQueue
 from .state import State
 from .timers import Timer, Timers
 
@@ -142,8 +142,11 @@ class Tcb:
         self.rtt_seq: int | None = None  # Karn: the segment being timed (RFC 6298 3)
         self.rtt_time = 0.0
         # congestion control (cc/) and loss recovery (recovery.py) own their state
-        self.cc = cc.create(cfg.tcp_congestion_control, ctx.adv_mss)
+        self.cc = cc.create(cfg.tcp_congestion_control, ctx.adv_mss, cfg, ctx.stats)
         self.recovery = Recovery(self, self.cc, self.timers, self.rtt, ctx.stats)
+        # ECN (ecn.py): the state when negotiated, else None; whether our SYN asked
+        self.ecn: ecn.Ecn | None = None
+        self.ecn_asked = False
         self.snd_sml: int | None = None  # end of the last small segment sent (Nagle)
         self.last_send = 0.0
         # ACK policy
@@ -208,6 +211,8 @@ class Tcb:
 
     def _make(self, flags: int, seq: int, now: float, payload: bytes = b"") -> Segment:
         seg = Segment(self.local[1], self.remote[1], seq, 0, flags, 0, payload)
+        if self.ecn is not None and self.ecn.demand_cwr:
+            seg.flags |= ECE  # RFC 3168 6.1.3: until the peer's CWR (tcp_ecn_send())
         if flags & ACK:
             ws = self.rcv_wscale
             field = self.rcv_window() >> ws
@@ -390,6 +395,7 @@ class Tcb:
         self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
         self.sendq.start_at(self.snd_nxt)
         self._choose_wscale()
+        self.ecn_asked = self.ctx.config.tcp_ecn == 1
         self.ctx.stats["TcpActiveOpens"] += 1
         self._set_state(State.SYN_SENT, Cause(Why.CONNECT))
         self._send_syn(now)
@@ -398,6 +404,9 @@ class Tcb:
     def _send_syn(self, now: float) -> None:
         seg = Segment(self.local[1], self.remote[1], self.iss, 0, SYN, min(self.rcv_cap, 65535))
         self._syn_options(seg, now, None)
+        cfg = self.ctx.config
+        if ecn.syn_asks(cfg.tcp_ecn, self.retries > 0, cfg.tcp_ecn_fallback):
+            seg.flags |= ecn.SETUP_SYN  # an ECN-setup SYN (RFC 3168 6.1.1)
         if self.ts_recent and seg.ts is not None:
             # A reused TIME_WAIT tuple echoes the inherited TS.Recent (LS 72).
             seg.ts = (seg.ts[0], self.ts_recent)
@@ -422,13 +431,16 @@ class Tcb:
         self.snd_wl2 = self.iss
         self._choose_wscale()
         self._negotiate(syn, we_offered_ts=True)
+        if ecn.accept_syn(self.ctx.config.tcp_ecn, syn.flags, syn.ecn):
+            self._ecn_on()
         self._set_state(State.SYN_RECEIVED, Cause(Why.SEGMENT, syn))
         self._send_synack(now)
         self.timers.set(Timer.RTO, now + self.rtt.current())
 
     def _send_synack(self, now: float) -> None:
         wnd = min(self.rcv_cap, 65535)
-        seg = Segment(self.local[1], self.remote[1], self.iss, self.rcv_nxt, SYN | ACK, wnd)
+        seg = Segment(self.local[1], self.remote[1], self.iss, self.rcv_nxt,
+                      SYN | ACK | ECE if self.ecn is not None else SYN | ACK, wnd)
         self.rcv_adv = (self.rcv_nxt + wnd) & MASK
         seg.mss = self.ctx.adv_mss
         if self.sack_ok:
@@ -647,6 +659,9 @@ class Tcb:
         self.rcv_nxt = self.rcv_wup = self.rcv_adv = (seg.seq + 1) & MASK
         offered_ts = bool(self.ctx.config.tcp_timestamps)
         self._negotiate(seg, offered_ts)
+        if (ecn.accept_synack(self.ecn_asked, flags) if flags & ACK else
+                self.ecn_asked and flags & ecn.SETUP_SYN == ecn.SETUP_SYN):
+            self._ecn_on()  # (a simultaneous open: Linux tcp_ecn_rcv_syn())
         if flags & ACK:
             if self.ts_ok and seg.ts[1] and not sq.in_range(
                     seg.ts[1], self._ts_now(self.created), (self._ts_now(now) + 1) & MASK):
@@ -905,6 +920,27 @@ class Tcb:
                 self.ack_now = True
         self._input_done(now)
 
+    def _ecn_on(self) -> None:
+        self.ecn = ecn.Ecn()
+        self.ctx.stats["UstackTcpEcnOk"] += 1
+
+    def _ecn_ack(self, seg: Segment, acked: int, newly_sacked: int, flight: int) -> None:
+        """An acceptable ACK on an ECN connection with data outstanding (Linux tcp_ack()
+        with FLAG_ECE)."""
+        ece = seg.flags & (ECE | SYN) == ECE
+        if ece and acked + newly_sacked > 0:
+            self.ctx.stats["TcpExtTCPDeliveredCE"] += -(-(acked + newly_sacked) // self.mss)
+        if self.ecn.on_ack(self.snd_una, ece, self.snd_max, self.recovery.in_recovery):
+            # tcp_enter_cwr(): ssthresh from the controller, as for a loss (CUBIC's
+            # beta, W_max), never undone. Linux then lowers cwnd to it by PRR over
+            # the next round (tcp_cwnd_reduction() in the CWR state); PRR is
+            # recovery.py's, and the lead wires it in: until then cwnd drops at once,
+            # RFC 3168 6.1.2's plain response.
+            c = self.cc
+            c.ssthresh = c.ssthresh_after_loss(flight)
+            c.cwnd = c.ssthresh
+            self.ctx.stats["UstackTcpEcnCwr"] += 1
+
     def _handshake_done(self) -> None:
         """Data transfer begins (Linux tcp_init_transfer()). RFC 6298 5.7: without an RTT
         sample from the handshake the RTO is 3 s (RtoEstimator.handshake_done()). RFC
@@ -973,6 +1009,7 @@ class Tcb:
         wnd = seg.wnd if seg.flags & SYN else seg.wnd << self.snd_wscale  # RFC 7323 2.2
         rec = self.recovery
         flight = sq.diff(self.snd_nxt, old_una) - rec.sb.sacked  # before this ACK, for CWV
+        recovering = rec.in_recovery
         newly_sacked = dsack = 0
         if seg.sack and self.sack_ok and acked >= 0:
             newly_sacked, dsack = rec.on_sack(seg.sack, old_una, ack)
@@ -988,6 +1025,8 @@ class Tcb:
                 # after 5.7); Linux resets icsk_backoff in tcp_ack_update_rtt().
                 self.rtt.reset_backoff()
             self.snd_una = ack
+            if self.cc.wants_rtt:
+                self._ca_rtt_sample(ack, now)
             q = self.sendq
             before = len(q)
             q.on_ack(ack)
@@ -1007,6 +1046,10 @@ class Tcb:
             # A duplicate ACK: RFC 5681 2's definition, or with SACK one that reports new
             # data held above the hole (RFC 6675 2), which a data-bearing ACK also can.
             rec.on_duplicate_ack(now)
+        if self.ecn is not None and acked >= 0 and old_una != self.snd_max:
+            if rec.in_recovery and not recovering:
+                self.ecn.on_reduction(self.snd_max)  # loss recovery cut cwnd: CWR too
+            self._ecn_ack(seg, acked, newly_sacked, sq.diff(self.snd_max, old_una))
         # RFC 9293 3.10.7.4: update the send window if the segment is newer (SND.WL1/WL2).
         if sq.lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and sq.le(self.snd_wl2, ack)):
             self.snd_wnd = wnd
@@ -1034,6 +1077,23 @@ class Tcb:
             self._terminate(0, Cause(Why.SEGMENT, seg))
             return False
         return True
+
+    def _ca_rtt_sample(self, ack: int, now: float) -> None:
+        """The controller's RTT sample (HyStart, CUBIC's delay_min): the age of the
+        newest segment this ACK covers, none if it covers a retransmission (Linux's
+        ca_rtt in tcp_clean_rtx_queue(): last_ackt, FLAG_RETRANS_DATA_ACKED)."""
+        t = None
+        for rec in self.sendq.sent:
+            if not sq.lt(rec.start, ack):
+                break
+            if rec.flags & RETRANSMITTED:
+                return
+            if not rec.flags & SACKED:  # timed when it was SACKed, not now
+                t = rec.time
+            if sq.gt(rec.end, ack):
+                break
+        if t is not None:
+            self.cc.on_rtt(now - t, now, ack, self.snd_nxt)
 
     def retransmit(self, seq: int, limit: int, now: float) -> int:
         """Resend up to `limit` octets (at most one MSS) from `seq`, with the FIN if it
@@ -1079,6 +1139,11 @@ class Tcb:
         data = seg.payload
         fin = bool(seg.flags & FIN)
         rcv_nxt = self.rcv_nxt
+        if self.ecn is not None and data and self.ecn.on_data(seg.flags, seg.ecn):
+            # CWR (tcp_ecn_accept_cwr(): ICSK_ACK_NOW) or a first CE (tcp_ecn_check_ce():
+            # quick-ACK mode, "the sender can have a very low cwnd").
+            self.ack_now = True
+            self.quickacks = max(self.quickacks, 2)
         # The peer's full-sized segment (tcp_measure_rcv_mss()): of a super-segment,
         # the size it was cut from (gso_size), not its whole length.
         seen = seg.gso or len(data)
@@ -1315,6 +1380,13 @@ class Tcb:
         if sq.lt(seq, self.snd_max):
             self.ctx.stats["TcpRetransSegs"] += 1
             self.ctx.stats["TcpExtTCPSlowStartRetrans"] += 1
+        elif self.ecn is not None and payload:
+            # New data: ECT(0), and CWR once after a reduction (RFC 3168 6.1.2, Linux
+            # tcp_ecn_send()); never on retransmissions, pure ACKs or SYNs (6.1.5).
+            seg.ecn = ecn.ECT0
+            if self.ecn.queue_cwr:
+                self.ecn.queue_cwr = False
+                seg.flags |= CWR
         elif self.rtt_seq is None and n:
             self.rtt_seq = seq
             self.rtt_time = now
@@ -1333,6 +1405,9 @@ class Tcb:
             self.timers.set(_RTO, now + self.rtt.current())
         if at[_PERSIST] is not None:
             self.timers.clear(_PERSIST)
+        if self.snd_una == seq and n:
+            # Nothing was in flight: Linux's CA_EVENT_TX_START (tcp_event_data_sent()).
+            self.cc.on_tx_start(now, now - self.last_send)
         self.last_send = now
         self._emit(seg)
 
@@ -1415,6 +1490,8 @@ class Tcb:
         # ssthresh once per loss episode (Linux tcp_enter_loss()).
         self.cc.on_rto(sq.diff(self.snd_max, self.snd_una), first=self.retries == 1)
         self.recovery.on_rto()
+        if self.ecn is not None:
+            self.ecn.on_reduction(self.snd_max)  # tcp_enter_loss() queues CWR too
         if self.retries >= 2:
             self.sendq.clear_flag(SACKED)  # as recovery forgets its SACKs (RFC 2018 8)
         self.rtt.back_off()
