@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from ustack.labs import LABS
-from ustack.labs.scenarios import Lab
+from ustack.labs.scenarios import LABS, Lab
 from ustack.tools import ladder as lad
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent

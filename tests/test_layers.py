@@ -37,6 +37,8 @@ LAYERS: dict[str, int] = {
     # The dashboard draws its ladders with the ladder tool's code (build, render_svg):
     # a view above the tools, started by the cli; http.py gets it as a callable.
     "ustack.apps.dashboard": 7,
+    # A lab runs a whole stack, the kernel and the ladder renderer: the tools' layer.
+    "ustack.labs": 7,
     "ustack.cli": 8, "ustack.__main__": 8,
 }
 TOOLS_MAY_IMPORT = ("ustack.tools", "ustack.wire", "ustack.ctlproto", "ustack.ssfilter")

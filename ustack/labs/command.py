@@ -6,9 +6,6 @@ import argparse
 import asyncio
 import sys
 
-from ..tools import ladder as lad
-from . import LABS, LabError, run_lab
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,6 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..tools import ladder as lad
+    from .runner import run_lab
+    from .scenarios import LABS
+    from .world import LabError
+
     if args.list:
         width = max(map(len, LABS))
         for lab in LABS.values():
