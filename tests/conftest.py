@@ -80,12 +80,22 @@ def netns_missing_reason() -> str | None:
     return None
 
 
+def browser_missing_reason() -> str | None:
+    """Why `browser` tests (headless Chromium, Debian's `chromium`) cannot run here."""
+    if shutil.which("chromium") is None:
+        return "needs chromium (scripts/setup installs it)"
+    return None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Registered here, not in pyproject.toml, so adding it did not change the file whose
     # hash decides whether scripts/setup reinstalls the venv.
     config.addinivalue_line(
         "markers", "netns: needs root (runs its own sockets in a network namespace); "
                    "fails instead of skipping when CI=true")
+    config.addinivalue_line(
+        "markers", "browser: needs headless Chromium (`chromium`); fails instead of "
+                   "skipping when CI=true")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -93,6 +103,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         reason = tun_missing_reason()
     elif item.get_closest_marker("netns") is not None:
         reason = netns_missing_reason()
+    elif item.get_closest_marker("browser") is not None:
+        reason = browser_missing_reason()
     else:
         return
     if reason is None:

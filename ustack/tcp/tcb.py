@@ -637,7 +637,10 @@ class Tcb:
 
     def handle_segment(self, seg: Segment, now: float) -> None:
         """Process one arriving segment (RFC 9293 3.10.7)."""
-        self.segs_in += -(-len(seg.payload) // seg.gso) if seg.gso else 1  # tcp_segs_in()
+        n = -(-len(seg.payload) // seg.gso) if seg.gso else 1
+        self.segs_in += n  # tcp_segs_in(): every segment, data or not, in order or not
+        if seg.payload:
+            self.data_segs_in += n
         st = self.state
         if st is _ESTABLISHED and self.fast_path and self._predicted(seg):
             self._fast_input(seg, now)
@@ -1151,7 +1154,6 @@ class Tcb:
             self.rcvbuf.append(data)
             self.rcv_nxt = (rcv_nxt + len(data)) & MASK
             self.bytes_received += len(data)
-            self.data_segs_in += -(-len(data) // seg.gso) if seg.gso else 1
             self.last_data_rcv = now
             if hole:
                 self._drain_ofo()
