@@ -338,7 +338,7 @@ def _axes(svg: Svg, p: Panel, title: str, yfmt, tick_x: bool) -> None:
 
 def render_svg(c: Conn, width: int = 1100) -> str:
     left, right = 78, 150
-    seq_h, cwnd_h, rtt_h, gap, top = 430, 190, 150, 46, 56
+    seq_h, cwnd_h, rtt_h, gap, top = 430, 190, 150, 46, 66
     height = top + seq_h + gap + cwnd_h + gap + rtt_h + 40
     svg = Svg(width, height)
     w = width - left - right
