@@ -367,7 +367,7 @@ async def test_ss_i_and_plot_live_through_the_control_socket(daemon_env, tmp_pat
         assert rc == 0 and "\t" not in out and "cwnd" not in out
         # Bad input: clear errors, exit 1.
         rc, _, err = await cli("plot", "--control", path, "-o", str(out_svg))
-        assert rc == 1 and "FILE or --live" in err
+        assert rc == 1 and "one of them" in err
         rc, _, err = await cli("plot", str(tmp_path / "none.jsonl"), "-o", str(out_svg))
         assert rc == 1 and "No such file" in err
     finally:
@@ -419,3 +419,45 @@ async def test_record_op_to_a_file(daemon_env, tmp_path: Path):
     rc, _, err = await cli("plot", str(rec), "--conn", "9", "-o", str(tmp_path / "f.svg"))
     assert rc == 1 and "no connection 9" in err
     server.close()
+
+
+async def test_record_tool_and_plot_of_a_recording_so_far(daemon_env, tmp_path: Path):
+    stack, peer, path, link = daemon_env
+    rc, out, err = await cli("record", "--control", path, "start", "port", "8000")
+    assert rc == 0 and out.strip() == "recording 1 started", err
+
+    async def sink(reader, writer):
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await peer.start_server(sink, PEER, 8000)
+    _, writer = await stack.open_connection(PEER, 8000)
+    writer.write(b"w" * 200_000)
+    await writer.drain()
+    rc, out, err = await cli("record", "--control", path, "list")
+    assert rc == 0 and out.startswith("1: port 8000 -> in memory (1 connections, "), err
+    svg = tmp_path / "so-far.svg"
+    rc, _, err = await cli("plot", "--control", path, "--recording", "1", "-o", str(svg))
+    assert rc == 0, err
+    root = ET.fromstring(svg.read_text())
+    assert any(e.get("class") == "seq-new" for e in root.iter())
+    rc, out, err = await cli("record", "--control", path, "stop", "1")
+    assert rc == 0 and out.startswith("stopped 1: "), err
+    rc, _, err = await cli("plot", "--control", path, "--recording", "1", "-o", str(svg))
+    assert rc == 1 and "no recording 1" in err
+    rc, _, err = await cli("record", "--control", path, "stop", "x")
+    assert rc == 2 and "one recording id" in err
+    writer.close()
+    await asyncio.sleep(0.2)
+    server.close()
+
+
+def test_serve_rejects_record_filter_without_record():
+    proc = subprocess.run([sys.executable, "-m", "ustack", "serve", "--record-filter",
+                           "port 80"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--record-filter needs --record FILE" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "ustack", "serve", "--record", "/tmp/x",
+                           "--record-filter", "port nonsense"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "bad --record-filter" in proc.stderr

@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_tools(sub: argparse._SubParsersAction) -> None:
     """The control-socket clients (ustack/tools/): ss, nstat, capture, trace, ladder,
     connect. Each module registers its own subparser and `func`."""
-    from .tools import capture, connect, ladder, nstat, plot, ss, trace
+    from .tools import capture, connect, ladder, nstat, plot, record, ss, trace
 
-    for tool in (ss, nstat, capture, trace, ladder, connect, plot):
+    for tool in (ss, nstat, capture, trace, ladder, connect, plot, record):
         tool.add_parser(sub)
 
 

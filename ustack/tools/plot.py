@@ -13,6 +13,8 @@ where it ends, in its colour, so no legend is needed.
   ustack plot FILE [--conn ID|FILTER] -o OUT.svg     from `serve --record FILE`
   ustack plot --live FILTER [--duration S] -o OUT.svg  record through the control
                                                        socket for S seconds, then draw
+  ustack plot --recording ID -o OUT.svg               what an in-memory recording
+                                                       (`ustack record start`) holds so far
 
 The SVG is plain (no script), written by this module.
 """
@@ -57,6 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--live", metavar="FILTER", default=None,
                    help="record connections matching FILTER (ss syntax; '' for all) "
                         "through the control socket, then draw")
+    p.add_argument("--recording", metavar="ID", type=int, default=None,
+                   help="draw what the daemon's in-memory recording ID (`ustack record "
+                        "start`) holds so far")
     p.add_argument("--duration", type=float, default=2.0, metavar="SECONDS",
                    help="with --live: how long to record (default: 2)")
     p.add_argument("-o", "--output", metavar="OUT.svg", required=True,
@@ -505,14 +510,24 @@ def _live_records(args: argparse.Namespace) -> list[dict]:
     return snap["records"]
 
 
+def _snapshot(args: argparse.Namespace) -> list[dict]:
+    with Control.from_args(args) as ctl:
+        return ctl.request({"op": "record", "action": "snapshot",
+                            "id": args.recording})["records"]
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        if (args.file is None) == (args.live is None):
-            raise ToolError("give a recording FILE or --live FILTER (one of them)")
+        sources = [args.file is not None, args.live is not None, args.recording is not None]
+        if sum(sources) != 1:
+            raise ToolError("give a recording FILE, --live FILTER or --recording ID "
+                            "(one of them)")
         if args.width < 400:
             raise ToolError("--width must be at least 400")
         if args.live is not None:
             records = _live_records(args)
+        elif args.recording is not None:
+            records = _snapshot(args)
         else:
             try:
                 with open(args.file, encoding="utf-8") as f:
