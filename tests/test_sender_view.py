@@ -24,7 +24,7 @@ import pytest
 from ustack import Stack
 from ustack.control import ControlServer
 from ustack.io.memory import MemoryLink
-from ustack.record import Recordings, read_records
+from ustack.record import VERSION, Recordings
 from ustack.tcp.info import (
     TCP_INFO_SIZE,
     TcpInfo,
@@ -32,7 +32,8 @@ from ustack.tcp.info import (
     tcp_info,
     unpack_tcp_info,
 )
-from ustack.tools.plot import load, render_svg
+from ustack.tools.plot import VERSION as READER_VERSION
+from ustack.tools.plot import load, read_records, render_svg
 from ustack.tools.ss import info_fields, info_line, sprint_bw
 
 PEER, STACK = "10.77.0.1", "10.77.0.2"
@@ -279,6 +280,7 @@ async def test_recording_of_a_lossy_transfer_and_its_plot(tmp_path: Path):
 
 
 def test_read_records_rejects_garbage():
+    assert READER_VERSION == VERSION  # the tool reads what the daemon writes
     with pytest.raises(ValueError, match="line 1"):
         read_records(["not json\n", '{"ev": "tx"}\n'])
     with pytest.raises(ValueError, match="line 2"):

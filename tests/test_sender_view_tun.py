@@ -18,7 +18,7 @@ import pytest
 from conftest import PYTHON, STACK_ADDRESS, Daemon, eventually
 from test_sender_view import check_plot_svg, cwnd_reduced
 
-from ustack.record import read_records
+from ustack.tools.plot import read_records
 
 pytestmark = pytest.mark.tun
 

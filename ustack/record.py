@@ -337,27 +337,3 @@ class Recordings:
                 session.file = None
         self._schedule()
 
-
-def read_records(lines) -> list[dict]:
-    """Parse a recording (an iterable of lines); a torn last line (the daemon is still
-    writing) is skipped, any other bad line raises ValueError with its number."""
-    out = []
-    pending = None
-    for n, line in enumerate(lines, 1):
-        if pending is not None:
-            raise ValueError(f"line {pending[0]}: not JSON: {pending[1][:60]!r}")
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            pending = (n, line)
-            continue
-        if not isinstance(obj, dict) or "ev" not in obj:
-            raise ValueError(f"line {n}: not a recording record")
-        out.append(obj)
-    if out and out[0].get("ev") == "recording" and out[0].get("version", VERSION) > VERSION:
-        raise ValueError(f"recording version {out[0]['version']} is newer than this "
-                         f"reader ({VERSION})")
-    return out

@@ -22,6 +22,7 @@ The SVG is plain (no script), written by this module.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -30,10 +31,10 @@ from html import escape
 from pathlib import Path
 
 from .. import ssfilter as flt
-from ..record import read_records
 from .client import Control, ToolError, add_control_args, fail
 
 WRAP = 1 << 32
+VERSION = 1  # of the recording format this reader knows (ustack/record.py VERSION)
 # Colours: the data black/blue as tcptrace has them, retransmissions red, ACK green,
 # window olive, SACK purple.
 C_DATA, C_RTX, C_ACK, C_WIN, C_SACK = "#1f3b99", "#d62728", "#2ca02c", "#a08a00", "#9467bd"
@@ -71,6 +72,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------- the data
+
+
+def read_records(lines) -> list[dict]:
+    """Parse a recording (an iterable of lines); a torn last line (the daemon is still
+    writing) is skipped, any other bad line raises ValueError with its number."""
+    out = []
+    pending = None
+    for n, line in enumerate(lines, 1):
+        if pending is not None:
+            raise ValueError(f"line {pending[0]}: not JSON: {pending[1][:60]!r}")
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            pending = (n, line)
+            continue
+        if not isinstance(obj, dict) or "ev" not in obj:
+            raise ValueError(f"line {n}: not a recording record")
+        out.append(obj)
+    if out and out[0].get("ev") == "recording" and out[0].get("version", VERSION) > VERSION:
+        raise ValueError(f"recording version {out[0]['version']} is newer than this "
+                         f"reader ({VERSION})")
+    return out
+
 
 
 @dataclass
