@@ -463,3 +463,121 @@ def test_serve_rejects_record_filter_without_record():
                            "--record-filter", "port nonsense"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "bad --record-filter" in proc.stderr
+
+
+async def test_recording_marks_an_rto_and_the_plot_draws_it():
+    """Everything towards the peer is lost for 0.5 s in the middle of a transfer: the
+    retransmission timer fires, the recording says so (an "rto" record, the Loss state)
+    and the plot marks it."""
+    loop = asyncio.get_running_loop()
+    peer, stack = Stack(PEER, loop=loop), Stack(STACK, loop=loop)
+    link = MemoryLink(loop)
+    link.connect(peer, stack)
+    blackout: list[float] = []
+    link.drop = lambda side, frame: side == 1 and bool(blackout) and loop.time() < blackout[0]
+    recordings = Recordings(stack)
+    session = recordings.start("", None)
+    got = bytearray()
+
+    async def handler(reader, writer):
+        while data := await reader.read(65536):
+            got.extend(data)
+        writer.close()
+
+    server = await peer.start_server(handler, PEER, 5100)
+    try:
+        _, writer = await stack.open_connection(PEER, 5100)
+        writer.write(b"a" * 100_000)
+        await writer.drain()
+        blackout.append(loop.time() + 0.5)
+        writer.write(b"b" * 100_000)
+        await writer.drain()
+        writer.write_eof()
+        await until_true(lambda: len(got) == 200_000, 30)
+        records = session.snapshot()
+    finally:
+        recordings.close()
+        server.close()
+        stack.close()
+        peer.close()
+    assert any(r["ev"] == "rto" for r in records)
+    assert any(r["ev"] == "ca" and r["to"] == "Loss" for r in records)
+    rto = next(r for r in records if r["ev"] == "rto")
+    assert rto["cwnd"] == 1448 and rto["ca"] == "Loss"  # RFC 5681 3.1: one segment
+    conn = next(iter(load(records).values()))
+    assert ("Loss" in {ca for _, _, ca in conn.episodes()})
+    root = ET.fromstring(render_svg(conn))
+    assert any(e.get("class") == "mark mark-rto" for e in root.iter(f"{SVG}line"))
+    assert "RTO recovery" in {t.text for t in root.iter(f"{SVG}text")}
+
+
+async def until_true(cond, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+class _FakeCc:
+    name = "reno"
+
+    def __init__(self) -> None:
+        self.cwnd, self.ssthresh = 14480, 1 << 30
+
+
+class _FakeRecovery:
+    """What the recovery rewrite exposes (ca_state), and today's flight()."""
+
+    in_recovery = False
+
+    def __init__(self) -> None:
+        self.ca_state = "Open"
+
+    def flight(self) -> int:
+        return 2896
+
+
+class _FakeRtt:
+    srtt = 0.001
+
+    def current(self) -> float:
+        return 0.2
+
+
+class _FakeTcb:
+    iss, snd_una, snd_nxt, sack_ok, mss, snd_wnd = 1000, 1001, 3897, True, 1448, 65535
+
+    def __init__(self) -> None:
+        self.cc, self.recovery, self.rtt = _FakeCc(), _FakeRecovery(), _FakeRtt()
+
+
+class _Seg:
+    ack, sack = 3897, ((5000, 6448),)
+
+
+def test_recorder_marks_undo_only_when_cwnd_comes_back():
+    from ustack.record import Recorder, Session
+    from ustack.ssfilter import parse
+
+    session = Session(1, parse(""), None, lambda: 0.0, lambda: 0.0)
+    tcb = _FakeTcb()
+    rec = Recorder(tcb, 0.0)
+    rec.sinks.append((session, 1))
+
+    def episode(end_cwnd: int, t: float) -> None:
+        tcb.recovery.ca_state, tcb.cc.cwnd, tcb.cc.ssthresh = "Recovery", 7240, 7240
+        rec.on_ack(tcb, _Seg, t)
+        tcb.recovery.ca_state, tcb.cc.cwnd = "Open", end_cwnd
+        rec.on_ack(tcb, _Seg, t + 0.01)
+
+    rec.on_ack(tcb, _Seg, 0.001)  # Open, cwnd 14480
+    episode(7240, 0.1)  # ran its course: cwnd stays at ssthresh
+    tcb.cc.cwnd = 8688
+    rec.on_ack(tcb, _Seg, 0.2)
+    episode(8688, 0.3)  # undone: cwnd back where it was before the episode
+    evs = [(r["ev"], r["t"]) for r in session.records if r["ev"] in ("ca", "undo")]
+    assert evs == [("ca", 0.1), ("ca", 0.11), ("ca", 0.3), ("ca", 0.31), ("undo", 0.31)]
+    ack = next(r for r in session.records if r["ev"] == "ack")
+    assert ack["sack"] == [[4000, 5448]] and ack["ack"] == 2897 and ack["pipe"] == 2896
+    assert ack["ssthresh"] is None and ack["una"] == 1 and ack["ca"] == "Open"
