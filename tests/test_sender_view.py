@@ -170,6 +170,7 @@ async def test_tcp_info_counts_a_lossy_transfer():
         assert info.options & 1 and info.options & 2 and info.options & 4
         assert info.rtt > 0 and info.rto >= 200_000 and info.snd_cwnd >= 1
         assert info.cong == "reno" and info.last_ack_recv < 60_000
+        assert 0 < info.busy_time < (stack.now() - tcb.created) * 1e6
         # The receiving side counted what it took in.
         ptcb = next(t for t in peer.table.est.values() if t.remote[1] == tcb.local[1])
         pinfo = tcp_info(ptcb, peer.now())
@@ -581,3 +582,27 @@ def test_recorder_marks_undo_only_when_cwnd_comes_back():
     ack = next(r for r in session.records if r["ev"] == "ack")
     assert ack["sack"] == [[4000, 5448]] and ack["ack"] == 2897 and ack["pipe"] == 2896
     assert ack["ssthresh"] is None and ack["una"] == 1 and ack["ca"] == "Open"
+
+
+async def test_tcp_info_before_the_handshake_is_done():
+    """A SYN that never gets an answer: SYN-SENT, no RTT yet, the SYN's RTO backed off."""
+    loop = asyncio.get_running_loop()
+    peer, stack = Stack(PEER, loop=loop), Stack(STACK, loop=loop)
+    link = MemoryLink(loop)
+    link.connect(peer, stack)
+    link.drop = lambda side, frame: True
+    task = asyncio.ensure_future(stack.open_connection(PEER, 5200))
+    try:
+        await until_true(lambda: bool(stack.table.est), 5)
+        tcb = next(iter(stack.table.est.values()))
+        info = tcp_info(tcb, stack.now())
+        assert info.state == 2 and info.rtt == 0 and info.min_rtt == 0xFFFFFFFF
+        assert info.rto == 1_000_000 and info.snd_mss == 536 and info.unacked == 1
+        assert info.options == 0 and info.bytes_acked == 0 and info.segs_out == 1
+        fields = {name for name, _, _ in info_fields(info.as_dict(), True)}
+        assert "rtt" not in fields and "minrtt" not in fields and "wscale" not in fields
+        assert len(pack_tcp_info(info)) == TCP_INFO_SIZE
+    finally:
+        task.cancel()
+        stack.close()
+        peer.close()

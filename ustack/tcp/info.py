@@ -11,7 +11,8 @@ LP64 machine); `unpack_tcp_info()` reads one back (Linux's own getsockopt output
 
 Fields ustack has no notion of are 0, as Linux reports them when a feature is off:
 fackets, last_ack_sent ("not remembered, sorry"), rcv_rtt, rwnd_limited,
-sndbuf_limited, delivered_ce, rehash, total_rto_time. ustack does not pace;
+sndbuf_limited, delivered_ce, rehash, total_rto_time. busy_time is the time with
+data outstanding (Linux's TCP_CHRONO_BUSY also counts data queued and unsent). ustack does not pace;
 pacing_rate is the rate Linux's tcp_update_pacing_rate() would set from cwnd and SRTT
 (so `ss -ti` shows the same kind of figure), max_pacing_rate is ~0 (unlimited).
 """
@@ -346,6 +347,8 @@ def tcp_info(tcb, now: float) -> TcpInfo:
     # tp->delivered: segments acknowledged or SACKed (the SYN counts, as in Linux).
     info.delivered = getattr(tcb.recovery, "delivered", None) or (
         -(-tcb.bytes_acked // mss) + rec.sacked_out)
+    busy = tcb.busy_time + (now - tcb.busy_since if outstanding > 0 and tcb.busy_since else 0)
+    info.busy_time = _usec(busy)  # ustack: time with data outstanding (TCP_CHRONO_BUSY)
     info.bytes_sent = tcb.bytes_sent
     info.bytes_retrans = tcb.bytes_retrans
     info.dsack_dups = getattr(tcb.recovery, "dsack_dups", 0)  # until the recovery rewrite lands

@@ -185,6 +185,9 @@ class Tcb:
         self.total_rto = 0
         self.total_rto_recoveries = 0
         self.last_data_rcv = 0.0
+        # Linux's TCP_CHRONO_BUSY, approximated: time with data outstanding.
+        self.busy_time = 0.0
+        self.busy_since = 0.0
         # A sender-state recorder (ustack/record.py) or None: one test per ACK and
         # per segment sent while it is off.
         self.recorder = None
@@ -1024,6 +1027,7 @@ class Tcb:
             if self.snd_una == self.snd_max:
                 self.timers.clear(Timer.RTO)
                 self.timers.clear(Timer.LOSS)
+                self.busy_time += now - self.busy_since
             else:
                 self.timers.set(Timer.RTO, now + self.rtt.current())  # RFC 6298 5.3
                 rec.arm_probe(now)
@@ -1357,6 +1361,8 @@ class Tcb:
         seq = self.snd_nxt
         seg = self._make(flags, seq, now, payload)
         n = len(payload) + (1 if flags & FIN else 0)
+        if self.snd_una == self.snd_max:
+            self.busy_since = now  # from idle: busy until all is acknowledged
         retrans = sq.lt(seq, self.snd_max)
         if retrans:
             self.ctx.stats["TcpRetransSegs"] += 1
