@@ -115,7 +115,7 @@ def test_plot_of_a_lossy_download_over_tun(daemon, tmp_path: Path):
     size = 3_000_000
     (www / "big.bin").write_bytes(bytes(range(256)) * (size // 256) + bytes(size % 256))
     d = daemon("--control", ctl, "--root", www, "--record", rec,
-               "--impair", "out.loss=0.02,seed=7")
+               "--impair", "loss=0.02,seed=7")
     got = d.run("curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", "--max-time",
                 "120", f"http://{STACK_ADDRESS}/big.bin")
     assert got.returncode == 0 and got.stdout == str(size), got.stderr
