@@ -475,10 +475,12 @@ def render_svg(c: Conn, width: int = 1100) -> str:
 
     # Sender state: cwnd, ssthresh, pipe; SRTT and RTO.
     st = c.state
+    # pipe first and faint: it swings with every ACK and segment and would hide the
+    # window it moves under.
     series = (
-        (pc, "cwnd", C_CWND, "cwnd", 1.0, "1.8", ""),
+        (pc, "pipe", C_PIPE, "pipe", 1.0, "1", ' stroke-opacity="0.55"'),
         (pc, "ssthresh", C_SSTH, "ssthresh", 1.0, "1.6", ' stroke-dasharray="6 3"'),
-        (pc, "pipe", C_PIPE, "pipe", 1.0, "1.2", ""),
+        (pc, "cwnd", C_CWND, "cwnd", 1.0, "1.8", ""),
     )
     for p, key, colour, label, scale, sw, extra in series:
         pts = [(s["t"], None if s.get(key) is None else min(s[key] * scale, p.v1))
