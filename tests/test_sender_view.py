@@ -280,8 +280,26 @@ async def test_recording_of_a_lossy_transfer_and_its_plot(tmp_path: Path):
         peer.close()
 
 
-def test_read_records_rejects_garbage():
+def test_read_records_rejects_garbage(tmp_path: Path):
     assert READER_VERSION == VERSION  # the tool reads what the daemon writes
+    head = {"ev": "conn", "c": 1, "local": "10.77.0.2:80", "peer": "10.77.0.1:5"}
+    good = {"ev": "tx", "c": 1, "t": 0.1, "seq": 1, "len": 10, "rtx": False, "una": 1,
+            "nxt": 11, "cwnd": 100, "ssthresh": None, "pipe": 10, "srtt": None,
+            "rto": 1.0, "ca": "Open"}
+    assert load([head, good])[1].tx == [(0.1, 0, 10, False)]
+    for bad in ({**good, "seq": "x"}, {**good, "cwnd": "many"}, {**good, "t": None},
+                {k: v for k, v in good.items() if k != "len"},
+                {"ev": "ack", "c": 1, "t": 0.2, "ack": 5, "sack": [[1]]},
+                {"ev": "end", "c": 1, "t": "soon"}, {"ev": "conn", "c": [1]}):
+        with pytest.raises(ValueError, match="record 2"):
+            load([head, bad])
+    f = tmp_path / "bad.jsonl"
+    f.write_text(json.dumps(head) + "\n" + json.dumps({**good, "nxt": [1]}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "ustack", "plot", str(f), "-o",
+                           str(tmp_path / "x.svg")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and "ustack plot: record 2" in proc.stderr
+    assert "Traceback" not in proc.stderr
     with pytest.raises(ValueError, match="line 1"):
         read_records(["not json\n", '{"ev": "tx"}\n'])
     with pytest.raises(ValueError, match="line 2"):

@@ -153,51 +153,65 @@ class _Unwrap:
 
 
 def load(records: list[dict]) -> dict[int, Conn]:
+    """The connections of a recording; a record without the fields its kind needs
+    raises ValueError naming it."""
     conns: dict[int, Conn] = {}
     unwraps: dict[int, _Unwrap] = {}
-    for r in records:
-        ev = r.get("ev")
-        cid = r.get("c")
-        if ev == "recording" or cid is None:
-            continue
-        if ev == "conn":
-            conns[cid] = Conn(cid, r)
-            unwraps[cid] = _Unwrap()
-            continue
-        c = conns.get(cid)
-        if c is None:
-            continue  # samples of a connection whose header we never saw
-        u = unwraps[cid]
-        if ev == "dropped":
-            c.dropped += int(r.get("count", 0))
-            continue
-        if ev == "end":
-            c.end = r.get("t")
-            continue
-        if ev == "est":
-            c.head.update({k: r[k] for k in ("mss", "sack", "ts", "wscale") if k in r})
-            continue
-        if ev == "ca":
-            continue
-        t = float(r["t"])
-        if "una" in r:
-            s = dict(r)
-            s["una"] = u(r["una"]) - 1
-            s["nxt"] = u(r["nxt"]) - 1
-            c.state.append(s)
-        if ev == "tx":
-            seq = u(r["seq"]) - 1
-            c.tx.append((t, seq, seq + int(r["len"]), bool(r.get("rtx"))))
-        elif ev == "ack":
-            ack = u(r["ack"]) - 1
-            c.acks.append((t, ack, ack + int(r.get("win", 0))))
-            for left, right in r.get("sack", ()):
-                lo = u(left) - 1
-                c.sacks.append((t, lo, lo + ((right - left) % WRAP)))
-            u.ref = ack + 1
-        elif ev in MARK_NAME:
-            c.marks.append((t, ev))
+    for n, r in enumerate(records, 1):
+        try:
+            _load_one(r, conns, unwraps)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"record {n} ({str(r)[:60]}): bad or missing field "
+                             f"{exc}") from None
     return conns
+
+
+def _load_one(r: dict, conns: dict[int, Conn], unwraps: dict[int, _Unwrap]) -> None:
+    ev = r.get("ev")
+    cid = r.get("c")
+    if ev == "recording" or cid is None:
+        return
+    if ev == "conn":
+        conns[cid] = Conn(cid, r)
+        unwraps[cid] = _Unwrap()
+        return
+    c = conns.get(cid)
+    if c is None:
+        return  # samples of a connection whose header we never saw
+    u = unwraps[cid]
+    if ev == "dropped":
+        c.dropped += int(r.get("count", 0))
+        return
+    if ev == "end":
+        c.end = float(r["t"])
+        return
+    if ev == "est":
+        c.head.update({k: r[k] for k in ("mss", "sack", "ts", "wscale") if k in r})
+        return
+    if ev == "ca":
+        return
+    t = float(r["t"])
+    if "una" in r:
+        for k in ("cwnd", "pipe", "ssthresh", "srtt", "rto"):
+            v = r.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ValueError(repr(k))
+        s = dict(r)
+        s["una"] = u(r["una"]) - 1
+        s["nxt"] = u(r["nxt"]) - 1
+        c.state.append(s)
+    if ev == "tx":
+        seq = u(r["seq"]) - 1
+        c.tx.append((t, seq, seq + int(r["len"]), bool(r.get("rtx"))))
+    elif ev == "ack":
+        ack = u(r["ack"]) - 1
+        c.acks.append((t, ack, ack + int(r.get("win", 0))))
+        for left, right in r.get("sack", ()):
+            lo = u(left) - 1
+            c.sacks.append((t, lo, lo + ((right - left) % WRAP)))
+        u.ref = ack + 1
+    elif ev in MARK_NAME:
+        c.marks.append((t, ev))
 
 
 def choose(conns: dict[int, Conn], which: str | None) -> Conn:
@@ -213,8 +227,8 @@ def choose(conns: dict[int, Conn], which: str | None) -> Conn:
         return c
     f = flt.parse(which)
     found = [c for c in conns.values()
-             if f.matches(flt.split_endpoint(c.head.get("local", ":")),
-                          flt.split_endpoint(c.head.get("peer", ":")))]
+             if f.matches(flt.split_endpoint(str(c.head.get("local", ":"))),
+                          flt.split_endpoint(str(c.head.get("peer", ":"))))]
     if not found:
         raise ToolError(f"no connection matches {which!r}")
     return max(found, key=lambda c: (c.samples, -c.cid))
