@@ -429,6 +429,14 @@ async def test_record_op_to_a_file(daemon_env, tmp_path: Path):
         await asyncio.to_thread(request, {"op": "record", "action": "snapshot", "id": sid})
     with pytest.raises(Exception, match="absolute"):
         await asyncio.to_thread(request, {"op": "record", "action": "start", "file": "x"})
+    for bad, message in (({"action": "start", "filter": "port zz"}, "port"),
+                         ({"action": "stop", "id": 99}, "no recording 99"),
+                         ({"action": "snapshot"}, "missing field 'id'"),
+                         ({"action": "stop", "id": "1"}, "wrong type"),
+                         ({"action": "frob"}, "unknown record action"),
+                         ({"action": "start", "file": str(rec)}, "already recording")):
+        with pytest.raises(Exception, match=message):
+            await asyncio.to_thread(request, {"op": "record", **bad})
     await asyncio.to_thread(request, {"op": "record", "action": "stop", "id": sid})
     records = read_records(rec.read_text().splitlines())
     assert records[0]["ev"] == "recording" and records[0]["filter"] == "port 7000"
