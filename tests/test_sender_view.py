@@ -632,3 +632,24 @@ async def test_tcp_info_before_the_handshake_is_done():
         task.cancel()
         stack.close()
         peer.close()
+
+
+def test_the_adapter_prefers_what_the_recovery_rewrite_exposes():
+    """With ca_state, sacked_out, lost_out, retrans_out, reordering, total_retrans,
+    delivery_rate and app_limited on tcb.recovery, info.py reads those and none of
+    today's recovery internals."""
+    from types import SimpleNamespace
+
+    from ustack.tcp.info import pipe_bytes, recovery_view
+
+    rec = SimpleNamespace(ca_state="Recovery", sacked_out=3, lost_out=2, retrans_out=1,
+                          reordering=5, total_retrans=9, delivery_rate=125_000,
+                          app_limited=True)
+    tcb = SimpleNamespace(recovery=rec, mss=1000, snd_una=0, snd_max=10_000,
+                          retrans_segs=0, sack_ok=True, retries=0)
+    view = recovery_view(tcb)
+    assert (view.ca_state, view.sacked_out, view.lost_out, view.retrans_out) == \
+        ("Recovery", 3, 2, 1)
+    assert (view.reordering, view.total_retrans, view.delivery_rate, view.app_limited) == \
+        (5, 9, 125_000, True)
+    assert pipe_bytes(tcb) == 10_000 - (3 + 2 - 1) * 1000

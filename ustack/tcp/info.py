@@ -257,6 +257,13 @@ def pipe_bytes(tcb) -> int:
     """Bytes the sender believes are in the network (RFC 6675 pipe; Linux
     tcp_packets_in_flight() in bytes)."""
     rec = tcb.recovery
+    sacked = getattr(rec, "sacked_out", None)
+    lost = getattr(rec, "lost_out", None)
+    retrans = getattr(rec, "retrans_out", None)
+    if sacked is not None and lost is not None and retrans is not None:
+        # tcp_packets_in_flight(): packets_out - (sacked_out + lost_out) + retrans_out.
+        out = sq.diff(tcb.snd_max, tcb.snd_una)
+        return max(out - (sacked + lost - retrans) * (tcb.mss or 1), 0)
     # until the recovery rewrite lands: today's recovery.py has pipe() during SACK
     # recovery and flight() outside it.
     if rec.in_recovery and tcb.sack_ok:
