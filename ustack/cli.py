@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_tools(sub: argparse._SubParsersAction) -> None:
     """The control-socket clients (ustack/tools/): ss, nstat, capture, trace, ladder,
     connect. Each module registers its own subparser and `func`."""
-    from .tools import capture, connect, ladder, nstat, ss, trace
+    from .tools import capture, connect, ladder, nstat, plot, record, ss, trace
 
-    for tool in (ss, nstat, capture, trace, ladder, connect):
+    for tool in (ss, nstat, capture, trace, ladder, connect, plot, record):
         tool.add_parser(sub)
 
 
@@ -147,6 +147,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "connect (default: /run/ustack/NAME.sock; 'none' disables it)")
     p.add_argument("--pcap", metavar="FILE", default=None,
                    help="write every frame in and out of the TUN device to a pcap file")
+    p.add_argument("--record", metavar="FILE", default=None,
+                   help="record the sender state of every connection (or those matching "
+                        "--record-filter) to FILE, JSON lines, for `ustack plot`")
+    p.add_argument("--record-filter", metavar="FILTER", default="",
+                   help="with --record: only connections matching this ss filter, e.g. "
+                        "'port 80' or '10.77.0.1:5000'")
     p.add_argument("--log-level", metavar="LEVEL", default="warning", type=str.lower,
                    choices=["debug", "info", "warning", "error", "critical"],
                    help="debug, info, warning (default), error or critical")
@@ -166,6 +172,16 @@ def _check_serve(args: argparse.Namespace) -> str | None:
     addr, host = args.address, args.host_address
     if addr.ip == host.ip:
         return f"--address and --host-address are both {addr.ip}"
+    record_filter = getattr(args, "record_filter", "")
+    if record_filter and not getattr(args, "record", None):
+        return "--record-filter needs --record FILE"
+    if record_filter:
+        from .ssfilter import parse as parse_filter
+
+        try:
+            parse_filter(record_filter)
+        except ValueError as exc:
+            return f"bad --record-filter: {exc}"
     if addr.ip not in host.network:
         return (f"--address {addr.ip} is outside the host side's network {host.network}; "
                 "the kernel would not route to it")
@@ -229,11 +245,12 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
     device = TunDevice(args.tun, str(args.host_address), mtu=args.mtu, offload=offload)
     stack = None
     servers: list[asyncio.AbstractServer] = []
-    control = captures = None
+    control = captures = recordings = None
     try:
         stack = Stack(str(args.address.ip), config=config)
         stack.attach(device)
-        captures, control = await _start_observability(stack, args, device.name)
+        captures, control, recordings = await _start_observability(stack, args,
+                                                                   device.name)
         if impaired:
             from .impair import Impairment
 
@@ -263,6 +280,8 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
             control.close()
         if captures is not None:
             captures.stop()
+        if recordings is not None:
+            recordings.close()
         if stack is not None:
             stack.close()
         device.close()
@@ -289,26 +308,38 @@ async def _start_observability(stack, args: argparse.Namespace, name: str):
     from .ctlproto import ControlError, default_path
     from .eventlog import state_observer
     from .pcap import Captures
+    from .record import Recordings
 
     stack.observers.append(state_observer)
     captures = Captures(stack)
     if args.pcap:
         captures.start(args.pcap)
         _say(f"capturing to {args.pcap}")
+    recordings = Recordings(stack)
+    record = getattr(args, "record", None)
+    if record:
+        try:
+            recordings.start(getattr(args, "record_filter", ""), record)
+        except OSError:
+            captures.stop()
+            raise
+        _say(f"recording sender state to {record}")
     control = None
     if args.control != "none":
         path = args.control or default_path(name)
-        control = ControlServer(stack, path, name=name, captures=captures)
+        control = ControlServer(stack, path, name=name, captures=captures,
+                                recordings=recordings)
         try:
             await control.start()
         except (ControlError, OSError) as exc:
             control.close()
             if args.control:
                 captures.stop()
+                recordings.close()
                 raise ControlError(str(exc)) from None
             _say(f"warning: no control socket: {exc}")
             control = None
-    return captures, control
+    return captures, control, recordings
 
 
 async def _start_services(stack, args: argparse.Namespace

@@ -173,6 +173,27 @@ class Tcb:
         self.last_rcv = 0.0
         self.error = 0
         self.was_established = False
+        # Per-connection counters for TCP_INFO and `ss -ti` (info.py), as Linux keeps
+        # them in tcp_sock (RFC 4898 names): a few integer adds per segment.
+        self.segs_in = 0
+        self.segs_out = 0
+        self.data_segs_in = 0
+        self.data_segs_out = 0
+        self.bytes_sent = 0  # data octets sent, retransmissions included
+        self.bytes_retrans = 0
+        self.retrans_segs = 0  # tp->total_retrans
+        self.bytes_acked = 0
+        self.bytes_received = 0
+        self.rcv_ooopack = 0
+        self.total_rto = 0
+        self.total_rto_recoveries = 0
+        self.last_data_rcv = 0.0
+        # Linux's TCP_CHRONO_BUSY, approximated: time with data outstanding.
+        self.busy_time = 0.0
+        self.busy_since = 0.0
+        # A sender-state recorder (ustack/record.py) or None: one test per ACK and
+        # per segment sent while it is off.
+        self.recorder = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -239,7 +260,9 @@ class Tcb:
         self.tx.append((self.lip, self.rip, seg))
         # A super-segment counts as the wire segments it becomes, as Linux counts
         # tcp_skb_pcount() in __tcp_transmit_skb().
-        self.ctx.stats["TcpOutSegs"] += -(-len(seg.payload) // seg.gso) if seg.gso else 1
+        n = -(-len(seg.payload) // seg.gso) if seg.gso else 1
+        self.ctx.stats["TcpOutSegs"] += n
+        self.segs_out += n
         if seg.flags & RST:
             self.ctx.stats["TcpOutRsts"] += 1
 
@@ -629,6 +652,10 @@ class Tcb:
 
     def handle_segment(self, seg: Segment, now: float) -> None:
         """Process one arriving segment (RFC 9293 3.10.7)."""
+        n = -(-len(seg.payload) // seg.gso) if seg.gso else 1
+        self.segs_in += n  # tcp_segs_in(): every segment, data or not, in order or not
+        if seg.payload:
+            self.data_segs_in += n
         st = self.state
         if st is _ESTABLISHED and self.fast_path and self._predicted(seg):
             self._fast_input(seg, now)
@@ -672,6 +699,7 @@ class Tcb:
                 return
             self._rtt_sample_ack(seg, now)
             self.snd_una = seg.ack
+            self.bytes_acked += 1  # our SYN, as Linux's tcp_ack() counts it
             self.snd_wnd = seg.wnd << self.snd_wscale
             self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
@@ -1027,6 +1055,7 @@ class Tcb:
             self.snd_una = ack
             if self.cc.wants_rtt:
                 self._ca_rtt_sample(ack, now)
+            self.bytes_acked += acked
             q = self.sendq
             before = len(q)
             q.on_ack(ack)
@@ -1037,6 +1066,7 @@ class Tcb:
             if self.snd_una == self.snd_max:
                 self.timers.clear(Timer.RTO)
                 self.timers.clear(Timer.LOSS)
+                self.busy_time += now - self.busy_since
             else:
                 self.timers.set(Timer.RTO, now + self.rtt.current())  # RFC 6298 5.3
                 rec.arm_probe(now)
@@ -1061,6 +1091,8 @@ class Tcb:
                 # tcp_ack_probe()).
                 self.timers.clear(Timer.PERSIST)
                 self.rtt.reset_backoff()
+        if self.recorder is not None:
+            self.recorder.on_ack(self, seg, now)
         if not (self.fin_sent and self.snd_una == self.snd_max):
             return True  # our FIN is not (yet) acknowledged: no state change here
         st = self.state
@@ -1116,6 +1148,13 @@ class Tcb:
         self.last_send = now
         k = len(payload) + (1 if flags & FIN else 0)
         self.sendq.on_transmit(seq, (seq + k) & MASK, now)
+        self.retrans_segs += 1
+        if payload:
+            self.data_segs_out += 1
+            self.bytes_sent += len(payload)
+            self.bytes_retrans += len(payload)
+        if self.recorder is not None:
+            self.recorder.on_send(self, seq, k, True, now)
         return k
 
     def retransmit_head(self, now: float) -> int:
@@ -1174,6 +1213,7 @@ class Tcb:
             # sees the hole (RFC 5681 4.2, RFC 2018 4).
             if data and self.ofo.add(start, data):
                 self.ctx.stats["TcpExtTCPOFOQueue"] += 1
+            self.rcv_ooopack += 1
             if fin:
                 self.ofo_fin = (start + len(data)) & MASK
             self.ack_now = self.ack_at_once = True
@@ -1182,6 +1222,8 @@ class Tcb:
             hole = bool(self.ofo)
             self.rcvbuf.append(data)
             self.rcv_nxt = (rcv_nxt + len(data)) & MASK
+            self.bytes_received += len(data)
+            self.last_data_rcv = now
             if hole:
                 self._drain_ofo()
             self.events.append(_DATA)
@@ -1206,6 +1248,7 @@ class Tcb:
         """Move the queued data that now continues RCV.NXT to the receive buffer."""
         chunk = self.ofo.pop(self.rcv_nxt)
         if chunk:
+            self.bytes_received += len(chunk)
             self.rcvbuf.append(chunk)
             self.rcv_nxt = (self.rcv_nxt + len(chunk)) & MASK
 
@@ -1258,7 +1301,13 @@ class Tcb:
                        self.sendq.data(self.snd_nxt, n), now)
 
     def _on_loss_timer(self, now: float) -> None:
+        if self.recorder is None:
+            self.recovery.on_probe_timeout(now)
+            return
+        probes = self.ctx.stats["TcpExtTCPLossProbes"]
         self.recovery.on_probe_timeout(now)
+        if self.ctx.stats["TcpExtTCPLossProbes"] != probes:
+            self.recorder.on_event(self, "tlp", now)
 
     def output_soon(self) -> None:
         """Ask for output() at the end of the batch: when every segment that arrived
@@ -1377,19 +1426,24 @@ class Tcb:
         seq = self.snd_nxt
         seg = self._make(flags, seq, now, payload)
         n = len(payload) + (1 if flags & FIN else 0)
-        if sq.lt(seq, self.snd_max):
+        if self.snd_una == self.snd_max:
+            self.busy_since = now  # from idle: busy until all is acknowledged
+        retrans = sq.lt(seq, self.snd_max)
+        if retrans:
             self.ctx.stats["TcpRetransSegs"] += 1
             self.ctx.stats["TcpExtTCPSlowStartRetrans"] += 1
-        elif self.ecn is not None and payload:
+            self.retrans_segs += 1
+            self.bytes_retrans += len(payload)
+        elif self.rtt_seq is None and n:
+            self.rtt_seq = seq
+            self.rtt_time = now
+        if not retrans and payload and self.ecn is not None:
             # New data: ECT(0), and CWR once after a reduction (RFC 3168 6.1.2, Linux
             # tcp_ecn_send()); never on retransmissions, pure ACKs or SYNs (6.1.5).
             seg.ecn = ecn.ECT0
             if self.ecn.queue_cwr:
                 self.ecn.queue_cwr = False
                 seg.flags |= CWR
-        elif self.rtt_seq is None and n:
-            self.rtt_seq = seq
-            self.rtt_time = now
         if gso:
             seg.gso = gso
             if len(payload) % gso:  # tcp_minshall_update(): len < pcount * mss
@@ -1409,7 +1463,12 @@ class Tcb:
             # Nothing was in flight: Linux's CA_EVENT_TX_START (tcp_event_data_sent()).
             self.cc.on_tx_start(now, now - self.last_send)
         self.last_send = now
+        if payload:
+            self.data_segs_out += -(-len(payload) // gso) if gso else 1
+            self.bytes_sent += len(payload)
         self._emit(seg)
+        if self.recorder is not None:
+            self.recorder.on_send(self, seq, n, retrans, now)
 
     def _arm_persist(self, now: float) -> None:
         if not self.timers.is_set(Timer.PERSIST) and not self.timers.is_set(Timer.RTO):
@@ -1451,6 +1510,9 @@ class Tcb:
         st = self.state
         self.retries += 1
         stats["TcpExtTCPTimeouts"] += 1
+        self.total_rto += 1
+        if self.retries == 1:
+            self.total_rto_recoveries += 1
         if st == State.SYN_SENT or st == State.SYN_RECEIVED:
             # Resend the SYN or SYN-ACK with backoff (RFC 6298 5.5) until Linux's
             # tcp_syn_retries / tcp_synack_retries run out.
@@ -1492,6 +1554,8 @@ class Tcb:
         self.recovery.on_rto()
         if self.ecn is not None:
             self.ecn.on_reduction(self.snd_max)  # tcp_enter_loss() queues CWR too
+        if self.recorder is not None:
+            self.recorder.on_event(self, "rto", now)
         if self.retries >= 2:
             self.sendq.clear_flag(SACKED)  # as recovery forgets its SACKs (RFC 2018 8)
         self.rtt.back_off()
