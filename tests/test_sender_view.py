@@ -381,7 +381,7 @@ async def test_ss_i_and_plot_live_through_the_control_socket(daemon_env, tmp_pat
         assert rc == 0, err
         conn = next(c for c in json.loads(out)["connections"] if c["peer"] == f"{PEER}:6000")
         assert conn["tcp_info"]["snd_mss"] == 1448 and conn["tcp_info"]["bytes_retrans"] > 0
-        assert conn["info"]["mss"] == 1448 and conn["info"]["wscale"] == [3, 3]
+        assert conn["info"]["mss"] == 1448 and conn["info"]["wscale"] == [7, 7]
         assert conn["info"]["retrans"][1] == conn["tcp_info"]["total_retrans"] > 0
         # Without -i, no info line (the old output is unchanged).
         rc, out, _ = await cli("ss", "--control", path)
