@@ -162,8 +162,12 @@ class Runner:
             self.settings.append(f"{key}={value}")
 
     def _shell(self, cmd: str) -> None:
-        for line in cmd.splitlines():
+        for line in cmd.replace("\\\n", " ").splitlines():
             line = line.split("#", 1)[0].strip()
+            m = re.fullmatch(r"echo\s+(\S+)\s*>\s*/sys/module/tcp_cubic/parameters/(\w+)", line)
+            if m:
+                self._sysctl(f"cubic_{m.group(2)}", m.group(1))
+                continue
             if not line:
                 continue
             try:
@@ -215,7 +219,9 @@ class Runner:
         start = self.last_start + t.start if t.relative else START + t.start
         end = None
         if t.end is not None:
-            end = start + t.end if t.end_relative else START + t.end
+            # packetdrill (parser.y): in `+a...b` and `+a~b` both ends count from the
+            # previous event; in `a...b` both are absolute.
+            end = self.last_start + t.end if t.relative or t.end_relative else START + t.end
         return start, end
 
     def _advance(self, to: float) -> None:
@@ -435,12 +441,21 @@ class Runner:
 
     # the calls --------------------------------------------------------------
 
+    def _new_fd(self, call: Syscall) -> int:
+        """The script names its descriptors by the results it expects (packetdrill maps
+        them onto the real ones), so the fd is the one the script wrote."""
+        try:
+            fd = int(call.result)
+        except ValueError:
+            fd = 3
+        if fd < 0 or (fd in self.socks and not self.socks[fd].closed):
+            fd = max(self.socks, default=2) + 1
+        return fd
+
     def _sys_socket(self, call: Syscall) -> int:
         if len(call.args) < 2 or call.args[1] != "SOCK_STREAM":
             raise Unsupported(f"socket({', '.join(call.args)})")
-        fd = 3
-        while fd in self.socks and not self.socks[fd].closed:
-            fd += 1
+        fd = self._new_fd(call)
         self.socks[fd] = Sock(fd)
         self._t()
         return fd
@@ -473,9 +488,7 @@ class Runner:
         def done():
             if lst.accept_queue:
                 tcb = lst.accept_queue.pop(0)
-                fd = 3
-                while fd in self.socks and not self.socks[fd].closed:
-                    fd += 1
+                fd = self._new_fd(call)
                 self.socks[fd] = Sock(fd, tcb=tcb)
                 self.last_fd = fd
                 self.peer_port = tcb.remote[1]
@@ -528,8 +541,16 @@ class Runner:
                 return -1, err
             if not tcb.state.can_send or tcb.fin_sent:
                 return -1, E.EPIPE  # after shutdown(SHUT_WR) or the connection's end
-            k = t.call(tcb, tcb.send, b"\0" * state["left"], t.now, more) \
-                if more else t.call(tcb, tcb.send, b"\0" * state["left"], t.now)
+            room = tcb.snd_cap - tcb.send_queue
+            if state["sent"] and room < tcb.send_queue // 2:
+                return None  # sk_stream_wspace() < sk_stream_min_wspace(): still asleep
+            k = min(room, state["left"])
+            if k <= 0:
+                k = 0
+            elif more:
+                k = t.call(tcb, tcb.send, b"\0" * k, t.now, more)
+            else:
+                k = t.call(tcb, tcb.send, b"\0" * k, t.now)
             state["left"] -= k
             state["sent"] += k
             if state["left"] == 0:
@@ -572,10 +593,12 @@ class Runner:
         n = int(call.args[2])
 
         def attempt():
-            if s.rd_shut:
-                return 0, 0
+            # After shutdown(SHUT_RD) Linux still reads what is queued (tcp_recvmsg()
+            # checks RCV_SHUTDOWN only when nothing is), then 0.
             if tcb.recv_queue:
                 return len(t.call(tcb, tcb.recv, n, t.now)), 0
+            if s.rd_shut:
+                return 0, 0
             if tcb.error:
                 err, tcb.error = tcb.error, 0
                 return -1, err
@@ -635,8 +658,14 @@ class Runner:
         if name == socket.TCP_INFO and level == socket.IPPROTO_TCP:
             raise Unsupported("getsockopt TCP_INFO with a struct literal")
         if s.tcb is None:
-            raise Unsupported(f"getsockopt {call.args[2]} before a connection exists")
-        got = so.getsockopt(s.tcb, level, name, 0, self._t().now)
+            if (level, name) != (socket.IPPROTO_TCP, so.TCP_MAXSEG):
+                raise Unsupported(f"getsockopt {call.args[2]} before a connection exists")
+            # do_tcp_getsockopt(): user_mss before a connection, else TCP_MSS_DEFAULT.
+            got = next((int(v) for lv, nm, v in reversed(s.options)
+                        if (lv, nm) == (level, name) and isinstance(v, int) and v),
+                       so.TCP_MSS_DEFAULT)
+        else:
+            got = so.getsockopt(s.tcb, level, name, 0, self._t().now)
         want = _value(call.args[3])
         if isinstance(want, int) and got != want:
             raise Failure(f"getsockopt {call.args[2]} = {got}, expected {want}")
