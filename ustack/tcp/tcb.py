@@ -1066,7 +1066,9 @@ class Tcb:
             if self.snd_una == self.snd_max:
                 self.timers.clear(Timer.RTO)
                 self.timers.clear(Timer.LOSS)
-                self.busy_time += now - self.busy_since
+                if self.busy_since:  # not for the handshake: _emit() sent the SYN
+                    self.busy_time += now - self.busy_since
+                    self.busy_since = 0.0
             else:
                 self.timers.set(Timer.RTO, now + self.rtt.current())  # RFC 6298 5.3
                 rec.arm_probe(now)
