@@ -104,7 +104,7 @@ def test_ss_i_fields_match_the_kernels_ss_ti(daemon, tmp_path: Path):
                    if c["peer"].endswith(f":{port}"))
         assert row["info"]["bytes_received"] == row["tcp_info"]["bytes_received"] == 307200
         assert row["info"]["bytes_acked"] == 307201  # the echo back, and our SYN
-        assert row["tcp_info"]["state"] == 1 and row["info"]["cong"] == "reno"
+        assert row["tcp_info"]["state"] == 1 and row["info"]["cong"] == "cubic"
     finally:
         client.stdin.close()
         client.wait(timeout=20)
