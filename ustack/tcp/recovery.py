@@ -78,7 +78,7 @@ class Recovery:
                  "retrans_stamp", "frto", "reordering", "reord_seen", "total_retrans",
                  "dsack_dups", "bits", "early_retrans", "frto_knob", "sysctl_reordering",
                  "max_reordering", "loss_kind", "any_lost", "_fack", "_delivered",
-                 "_orig_acked", "_dsack_tlp", "_newly_lost", "_reord", "frto_new")
+                 "_orig_acked", "_dsack_tlp", "_newly_lost", "_reord", "frto_new", "_sacked_ack")
 
     def __init__(self, conn: Sender, cc: CongestionControl, timers: Timers,
                  rtt: RtoEstimator, stats: Stats, recovery: int = 1, early_retrans: int = 3,
@@ -118,6 +118,7 @@ class Recovery:
         self._dsack_tlp = False
         self._newly_lost = 0
         self._reord: tuple[int, int] | None = None
+        self._sacked_ack = False  # on_sack() ran for this ACK
         # NewReno (no SACK): duplicate ACKs and RFC 6582 "recover".
         self.dupacks = 0
         self.recover: int | None = None
@@ -217,9 +218,9 @@ class Recovery:
         c = self.conn
         sb = self.sb
         prior_fack = sb.high
+        self._sacked_ack = True
         newly, dsack = sb.update(blocks, old_una, c.snd_max, ack)
-        high = sb.high
-        self._fack = high if high is not None else prior_fack
+        self._fack = prior_fack  # Linux's prior_fack: the highest SACK before this ACK
         if dsack:
             self._check_dsack(blocks, ack, old_una)
         if newly:
@@ -311,7 +312,7 @@ class Recovery:
         c = self.conn
         sb = self.sb
         self.frto_new = False
-        prior_fack = self._fack if self._fack is not None else sb.high
+        prior_fack = self._fack if self._fack is not None or self._sacked_ack else sb.high
         if sb.blocks:
             sb.advance(ack)
         una_adv = acked > 0
@@ -361,6 +362,7 @@ class Recovery:
             self.dupacks = 0
         self._delivered = 0
         self._fack = None
+        self._sacked_ack = False
         self._orig_acked = False
         self._dsack_tlp = False
 
@@ -814,7 +816,9 @@ class Recovery:
         c = self.conn
         timers = self.timers
         if self.loss_kind == "reo":
-            return
+            if timers.is_set(Timer.LOSS):
+                return  # the reordering timer has the slot
+            self.loss_kind = None  # cleared by the TCB (all acknowledged)
         if (self.early_retrans not in (3, 4) or self.tlp_high is not None
                 or self.ca_state not in (OPEN, CWR) or not c.sack_ok or c.retries
                 or not c.open_for_probe() or c.snd_una == c.snd_max):

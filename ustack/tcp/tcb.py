@@ -70,7 +70,11 @@ _DELACK, _RTO, _PERSIST, _KEEPALIVE = Timer.DELACK, Timer.RTO, Timer.PERSIST, Ti
 _RECEIVING = frozenset((State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2))
 _ESTABLISHED = State.ESTABLISHED
 _ACK_PSH = ACK | PSH
-_OPEN = frozenset((State.ESTABLISHED, State.CLOSE_WAIT))  # where a loss probe may go out
+_OPEN = frozenset((State.ESTABLISHED, State.CLOSE_WAIT))  # where new data may go out
+# Where a loss probe may go out: wherever data or our FIN can be outstanding (Linux
+# tcp_schedule_loss_probe() has no state test beyond Fast Open).
+_PROBE = frozenset((State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING,
+                    State.LAST_ACK))
 _REDUCING = frozenset(("Recovery", "CWR"))  # recovery.py's states where PRR counts prr_out
 
 
@@ -1221,8 +1225,8 @@ class Tcb:
         return sq.diff(self.sendq.end, self.snd_nxt)
 
     def open_for_probe(self) -> bool:
-        """A loss probe may go out only where new data may (RFC 8985 7.2)."""
-        return self.state in _OPEN
+        """A loss probe may go out while data or our FIN is unacknowledged."""
+        return self.state in _PROBE
 
     def send_new(self, n: int, now: float) -> None:
         """Send `n` new bytes from SND.NXT (a loss probe's new data, RFC 8985 7.3)."""
