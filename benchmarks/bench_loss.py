@@ -14,7 +14,8 @@ One run, per loss rate P, one after the other (each torn down before the next):
   on both ends, the same per-frame Python hop, the same random loss both ways.
 
 Printed per P: MB/s of each, ustack / kernel, byte-exactness (the size, and a 2 MB file
-fetched into a file and compared), ustack's RTO count. Informative, never pass/fail;
+fetched into a file and compared), the RTO count (TcpExtTCPTimeouts) of each sender,
+with the other recovery counters in the JSON rows. Informative, never pass/fail;
 the machine's load shows in the figures (say so next to them).
 
 Every packet stays in namespaces this module creates (10.77.0.0/16), every process is
@@ -91,6 +92,19 @@ def stack_counters(lab: Lab, ns: str, ip: str) -> dict:
     return {k: stats.get(k, 0) for k in COUNTERS}
 
 
+def kernel_counters(lab: Lab, ns: str) -> dict:
+    """The server namespace's TCP MIBs (fresh per run, so this download's)."""
+    out: dict[str, int] = {}
+    for table in ("/proc/net/snmp", "/proc/net/netstat"):
+        lines = lab.run(ns, "cat", table).stdout.splitlines()
+        for head, values in zip(lines[::2], lines[1::2], strict=False):
+            prefix, names = head.split(":", 1)
+            for name, value in zip(names.split(), values.split(":", 1)[1].split(),
+                                   strict=False):
+                out[prefix + name] = int(value)
+    return {k: out.get(k, 0) for k in COUNTERS if not k.startswith("Ustack")}
+
+
 def measure(size_mb: float, losses: tuple[float, ...]) -> list[dict]:
     rows: list[dict] = []
     old = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -110,7 +124,9 @@ def measure(size_mb: float, losses: tuple[float, ...]) -> list[dict]:
                         r = c_download(lab, ns, ip, HTTP, size, www)
                         if server == "ustack":
                             r["counters"] = stack_counters(lab, ns, ip)
-                            r["rtos"] = r["counters"].get("TcpExtTCPTimeouts")
+                        else:
+                            r["counters"] = kernel_counters(lab, lab.namespaces[-1])
+                        r["rtos"] = r["counters"].get("TcpExtTCPTimeouts")
                     except (Setup, OSError) as exc:
                         r = {"value": 0.0, "error": str(exc)[-400:], "byte_exact": False}
                     finally:
@@ -122,7 +138,8 @@ def measure(size_mb: float, losses: tuple[float, ...]) -> list[dict]:
                 a, b = got["ustack"]["value"], got["kernel"]["value"]
                 rows.append({"name": f"download ustack/kernel loss {loss:.0%}",
                              "value": a / b if a and b else 0.0, "unit": "x", "loss": loss,
-                             "ratio": ["ustack", "kernel"], "rtos": got["ustack"].get("rtos")})
+                             "ratio": ["ustack", "kernel"], "rtos": got["ustack"].get("rtos"),
+                             "kernel_rtos": got["kernel"].get("rtos")})
     finally:
         signal.signal(signal.SIGTERM, old)
     return rows
@@ -134,7 +151,7 @@ def figures(size_mb: float = 20, losses: list[float] | tuple[float, ...] = LOSSE
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["loss    ustack MB/s  kernel MB/s  ratio  ustack RTOs  byte-exact"]
+    lines = ["loss  ustack MB/s  kernel MB/s  ratio  ustack RTOs  kernel RTOs  byte-exact"]
     for r in rows:
         if "ratio" not in r:
             continue
@@ -143,7 +160,8 @@ def table(rows: list[dict]) -> str:
         theirs = next(x for x in rows if x.get("server") == "kernel" and x["loss"] == loss)
         exact = "yes" if mine.get("byte_exact") and theirs.get("byte_exact") else "NO"
         lines.append(f"{loss:>4.0%}  {mine['value']:>11.2f}  {theirs['value']:>11.2f}  "
-                     f"{r['value']:>5.2f}  {str(r.get('rtos')):>11}  {exact:>10}")
+                     f"{r['value']:>5.2f}  {str(r.get('rtos')):>11}  "
+                     f"{str(r.get('kernel_rtos')):>11}  {exact:>10}")
     errors = [f"{r['name']}: {r['error']}" for r in rows if r.get("error")]
     return "\n".join(lines + errors)
 
