@@ -1489,10 +1489,10 @@ class Tcb:
                 room = min(self.snd_wnd - self.in_flight, cwnd - flight)
                 if gso_max and unsent > smss and room > smss:
                     # A super-segment for the device to cut (TSO). Linux's size goal
-                    # (tcp_xmit_size_goal()), on a sub-512 us path where
-                    # tcp_tso_autosize() gives the whole 64 KB, and tcp_cwnd_test():
-                    # at most half the cwnd per packet, so two are in flight.
-                    segs = min(gso_max // smss, max(cwnd // smss >> 1, 1))
+                    # (tcp_xmit_size_goal() with tcp_tso_autosize(): the whole 64 KB
+                    # on a sub-512 us path) and tcp_cwnd_test(): at most half the
+                    # cwnd per packet, so two are in flight.
+                    segs = min(self._tso_segs(smss, gso_max), max(cwnd // smss >> 1, 1))
                     n = min(unsent, smss * segs, room)
                     tail = n % smss
                     if tail and (n < unsent or self._nagle_blocks()):
@@ -1546,6 +1546,25 @@ class Tcb:
             rec.arm_probe(now)
         if not sent and self.ack_now:
             self._send_ack(now)
+
+    def _tso_segs(self, mss: int, gso_max: int) -> int:
+        """Linux tcp_tso_autosize(): about 1 ms of data at the pacing rate
+        (sk_pacing_shift 10) plus the GSO size halved for every 512 us of min RTT
+        (tcp_tso_rtt_log 9), at most the GSO size, at least tcp_min_tso_segs (2). The
+        pacing rate is tcp_update_pacing_rate()'s: mss * cwnd / SRTT, x2 while cwnd is
+        below half ssthresh (tcp_pacing_ss_ratio 200), else x1.2 (tcp_pacing_ca_ratio)."""
+        rtt = self.rtt
+        srtt = rtt.srtt
+        if not srtt:
+            return gso_max // mss  # no RTT yet: sk_pacing_rate is still unlimited
+        cc = self.cc
+        ratio = 2.0 if cc.cwnd < cc.ssthresh // 2 else 1.2
+        rate = mss * max(cc.cwnd // mss, 1) * ratio / srtt
+        shift = int((rtt.min_rtt if rtt.min_rtt is not None else srtt) * 1e6) >> 9
+        size = int(rate) >> 10
+        if shift < 32:
+            size += gso_max >> shift
+        return max(min(size, gso_max) // mss, 2)
 
     def _nagle_blocks(self) -> bool:
         """Nagle (RFC 896, RFC 9293 3.7.4) in Minshall's form as Linux has it
