@@ -129,6 +129,7 @@ class Runner:
         self.pending: list[_Pending] = []
         self.last_fd: int | None = None
         self.notes: list[str] = []
+        self.gso_off = False  # `ethtool -K tun0 tso off gso off`
 
     # ------------------------------------------------------------------ set-up
 
@@ -141,6 +142,8 @@ class Runner:
     def _t(self) -> CoreTarget:
         if self.target is None:
             self.target = CoreTarget(self._config())
+            if self.gso_off:
+                self.target.ctx.set_link(1500, 0)
         return self.target
 
     def _sysctl(self, key: str, value: str) -> None:
@@ -193,6 +196,12 @@ class Runner:
                 for w in words[1:]:
                     k, _, v = w.partition("=")
                     self._sysctl(k.removeprefix("/proc/sys/net/ipv4/").replace("/", "."), v)
+            elif words[:3] == ["ethtool", "-K", "tun0"] and set(words[3:]) <= {
+                    "tso", "gso", "off"}:
+                # packetdrill's device without offloads: one wire segment per packet.
+                self.gso_off = True
+                if self.target is not None:
+                    self.target.ctx.set_link(1500, 0)
             elif words[:2] == ["ip", "tcp_metrics"]:
                 continue  # ustack keeps no per-destination metrics
             elif words[0] == "tc" and "fq" in words and "pfifo" not in words:
@@ -635,6 +644,25 @@ class Runner:
         elif s.tcb is not None:
             unread = s.tcb.recv_queue
             t.call(s.tcb, s.tcb.close, t.now, unread)
+        return 0
+
+    def _sys_ioctl(self, call: Syscall) -> int:
+        """SIOCINQ (bytes readable), SIOCOUTQ (bytes not yet acknowledged) and
+        SIOCOUTQNSD (not yet sent), as Linux's tcp_ioctl() answers them."""
+        s = self._sock(call.args[0])
+        tcb = self._conn(s)
+        what = call.args[1].strip()
+        if what == "SIOCINQ":
+            got = tcb.recv_queue
+        elif what == "SIOCOUTQ":
+            got = tcb.send_queue
+        elif what == "SIOCOUTQNSD":
+            got = tcb.unsent()
+        else:
+            raise Unsupported(f"ioctl {what}")
+        want = _value(call.args[2])
+        if got != want:
+            raise Failure(f"ioctl {what} = {got}, expected {want}")
         return 0
 
     def _sys_setsockopt(self, call: Syscall) -> int:
