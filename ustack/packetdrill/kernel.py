@@ -154,8 +154,12 @@ def _expand(line: str) -> str:
 
 
 class KernelRunner:
-    def __init__(self, path: str = "<script>", *, tolerance: float = TOLERANCE) -> None:
+    def __init__(self, path: str = "<script>", *, tolerance: float = TOLERANCE,
+                 trace: bool = False) -> None:
         self.path = path
+        # With `trace`: every packet both ways and every call, as lines, and after a
+        # failure what the kernel sent in the next half second (what it did instead).
+        self.trace: list[str] | None = [] if trace else None
         self.tolerance = tolerance
         self.ts_tick: float | None = None
         self.ns: kw.Namespace | None = None
@@ -173,6 +177,7 @@ class KernelRunner:
         self.ts_base: tuple[int, int] | None = None
         self.py_env: dict = dict(tcpinfo.SYMBOLS)
         self.notes: list[str] = []
+        self.cc: str | None = None  # TCP_CONGESTION for every socket (see _apply_sysctls)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
 
@@ -213,6 +218,8 @@ class KernelRunner:
                 continue
             if pkt is not None:
                 self.inq.append(pkt)
+                if self.trace is not None:
+                    self.trace.append(f"> {self._describe(pkt)}")
         for job in [j for j in self.jobs if j.done]:
             self.jobs.remove(job)
             self._check_job(job)
@@ -248,7 +255,8 @@ class KernelRunner:
 
     def _describe(self, p: kw.Outbound) -> str:
         seg = p.seg
-        rel = (seg.seq - (self.iss or 0)) & MASK
+        base = seg.seq if seg.flags & SYN else self.iss or 0
+        rel = (seg.seq - base) & MASK
         n = len(seg.payload)
         s = f"{_flag_letters(seg.flags)} {rel}:{(rel + n) & MASK}({n})"
         if seg.flags & ACK:
@@ -307,6 +315,8 @@ class KernelRunner:
         if pkt.tos is not None:
             raise Unsupported(f"inbound IP fields ({pkt.tos})")
         os.write(self.ns.fd, kw.build_inbound(seg, opts, tos))
+        if self.trace is not None:
+            self.trace.append(f"< {ev.text.strip()}   (at {self._now():.6f})")
         self.prev_time, self.prev_inbound = start, True
 
     def _outbound(self, ev: Event, pkt: Packet) -> None:
@@ -425,8 +435,14 @@ class KernelRunner:
 
     def _check_job(self, job: _Job) -> None:
         call = job.call
+        if self.trace is not None:
+            self.trace.append(f"  {call.name}() = {job.value}"
+                              f"{' ' + E.errorcode.get(job.err, str(job.err)) if job.err else ''}"
+                              f" (line {job.event.line}, {job.start:.6f}..{job.at:.6f})")
+        # Only a blocking call's return is timed (packetdrill's system_call_thread());
+        # one without `...` runs to its end wherever the scheduler puts it.
         due = job.end if job.end is not None else job.start
-        if abs(job.at - due) > self.tolerance + 1e-9:
+        if job.end is not None and abs(job.at - due) > self.tolerance + 1e-9:
             raise Failure(f"line {job.event.line}: {call.name}() returned at {job.at:.6f}, "
                           f"expected at {due:.6f}")
         want = call.result
@@ -463,6 +479,8 @@ class KernelRunner:
         kind = _const(call.args[1].replace("SOCK_STREAM", "1").replace("SOCK_NONBLOCK",
                                                                         "0o4000"))
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        if self.cc is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, CONSTANTS["TCP_CONGESTION"], self.cc.encode())
         fd = self._new_fd(call, sock)
         if kind & os.O_NONBLOCK:
             os.set_blocking(sock.fileno(), False)
@@ -688,7 +706,18 @@ class KernelRunner:
                 # copy): never touched.
                 self.notes.append(f"skipped host-wide sysctl {key}")
                 continue
-            r = self.ns.exec("sysctl", "-w", f"{key}={item.partition('=')[2]}", check=False)
+            value = item.partition("=")[2]
+            r = self.ns.exec("sysctl", "-w", f"{key}={value}", check=False)
+            if r.returncode != 0 and key == "net.ipv4.tcp_congestion_control" \
+                    and "not permitted" in r.stderr:
+                # Outside the initial namespace only the host's allowed algorithms may
+                # be the default (tcp_set_default_congestion_control()); a socket may
+                # choose any with CAP_NET_ADMIN (tcp_set_congestion_control()), and a
+                # listener's choice passes to its children (tcp_ca_openreq_child()).
+                self.cc = value
+                self.notes.append(f"congestion control {value} set per socket "
+                                  f"(TCP_CONGESTION): the host restricts it in namespaces")
+                continue
             if r.returncode != 0:
                 msg = r.stderr.strip() or f"exit status {r.returncode}"
                 if defaults or ignore_missing:
@@ -776,6 +805,9 @@ class KernelRunner:
                 if job in self.jobs:
                     raise Failure(f"line {job.event.line}: {job.call.name}() never returned")
         except Failure as exc:
+            if self.trace is not None and self.ns is not None:
+                with contextlib.suppress(Failure, Unsupported):
+                    self._pump(self._now() + 0.5)
             return Verdict(self.path, "fail", str(exc), ev.line if ev else 0)
         except Unsupported as exc:
             return Verdict(self.path, "unsupported", str(exc), ev.line if ev else 0)
