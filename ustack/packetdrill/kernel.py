@@ -241,15 +241,26 @@ class KernelRunner:
         return start, end
 
     def _reach(self, ev: Event, at: float, what: str) -> None:
-        """Wait for script time `at`; the kernel must send nothing meanwhile."""
-        self._pump(at, stop=lambda: bool(self.inq))
-        if self.inq:
-            raise Failure(f"unexpected packet {self._describe(self.inq[0])} before the "
-                          f"{what} at {at:.6f}")
+        """Wait for script time `at`. What the kernel sends meanwhile is queued and
+        matched, with its own time, by the next outbound line (packetdrill's order: a
+        packet that answers an injected one can be on the wire before a `+0` call
+        the script lists first)."""
+        self._pump(at)
         late = self._now() - at
         if late > self.tolerance:
             raise Failure(f"timing error: {what} due at {at:.6f} could only start at "
                           f"{at + late:.6f} (the runner was late; machine loaded?)")
+
+    def _check_unmatched(self, last: float) -> None:
+        """At the end: a packet sent while the script ran (before its last event) that
+        no outbound line matched is one the script does not expect (run.py's rule, so
+        that a script held against ustack is held to the same here); what comes with
+        or after the last event is beyond the script, as in packetdrill."""
+        self._collect()
+        for p in self.inq:
+            if p.at < last - self.tolerance:
+                raise Failure(f"unexpected packet {self._describe(p)}: no outbound line "
+                              f"matched it (packetdrill itself would not look)")
 
     # ------------------------------------------------------------------ packets
 
@@ -804,6 +815,7 @@ class KernelRunner:
                 self._pump(due, stop=lambda job=job: job not in self.jobs)
                 if job in self.jobs:
                     raise Failure(f"line {job.event.line}: {job.call.name}() never returned")
+            self._check_unmatched(self.prev_time)
         except Failure as exc:
             if self.trace is not None and self.ns is not None:
                 with contextlib.suppress(Failure, Unsupported):
