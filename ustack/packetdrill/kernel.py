@@ -454,8 +454,8 @@ class KernelRunner:
         # one without `...` runs to its end wherever the scheduler puts it.
         due = job.end if job.end is not None else job.start
         if job.end is not None and abs(job.at - due) > self.tolerance + 1e-9:
-            raise Failure(f"line {job.event.line}: {call.name}() returned at {job.at:.6f}, "
-                          f"expected at {due:.6f}")
+            raise Failure(f"timing error: line {job.event.line}: {call.name}() returned at "
+                          f"{job.at:.6f}, expected at {due:.6f}")
         want = call.result
         if want == "...":
             return
