@@ -130,3 +130,16 @@ def test_tcp_info_unpacks_linux_layout() -> None:
     assert info["tcpi_snd_wscale"] == 7 and info["tcpi_rcv_wscale"] == 8
     assert info["tcpi_snd_cwnd"] == 10 and info["tcpi_bytes_acked"] == 4242
     assert "tcpi_total_rto" not in tcpinfo.unpack(bytes(raw[:104]))
+
+
+def test_shell_arithmetic_redirections_and_option_values() -> None:
+    from ustack.packetdrill.kernel import _REDIRECT, _const, _expand, _optval
+
+    assert _expand('sysctl -q net.ipv4.tcp_rmem="4096 540000 $((15*1024*1024))"') \
+        == 'sysctl -q net.ipv4.tcp_rmem="4096 540000 15728640"'
+    assert _REDIRECT.sub("", "tc qdisc delete dev tun0 root 2>/dev/null ") \
+        == "tc qdisc delete dev tun0 root"
+    assert _const("O_RDWR|O_NONBLOCK") == 2 | 0o4000 and _const("MSG_MORE") == 0x8000
+    assert _optval("[4]", 1) == b"\x04" and _optval("[200000]", 4) == struct.pack("=i", 200000)
+    assert _optval("{onoff=1, linger=0}", 8) == struct.pack("=ii", 1, 0)
+    assert _optval("[IP_PMTUDISC_DONT]", 1) == b"\x00"
