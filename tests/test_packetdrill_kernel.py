@@ -137,7 +137,7 @@ def test_shell_arithmetic_redirections_and_option_values() -> None:
 
     assert _expand('sysctl -q net.ipv4.tcp_rmem="4096 540000 $((15*1024*1024))"') \
         == 'sysctl -q net.ipv4.tcp_rmem="4096 540000 15728640"'
-    assert _REDIRECT.sub("", "tc qdisc delete dev tun0 root 2>/dev/null ") \
+    assert _REDIRECT.sub("", "tc qdisc delete dev tun0 root 2>/dev/null ").strip() \
         == "tc qdisc delete dev tun0 root"
     assert _const("O_RDWR|O_NONBLOCK") == 2 | 0o4000 and _const("MSG_MORE") == 0x8000
     assert _optval("[4]", 1) == b"\x04" and _optval("[200000]", 4) == struct.pack("=i", 200000)
