@@ -130,6 +130,7 @@ class Runner:
         self.last_fd: int | None = None
         self.notes: list[str] = []
         self.gso_off = False  # `ethtool -K tun0 tso off gso off`
+        self.py_env: dict = {}  # the %{ }% blocks' namespace
 
     # ------------------------------------------------------------------ set-up
 
@@ -706,7 +707,10 @@ class Runner:
         s = self.socks.get(fd) if fd is not None else None
         if s is None or s.tcb is None:
             raise Unsupported("a %{ }% block without a connected socket")
-        env = dict(tcp_info_vars(s.tcb, self._t().now))
+        # One namespace for the whole script, as packetdrill's: a block may define a
+        # name (TCP_INFINITE_SSTHRESH) that a later one uses.
+        env = self.py_env
+        env.update(tcp_info_vars(s.tcb, self._t().now))
         env.update({f"TCP_CA_{k}": v for k, v in TCP_CA.items()})
         src = code.source.replace("\\\n", "\n")
         src = "\n".join(line.strip() for line in src.splitlines())
