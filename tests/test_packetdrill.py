@@ -125,3 +125,25 @@ def test_python_blocks_read_tcp_info() -> None:
     assert run(ok) == "pass"
     v = Runner().run(ok.replace("== 10", "== 11"))
     assert v.status == "fail" and "assertion failed: 10" in v.detail, v
+
+
+def test_tools_packetdrill_runs_the_drills() -> None:
+    """The command line: one verdict a script, exit 0 when none failed; 1 when one
+    did, with its line."""
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parent.parent / "tools" / "packetdrill"
+    scripts = sorted(str(p) for p in PKT.glob("*.pkt"))
+    p = subprocess.run([sys.executable, str(tool), *scripts], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count(": pass") == len(scripts), p.stdout
+    bad = PKT.parent / "pkt-bad.tmp"
+    bad.write_text(HANDSHAKE + "+0 close(4) = 0\n+0 > R. 1:1(0) ack 1\n")
+    try:
+        p = subprocess.run([sys.executable, str(tool), str(bad)], capture_output=True,
+                           text=True, timeout=60)
+    finally:
+        bad.unlink()
+    assert p.returncode == 1 and "fail (line 11)" in p.stdout, p.stdout + p.stderr
