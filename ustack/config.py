@@ -81,7 +81,12 @@ class Config:
     tcp_tw_reuse: int = 2
     tcp_tw_reuse_delay: int = 1000
     ip_local_port_range: tuple[int, int] = (32768, 60999)
+    # Without cookies only: the last quarter of it is kept for proven peers (none here).
     tcp_max_syn_backlog: int = 256
+    # SYN cookies when the SYN queue is full: 0 never (drop), 1 when full, 2 always.
+    tcp_syncookies: int = 1
+    # 1: a handshake ACK finding the accept queue full gets a RST; 0: dropped, retried.
+    tcp_abort_on_overflow: int = 0
     somaxconn: int = 4096
     # Receive buffer per connection in bytes; the advertised window follows what the
     # application has not read yet.
@@ -115,6 +120,8 @@ _PARSERS = {
     "ip_local_port_range": _port_range,
     "tcp_max_syn_backlog": _int_range(1, 1 << 20),
     "somaxconn": _int_range(1, 1 << 20),
+    "tcp_syncookies": _int_range(0, 2),
+    "tcp_abort_on_overflow": _int_range(0, 1),
     "tcp_rmem": _int_range(4096, 1 << 30),
     "tcp_wmem": _int_range(4096, 1 << 30),
     "tcp_congestion_control": _choice(*CONGESTION_CONTROLS),

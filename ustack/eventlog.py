@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .tcp.events import ListenOverflow, Notice, TimeWaitOverflow
+from .tcp.events import ListenOverflow, Notice, SynFlood, TimeWaitOverflow
 from .tcp.state import State
 
 if TYPE_CHECKING:
@@ -115,3 +115,9 @@ def notice(n: Notice) -> None:
     elif type(n) is TimeWaitOverflow:
         # The line older Linux wrote (LS 64), under the same rate limit as the others.
         event(logging.WARNING, "tw-overflow", "TCP: time wait bucket table overflow")
+    elif type(n) is SynFlood:
+        # Linux's line (tcp_syn_flood_action(), LINUX-SPEC-2 item 243), at WARNING
+        # rather than KERN_INFO so the default log level shows it.
+        event(logging.WARNING, "syn-flood",
+              "TCP: request_sock_TCP: Possible SYN flooding on port %s:%d. %s.",
+              n.ip, n.port, "Sending cookies" if n.cookies else "Dropping request")

@@ -22,6 +22,8 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPChallengeACK", "TcpExtTCPSYNChallenge",
     "TcpExtTCPACKSkippedChallenge", "TcpExtTCPACKSkippedTimeWait", "TcpExtTCPACKSkippedSeq",
     "TcpExtTCPACKSkippedPAWS", "TcpExtTCPACKSkippedSynRecv", "TcpExtListenOverflows", "TcpExtListenDrops",
+    "TcpExtSyncookiesSent", "TcpExtSyncookiesRecv", "TcpExtSyncookiesFailed",
+    "TcpExtTCPReqQFullDoCookies", "TcpExtTCPReqQFullDrop",
     "TcpExtEmbryonicRsts", "TcpExtTCPTimeouts", "TcpExtTCPKeepAlive", "TcpExtTCPFastRetrans",
     "TcpExtTCPSlowStartRetrans", "TcpExtTCPLostRetransmit",
     "TcpExtTCPOFOQueue", "TcpExtTCPDupAcks", "TcpExtDelayedACKs", "TcpExtTCPHPHits",

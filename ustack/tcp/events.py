@@ -118,8 +118,19 @@ class TimeWaitOverflow:
     table, so it got none (LS 64)."""
 
 
+@dataclass(frozen=True, slots=True)
+class SynFlood:
+    """A notice: a listener's SYN queue overflowed for the first time (or tcp_syncookies
+    is 2), so it sends cookies or drops SYNs (Linux tcp_syn_flood_action(),
+    LINUX-SPEC-2 item 243). Once per listener."""
+
+    ip: str
+    port: int
+    cookies: bool
+
+
 # Notices are stack-wide, for the log; the core queues them on Context.notices and the
 # shell writes them (rate-limited) with eventlog.py. The core itself never logs.
-Notice = ListenOverflow | TimeWaitOverflow
+Notice = ListenOverflow | TimeWaitOverflow | SynFlood
 
 Event = Connected | DataReceived | EofReceived | SendSpaceAvailable | ConnectionClosed | StateChanged

@@ -426,6 +426,49 @@ class Tcb:
         self._send_synack(now)
         self.timers.set(Timer.RTO, now + self.rtt.current())
 
+    def open_from_request(self, now: float, *, iss: int, irs: int,
+                          peer_mss: int, snd_wscale: int | None, sack: bool,
+                          ts_recent: int | None, snd_wnd: int, retrans: int,
+                          synack_at: float | None) -> None:
+        """LISTEN -> SYN_RECEIVED for a handshake that a request record (reqsock.py) or
+        a SYN cookie (syncookie.py) carried until its ACK `ack` (Linux
+        tcp_create_openreq_child()): the negotiated state comes from the request, not
+        from a SYN; nothing is sent. The caller then hands the ACK to handle_segment().
+        `synack_at` times the SYN-ACK for an RTT sample (None: retransmitted or a cookie,
+        no sample; Karn). `ts_recent` None: no timestamps."""
+        self.created = now
+        self.last_rcv = now
+        self.iss = iss
+        self.ts_offset = self.ctx.ts_offset(self.key)
+        self.irs = irs
+        self.rcv_nxt = self.rcv_wup = (irs + 1) & MASK
+        self.snd_una = iss
+        self.snd_nxt = self.snd_max = (iss + 1) & MASK
+        self.sendq.start_at(self.snd_nxt)
+        self.snd_wnd = snd_wnd  # the SYN's, never scaled (RFC 7323 2.2)
+        self.snd_wl1 = irs
+        self.snd_wl2 = iss
+        self._choose_wscale()
+        self.peer_mss = max(peer_mss, MIN_SND_MSS)
+        self.ws_ok = snd_wscale is not None
+        self.snd_wscale = snd_wscale or 0
+        if not self.ws_ok:
+            self.rcv_wscale = 0
+        self.ts_ok = ts_recent is not None
+        if self.ts_ok:
+            self.ts_recent = ts_recent
+            self.ts_recent_stamp = now
+        self.sack_ok = sack
+        self.mss = min(self.peer_mss, self.ctx.adv_mss) - (TS_OPT_LEN if self.ts_ok else 0)
+        self.cc.set_mss(self.mss)
+        self.rcv_adv = (self.rcv_nxt + min(self.rcv_cap, 65535)) & MASK
+        self.retries = retrans
+        self.rtt_seq = iss if synack_at is not None else None
+        self.rtt_time = synack_at if synack_at is not None else now
+        # The cause is the SYN as the request remembers it (options left out).
+        syn = Segment(self.remote[1], self.local[1], irs, 0, SYN, snd_wnd)
+        self._set_state(State.SYN_RECEIVED, Cause(Why.SEGMENT, syn))
+
     def _send_synack(self, now: float) -> None:
         wnd = min(self.rcv_cap, 65535)
         seg = Segment(self.local[1], self.remote[1], self.iss, self.rcv_nxt, SYN | ACK, wnd)
