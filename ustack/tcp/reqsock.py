@@ -175,13 +175,13 @@ class RequestTable:
 
     def next_expiry(self) -> float | None:
         heads = [q[0][0] for q in self.rounds if q]
-        # Half a millisecond late, so int(t * 1000) in due() never rounds below it.
-        return (min(heads) + 0.5) / 1000 if heads else None
+        return min(heads) / 1000 if heads else None
 
     def due(self, now: float) -> list[bytes]:
         """Keys whose timer fired by `now`, taken off their round (the caller fires
         them with `fired()` or removes them). Stale references are skipped."""
-        now_ms = int(now * 1000)
+        # ms / 1000 * 1000 may come out a hair below ms: never round the deadline down.
+        now_ms = int(now * 1000 + 1e-6)
         t = now_ms & MASK
         records = self.records
         unpack = _REC.unpack
