@@ -314,6 +314,43 @@ async def test_ss_says_how_many_time_wait_entries_it_left_out(env, monkeypatch):
     assert "not listed" not in err  # nothing about TIME-WAIT was asked for
 
 
+async def test_ss_shows_request_records_as_syn_recv(env, monkeypatch):
+    """A half-open connection is a request record (reqsock.py), not a TCB; ss lists it
+    as Linux's ss does: SYN-RECV, timer:(on,TIME,N) with N the SYN-ACK retransmissions,
+    and says how many it left out beyond table.REQ_ROWS."""
+    import ustack.table
+
+    e = await env()
+
+    async def never(reader, writer):
+        writer.close()
+
+    await e.stack.start_server(never, STACK, 8000)
+    e.link.drop = lambda side, frame: side == 1  # SYN-ACKs lost: the handshake stays half-open
+    tries = [asyncio.ensure_future(e.peer.open_connection(STACK, 8000)) for _ in range(3)]
+    try:
+        await until(lambda: len(e.stack.table.reqs) == 3)
+        assert not any(t.state == State.SYN_RECEIVED for t in e.stack.table.est.values())
+        rc, out, err = await e.tool("ss", "-o", "--state", "syn-recv")
+        lines = out.splitlines()
+        assert rc == 0 and len(lines) == 4, (out, err)
+        assert all(ln.startswith("SYN-RECV") and f"{STACK}:8000" in ln for ln in lines[1:])
+        assert all("timer:(on," in ln and ln.split()[-2].endswith(",0)") for ln in lines[1:])
+        rc, out, _ = await e.tool("ss", "--state", "syn-recv", "--json", "-o")
+        rows = json.loads(out)["connections"]
+        assert {r["timer_name"] for r in rows} == {"on"}
+        assert all(0 < r["timer_left"] <= 1.0 for r in rows)
+        monkeypatch.setattr(ustack.table, "REQ_ROWS", 1)
+        rc, out, err = await e.tool("ss", "--state", "syn-recv")
+        assert len(out.splitlines()) == 2 and "2 more SYN-RECV entries not listed" in err
+        rc, out, _ = await e.tool("ss")  # the default view leaves SYN-RECV out, as ss does
+        assert len(out.splitlines()) == 1
+    finally:
+        for t in tries:
+            t.cancel()
+        await asyncio.gather(*tries, return_exceptions=True)
+
+
 async def test_ss_retransmission_timer_counts_and_age(env):
     """ss -o: timer:(on,TIME,N) while a segment goes unacknowledged, N the retransmissions
     so far; the last column is the connection's age."""

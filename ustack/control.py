@@ -296,7 +296,8 @@ class ControlServer:
             else:
                 row["state_age"] = round(now - entered, 3)
         return {"now": time.time(), "address": self.stack.address, "connections": rows,
-                "time_wait": self.stack.time_wait_count}
+                "time_wait": self.stack.time_wait_count,
+                "syn_recv": self.stack.syn_recv_count}
 
     def _op_nstat(self, req: dict) -> dict:
         client = _field(req, "client", str, "default")

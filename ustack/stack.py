@@ -422,9 +422,15 @@ class StackShell:
         if hook in self.table.tw.gone_hooks:
             self.table.tw.gone_hooks.remove(hook)
 
+    @property
+    def syn_recv_count(self) -> int:
+        """Request records (half-open connections, reqsock.py), listed or not."""
+        return len(self.table.reqs)
+
     def status(self) -> dict:
         return {"address": self.address, "connections": self.rows(),
-                "stats": dict(self.stats), "time_wait": self.time_wait_count}
+                "stats": dict(self.stats), "time_wait": self.time_wait_count,
+                "syn_recv": self.syn_recv_count}
 
     def close(self) -> None:
         self._closed = True

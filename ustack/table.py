@@ -26,6 +26,7 @@ from .tcp.reqsock import F_ACKED, NO_WSCALE, ReqRecord, RequestTable, ack_for, s
 from .tcp.reqsock import timeout_ms as req_timeout_ms
 from .tcp.state import State
 from .tcp.tcb import DEFAULT_MSS, MIN_SND_MSS, Tcb, no_socket_rst
+from .tcp.timers import Timer
 from .tcp.timewait import TW_ACK, TW_SYN, TimeWaitTable, TwRecord, ms32, sec32
 from .timerq import TimerQueue
 from .wire.ip import ip_to_bytes, ip_to_str
@@ -288,6 +289,10 @@ class TcpTable:
         self.est[key] = tcb
         tcb.open_from_request(now, **req)
         tcb.handle_segment(seg, now)
+        if tcb.state == State.SYN_RECEIVED:
+            # The checks above mirror the TCB's, so this should not happen; if the ACK
+            # did not take, the TCB's own SYN-ACK timer makes sure it ends.
+            tcb.timers.set(Timer.RTO, now + tcb.rtt.current())
         self._after(tcb, now)
         return tcb
 

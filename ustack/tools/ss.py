@@ -173,6 +173,11 @@ def run(args: argparse.Namespace) -> int:
     if missing > 0 and any(r["state"] == "TIME-WAIT" for r in rows):
         print(f"ustack ss: {missing} more TIME-WAIT entries not listed (the daemon lists "
               f"the {listed_tw} oldest)", file=sys.stderr)
+    listed_req = sum(1 for r in rep["connections"] if r["state"] == "SYN-RECV")
+    missing = rep.get("syn_recv", listed_req) - listed_req
+    if missing > 0 and any(r["state"] == "SYN-RECV" for r in rows):
+        print(f"ustack ss: {missing} more SYN-RECV entries not listed (the daemon lists "
+              f"{listed_req})", file=sys.stderr)
     if args.json:
         json.dump({"address": rep.get("address"), "connections": rows}, sys.stdout, indent=1)
         sys.stdout.write("\n")
