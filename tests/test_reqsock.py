@@ -402,3 +402,26 @@ def test_timestamp_options_roundtrip(ts_now, wscale, sack, ecn):
     if wscale is not None:
         assert not syncookie.timestamp_decode(ts, timestamps=True, sack_on=True,
                                               ws_on=False)[0]
+
+
+def test_old_requests_are_pruned_when_the_syn_queue_is_half_full():
+    """reqsk_timer_handler() pruning (item 251): with 2 qlen > max(8, backlog) and no
+    young requests left, the SYN-ACK retry limit falls to 2: of 8 requests to a backlog
+    of 8, those handled while the queue is still more than half full are dropped at the
+    third timeout (7 s); once 4 are left, the others go on with the full limit."""
+    d = Drill()
+    d.listen(80, backlog=8)
+    peers = [d.peer(44000 + i) for i in range(8)]
+    for p in peers:
+        p.inject("S 0:0(0) win 65535")
+        p.expect("S. 0:0(0) ack 1")
+    for at in (1.0, 3.0):
+        for p in peers:
+            p.expect("S. 0:0(0) ack 1", at=at)
+    d.advance(7.0 - d.elapsed + 0.01)
+    left = [p for p in peers if p.state == State.SYN_RECEIVED]
+    assert len(left) == 4 and left == peers[4:]
+    for p in left:
+        p.expect("S. 0:0(0) ack 1", at=7.0)
+    d.expect_nothing()
+    assert d.table.listeners[80].half_open == 4 and d.table.listeners[80].young == 0

@@ -70,6 +70,7 @@ class Listener:
         # The SYN queue's length (Linux inet_csk_reqsk_queue_len()): request records,
         # plus children of them that an ACK did not get out of SYN_RECEIVED.
         self.half_open = 0
+        self.young = 0  # requests whose timer never fired (Linux queue->young)
         self.accept_queue: list[Tcb] = []
         self.closed = False
         # Linux queue->synflood_warned: the flood line is logged once per listener.
@@ -198,6 +199,7 @@ class TcpTable:
                                if seg.mss else DEFAULT_MSS,
                                snd_wscale=ws, sack=sack, ts=ts is not None, now=now)
         lst.half_open += 1
+        lst.young += 1
         self._send_synack(key, rec, now)
 
     def _syn_flood_action(self, lst: Listener) -> bool:
@@ -313,8 +315,13 @@ class TcpTable:
         return False, r._replace(last_oow=t or 1)
 
     def _drop_request(self, key: bytes, lst: Listener | None) -> None:
-        if self.reqs.remove(key) and lst is not None and lst.half_open > 0:
-            lst.half_open -= 1
+        r = self.reqs.get(key)
+        if r is not None:
+            self.reqs.remove(key)
+            if lst is not None:
+                lst.half_open = max(lst.half_open - 1, 0)
+                if r.num_timeout == 0:
+                    lst.young = max(lst.young - 1, 0)
 
     def _request_input(self, key: bytes, seg: Segment, now: float) -> None:
         """A segment for a request record (Linux tcp_check_req(), item 251)."""
@@ -396,6 +403,8 @@ class TcpTable:
         # The request becomes the child; half_open keeps counting it until the ACK takes
         # it out of SYN_RECEIVED (_on_state()).
         self.reqs.remove(key)
+        if r.num_timeout == 0:
+            lst.young = max(lst.young - 1, 0)
         self._child(lst, key, seg, now, iss=r.iss, irs=r.irs, peer_mss=r.peer_mss,
                     snd_wscale=None if r.snd_wscale == NO_WSCALE else r.snd_wscale,
                     sack=r.sack_ok, ts_recent=r.ts_recent if r.ts_ok else None,
@@ -415,13 +424,30 @@ class TcpTable:
                 continue
             lst = self._listener_for(key)
             stats["TcpExtTCPTimeouts"] += 1
-            if lst is None or r.num_timeout >= retries:
+            if lst is None or r.num_timeout >= self._synack_retries(lst, retries):
                 stats["TcpAttemptFails"] += 1
                 self._drop_request(key, lst)
                 continue
             stats["TcpRetransSegs"] += 1
             self._send_synack(key, r, now)
+            if r.num_timeout == 0:
+                lst.young = max(lst.young - 1, 0)
             reqs.fired(key, r, now, resent=True)
+
+    @staticmethod
+    def _synack_retries(lst: Listener, retries: int) -> int:
+        """reqsk_timer_handler()'s pruning: with the SYN queue more than half full
+        (2 qlen > max(8, backlog)), the retry limit drops (down to 2) while the requests
+        that timed out already outweigh the young ones, so old ones leave room for new."""
+        qlen = lst.half_open
+        if (qlen << 1) > max(8, lst.backlog):
+            young = lst.young << 1
+            while retries > 2:
+                if qlen < young:
+                    break
+                retries -= 1
+                young <<= 1
+        return retries
 
     # ------------------------------------------------------------------ helpers
 
@@ -536,6 +562,7 @@ class TcpTable:
         # Request records go silently, as half-open TCBs do.
         for key in [k for k in self.reqs.records if self._owned_by(k, lst)]:
             self._drop_request(key, lst)
+        lst.young = 0
         if lst.half_open:
             for tcb in [t for t in self.est.values()
                         if t.listener is lst and t.state == State.SYN_RECEIVED]:
