@@ -151,7 +151,7 @@ def test_ack_to_a_full_accept_queue_is_dropped_and_the_request_kept():
     c.inject(". 1:1(0) ack 1")
     d.expect_nothing()
     assert d.stats["TcpExtListenOverflows"] == 1 and d.stats["TcpExtListenDrops"] == 1
-    assert ListenOverflow(80, 1) in d.ctx.notices
+    assert ListenOverflow(80, 1, "ACK") in d.ctx.notices
     assert c.state == State.SYN_RECEIVED and len(lst.accept_queue) == 2
     c.expect("S. 0:0(0) ack 1", at=1.0)  # the request's timer goes on
     a.accept()

@@ -103,15 +103,15 @@ def state_observer(tcb: Tcb, ev: StateChanged) -> None:
               os.strerror(err))
 
 
-def listen_overflow(port: int, backlog: int) -> None:
+def listen_overflow(port: int, backlog: int, what: str = "SYN") -> None:
     event(logging.WARNING, "listen-overflow",
-          "listen queue of port %d overflowed (backlog %d): SYN dropped", port, backlog)
+          "listen queue of port %d overflowed (backlog %d): %s dropped", port, backlog, what)
 
 
 def notice(n: Notice) -> None:
     """Log one notice the core queued (tcp/events.py), rate-limited per kind."""
     if type(n) is ListenOverflow:
-        listen_overflow(n.port, n.backlog)
+        listen_overflow(n.port, n.backlog, n.what)
     elif type(n) is TimeWaitOverflow:
         # The line older Linux wrote (LS 64), under the same rate limit as the others.
         event(logging.WARNING, "tw-overflow", "TCP: time wait bucket table overflow")

@@ -274,7 +274,7 @@ class TcpTable:
             # tcp_v4_syn_recv_sock() fails: dropped, no RST, nothing remembered (249).
             stats["TcpExtListenOverflows"] += 1
             stats["TcpExtListenDrops"] += 1
-            self.ctx.notices.append(ListenOverflow(lst.port, lst.backlog))
+            self.ctx.notices.append(ListenOverflow(lst.port, lst.backlog, "ACK"))
             return True
         lst.half_open += 1
         self._child(lst, key, seg, now, iss=(seg.ack - 1) & MASK, irs=(seg.seq - 1) & MASK,
@@ -390,7 +390,7 @@ class TcpTable:
             # tcp_check_req() listen_overflow (item 242).
             stats["TcpExtListenOverflows"] += 1
             stats["TcpExtListenDrops"] += 1
-            self.ctx.notices.append(ListenOverflow(lst.port, lst.backlog))
+            self.ctx.notices.append(ListenOverflow(lst.port, lst.backlog, "ACK"))
             if self.ctx.config.tcp_abort_on_overflow:
                 stats["TcpExtEmbryonicRsts"] += 1
                 self._reset_unknown(key, seg)

@@ -106,10 +106,12 @@ class StateChanged:
 
 @dataclass(frozen=True, slots=True)
 class ListenOverflow:
-    """A notice for the operator: a SYN was dropped, the listen queue being full."""
+    """A notice for the operator: a SYN (or a handshake's ACK) was dropped, the listen
+    queue being full."""
 
     port: int
     backlog: int
+    what: str = "SYN"
 
 
 @dataclass(frozen=True, slots=True)
