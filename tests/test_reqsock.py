@@ -425,3 +425,43 @@ def test_old_requests_are_pruned_when_the_syn_queue_is_half_full():
         p.expect("S. 0:0(0) ack 1", at=7.0)
     d.expect_nothing()
     assert d.table.listeners[80].half_open == 4 and d.table.listeners[80].young == 0
+
+
+# ---------------------------------------------------------------------- any input
+
+
+_FLAGS = st.sampled_from(["S", "S", ".", ".", ".", "R", "R.", "S.", "F.", "P.", "FP.",
+                          "SR", "SF"])
+_NEAR = st.sampled_from([0, 0, 0, 0, -1, 1, 3, 70000])  # mostly right, sometimes not
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["tcp_syncookies=0", "tcp_syncookies=1", "tcp_syncookies=2"]),
+       st.lists(st.tuples(st.integers(0, 2), _FLAGS, _NEAR, _NEAR, st.integers(0, 2),
+                          st.sampled_from([0.0, 0.0, 0.0, 0.3, 1.0, 2.5, 70.0])), max_size=40))
+def test_any_segments_keep_the_syn_queue_consistent(knob, steps):
+    """Whatever arrives in whatever order (SYNs, ACKs near the right numbers, RSTs,
+    data, time passing), nothing raises and the listener's books balance: half_open
+    counts the request records plus children still in SYN_RECEIVED, young never
+    exceeds it, and every record's timer is in the table's deadline."""
+    d = Drill(knob)
+    lst = d.listen(80, backlog=1)
+    peers = [d.peer(45000 + i) for i in range(3)]
+    for who, flags, dseq, dack, size, dt in steps:
+        p = peers[who]
+        seq = max(0, (0 if "S" in flags and "." not in flags else 1) + dseq)
+        ack = max(0, 1 + dack)
+        text = f"{flags} {seq}:{seq + size}({size})" + (f" ack {ack}" if "." in flags else "")
+        p.inject(text + " win 65535")
+        d.take()
+        for q in peers:
+            q.take()
+        d.advance(dt)
+        for q in peers:
+            q.take()
+        children = sum(1 for t in d.table.est.values()
+                       if t.listener is lst and t.state == State.SYN_RECEIVED)
+        assert lst.half_open == len(d.table.reqs) + children
+        assert 0 <= lst.young <= lst.half_open
+        if d.table.reqs:
+            assert d.table.next_deadline() is not None
