@@ -163,6 +163,7 @@ def run(count: int = 100_000, idle_runs: int = 3, sustain: int = 40) -> dict:
         res["daemon_stderr"] = (tmp / "ustack.stderr").read_text(errors="replace")
         res["daemon_exit"] = daemon.returncode
     finally:
+        res["namespaces"] = list(lab.namespaces)
         lab.teardown()
     return res
 

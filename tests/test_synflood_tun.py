@@ -26,18 +26,17 @@ import bench_synflood  # noqa: E402
 RSS_GROWTH_MB = 40  # loose: 100,000 request records would be ~17 MB, TCBs far more
 
 
-def _our_namespaces() -> set[str]:
+def _namespaces() -> set[str]:
     p = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30)
-    return {line.split()[0] for line in p.stdout.splitlines()
-            if line.startswith(bench_e2e.NS_PREFIX)}
+    return {line.split()[0] for line in p.stdout.splitlines() if line.strip()}
 
 
 @pytest.mark.tun
 @pytest.mark.timeout(300)
 def test_syn_flood_while_curl_fetches_2_mb():
-    before = _our_namespaces()
     r = bench_synflood.run(100_000, idle_runs=1, sustain=5)
-    assert _our_namespaces() <= before  # the namespace went with the run
+    assert r["namespaces"] and all(n.startswith(bench_e2e.NS_PREFIX) for n in r["namespaces"])
+    assert not set(r["namespaces"]) & _namespaces()  # the run's namespace went with it
     assert r["flood_sent"] + r["flood_errors"] == 100_000
     assert r["byte_exact"], r.get("curl_error")
     c = r["counters"]
