@@ -77,3 +77,22 @@ def test_e2e_quick_over_tun(tmp_path: Path) -> None:
             assert r["byte_exact"] is True, r
         if "errors" in r:
             assert r["errors"] == 0, r  # every request answered 200 with the right body
+
+
+@pytest.mark.tun
+def test_loss_quick_over_tun(tmp_path: Path) -> None:
+    """The loss rows (benchmarks/bench_loss.py): ustack under --impair and the kernel
+    behind the dropping relay, byte-exact, the RTO count reported, nothing left over."""
+    before = _our_namespaces()
+    out = tmp_path / "bench.json"
+    p = bench("--quick", "--tun", "loss", "--json", str(out), timeout=240)
+    assert p.returncode == 0, p.stderr
+    assert _our_namespaces() <= before, "bench_loss left a namespace behind"
+    res = json.loads(out.read_text())["benchmarks"]["loss"]
+    assert res["ok"], res
+    rows = {r["name"]: r for r in res["figures"]}
+    for name in ("download ustack loss 5%", "download kernel loss 5%"):
+        assert not rows[name].get("error") and rows[name]["value"] > 0, rows[name]
+        assert rows[name]["byte_exact"] is True, rows[name]
+    assert rows["download ustack loss 5%"]["counters"]["UstackImpairDropped"] > 0
+    assert isinstance(rows["download ustack/kernel loss 5%"]["rtos"], int)

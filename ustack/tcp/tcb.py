@@ -23,8 +23,8 @@ from __future__ import annotations
 import errno as E
 
 from .. import seq as sq
-from ..wire.tcp import ACK, FIN, PSH, RST, SYN, Segment
-from . import cc, paws
+from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, Segment
+from . import cc, ecn, paws
 from .cc import IW_SEGMENTS  # noqa: F401  (re-exported: tests and benchmarks)
 from .context import Context
 from .events import (
@@ -41,7 +41,7 @@ from .ofo import OfoQueue
 from .rcvq import RecvQueue
 from .recovery import Recovery
 from .rto import RtoEstimator
-from .sendq import SACKED, SendQueue
+from .sendq import RETRANSMITTED, SACKED, SendQueue
 from .state import State
 from .timers import Timer, Timers
 
@@ -70,7 +70,12 @@ _DELACK, _RTO, _PERSIST, _KEEPALIVE = Timer.DELACK, Timer.RTO, Timer.PERSIST, Ti
 _RECEIVING = frozenset((State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2))
 _ESTABLISHED = State.ESTABLISHED
 _ACK_PSH = ACK | PSH
-_OPEN = frozenset((State.ESTABLISHED, State.CLOSE_WAIT))  # where a loss probe may go out
+_OPEN = frozenset((State.ESTABLISHED, State.CLOSE_WAIT))  # where new data may go out
+# Where a loss probe may go out: wherever data or our FIN can be outstanding (Linux
+# tcp_schedule_loss_probe() has no state test beyond Fast Open).
+_PROBE = frozenset((State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING,
+                    State.LAST_ACK))
+_REDUCING = frozenset(("Recovery", "CWR"))  # recovery.py's states where PRR counts prr_out
 
 
 def no_socket_rst(seg: Segment, sport: int, dport: int) -> Segment:
@@ -142,8 +147,15 @@ class Tcb:
         self.rtt_seq: int | None = None  # Karn: the segment being timed (RFC 6298 3)
         self.rtt_time = 0.0
         # congestion control (cc/) and loss recovery (recovery.py) own their state
-        self.cc = cc.create(cfg.tcp_congestion_control, ctx.adv_mss)
-        self.recovery = Recovery(self, self.cc, self.timers, self.rtt, ctx.stats)
+        self.cc = cc.create(cfg.tcp_congestion_control, ctx.adv_mss, cfg, ctx.stats)
+        self.recovery = Recovery(self, self.cc, self.timers, self.rtt, ctx.stats,
+                                 cfg.tcp_recovery, cfg.tcp_early_retrans, cfg.tcp_frto,
+                                 cfg.tcp_reordering, cfg.tcp_max_reordering)
+        # RFC 2883: a D-SACK block [start, end) for the next ACK, sent once.
+        self.dsack: tuple[int, int] | None = None
+        # ECN (ecn.py): the state when negotiated, else None; whether our SYN asked
+        self.ecn: ecn.Ecn | None = None
+        self.ecn_asked = False
         self.snd_sml: int | None = None  # end of the last small segment sent (Nagle)
         self.last_send = 0.0
         # ACK policy
@@ -170,6 +182,27 @@ class Tcb:
         self.last_rcv = 0.0
         self.error = 0
         self.was_established = False
+        # Per-connection counters for TCP_INFO and `ss -ti` (info.py), as Linux keeps
+        # them in tcp_sock (RFC 4898 names): a few integer adds per segment.
+        self.segs_in = 0
+        self.segs_out = 0
+        self.data_segs_in = 0
+        self.data_segs_out = 0
+        self.bytes_sent = 0  # data octets sent, retransmissions included
+        self.bytes_retrans = 0
+        self.retrans_segs = 0  # tp->total_retrans
+        self.bytes_acked = 0
+        self.bytes_received = 0
+        self.rcv_ooopack = 0
+        self.total_rto = 0
+        self.total_rto_recoveries = 0
+        self.last_data_rcv = 0.0
+        # Linux's TCP_CHRONO_BUSY, approximated: time with data outstanding.
+        self.busy_time = 0.0
+        self.busy_since = 0.0
+        # A sender-state recorder (ustack/record.py) or None: one test per ACK and
+        # per segment sent while it is off.
+        self.recorder = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -208,6 +241,8 @@ class Tcb:
 
     def _make(self, flags: int, seq: int, now: float, payload: bytes = b"") -> Segment:
         seg = Segment(self.local[1], self.remote[1], seq, 0, flags, 0, payload)
+        if self.ecn is not None and self.ecn.demand_cwr:
+            seg.flags |= ECE  # RFC 3168 6.1.3: until the peer's CWR (tcp_ecn_send())
         if flags & ACK:
             ws = self.rcv_wscale
             field = self.rcv_window() >> ws
@@ -217,9 +252,15 @@ class Tcb:
                 field += 1
             seg.ack = self.rcv_nxt
             seg.wnd = field
-            if self.ofo.blocks and self.sack_ok and not flags & RST:
-                # RFC 2018 4: every ACK reports what we hold above the hole.
-                seg.sack = self.ofo.sack_blocks(3 if self.ts_ok else 4)
+            if (self.ofo.blocks or self.dsack) and self.sack_ok and not flags & RST:
+                # RFC 2018 4: every ACK reports what we hold above the hole; a D-SACK
+                # block goes first, once (RFC 2883 4).
+                limit = 3 if self.ts_ok else 4
+                if self.dsack is not None:
+                    seg.sack = (self.dsack,) + self.ofo.sack_blocks(limit - 1)
+                    self.dsack = None
+                else:
+                    seg.sack = self.ofo.sack_blocks(limit)
             self.rcv_adv = (self.rcv_nxt + (field << self.rcv_wscale)) & MASK
             self.rcv_wup = self.rcv_nxt
             self.ack_now = False
@@ -234,7 +275,9 @@ class Tcb:
         self.tx.append((self.lip, self.rip, seg))
         # A super-segment counts as the wire segments it becomes, as Linux counts
         # tcp_skb_pcount() in __tcp_transmit_skb().
-        self.ctx.stats["TcpOutSegs"] += -(-len(seg.payload) // seg.gso) if seg.gso else 1
+        n = -(-len(seg.payload) // seg.gso) if seg.gso else 1
+        self.ctx.stats["TcpOutSegs"] += n
+        self.segs_out += n
         if seg.flags & RST:
             self.ctx.stats["TcpOutRsts"] += 1
 
@@ -330,8 +373,9 @@ class Tcb:
             cutoff = maxw >> 1 if maxw > DEFAULT_MSS else maxw
             if mss > cutoff:
                 mss = max(cutoff, 68 - 20 - (TS_OPT_LEN if self.ts_ok else 0))
-        if self.ofo.blocks and self.sack_ok:
-            return mss - 4 - 8 * min(len(self.ofo), 3 if self.ts_ok else 4)
+        if (self.ofo.blocks or self.dsack) and self.sack_ok:
+            n = len(self.ofo) + (self.dsack is not None)
+            return mss - 4 - 8 * min(n, 3 if self.ts_ok else 4)
         return mss
 
     @property
@@ -390,6 +434,7 @@ class Tcb:
         self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
         self.sendq.start_at(self.snd_nxt)
         self._choose_wscale()
+        self.ecn_asked = self.ctx.config.tcp_ecn == 1
         self.ctx.stats["TcpActiveOpens"] += 1
         self._set_state(State.SYN_SENT, Cause(Why.CONNECT))
         self._send_syn(now)
@@ -398,6 +443,9 @@ class Tcb:
     def _send_syn(self, now: float) -> None:
         seg = Segment(self.local[1], self.remote[1], self.iss, 0, SYN, min(self.rcv_cap, 65535))
         self._syn_options(seg, now, None)
+        cfg = self.ctx.config
+        if ecn.syn_asks(cfg.tcp_ecn, self.retries > 0, cfg.tcp_ecn_fallback):
+            seg.flags |= ecn.SETUP_SYN  # an ECN-setup SYN (RFC 3168 6.1.1)
         if self.ts_recent and seg.ts is not None:
             # A reused TIME_WAIT tuple echoes the inherited TS.Recent (LS 72).
             seg.ts = (seg.ts[0], self.ts_recent)
@@ -422,6 +470,8 @@ class Tcb:
         self.snd_wl2 = self.iss
         self._choose_wscale()
         self._negotiate(syn, we_offered_ts=True)
+        if ecn.accept_syn(self.ctx.config.tcp_ecn, syn.flags, syn.ecn):
+            self._ecn_on()
         self._set_state(State.SYN_RECEIVED, Cause(Why.SEGMENT, syn))
         self._send_synack(now)
         self.timers.set(Timer.RTO, now + self.rtt.current())
@@ -471,7 +521,8 @@ class Tcb:
 
     def _send_synack(self, now: float) -> None:
         wnd = min(self.rcv_cap, 65535)
-        seg = Segment(self.local[1], self.remote[1], self.iss, self.rcv_nxt, SYN | ACK, wnd)
+        seg = Segment(self.local[1], self.remote[1], self.iss, self.rcv_nxt,
+                      SYN | ACK | ECE if self.ecn is not None else SYN | ACK, wnd)
         self.rcv_adv = (self.rcv_nxt + wnd) & MASK
         seg.mss = self.ctx.adv_mss
         if self.sack_ok:
@@ -660,6 +711,10 @@ class Tcb:
 
     def handle_segment(self, seg: Segment, now: float) -> None:
         """Process one arriving segment (RFC 9293 3.10.7)."""
+        n = -(-len(seg.payload) // seg.gso) if seg.gso else 1
+        self.segs_in += n  # tcp_segs_in(): every segment, data or not, in order or not
+        if seg.payload:
+            self.data_segs_in += n
         st = self.state
         if st is _ESTABLISHED and self.fast_path and self._predicted(seg):
             self._fast_input(seg, now)
@@ -690,6 +745,9 @@ class Tcb:
         self.rcv_nxt = self.rcv_wup = self.rcv_adv = (seg.seq + 1) & MASK
         offered_ts = bool(self.ctx.config.tcp_timestamps)
         self._negotiate(seg, offered_ts)
+        if (ecn.accept_synack(self.ecn_asked, flags) if flags & ACK else
+                self.ecn_asked and flags & ecn.SETUP_SYN == ecn.SETUP_SYN):
+            self._ecn_on()  # (a simultaneous open: Linux tcp_ecn_rcv_syn())
         if flags & ACK:
             if self.ts_ok and seg.ts[1] and not sq.in_range(
                     seg.ts[1], self._ts_now(self.created), (self._ts_now(now) + 1) & MASK):
@@ -700,6 +758,7 @@ class Tcb:
                 return
             self._rtt_sample_ack(seg, now)
             self.snd_una = seg.ack
+            self.bytes_acked += 1  # our SYN, as Linux's tcp_ack() counts it
             self.snd_wnd = seg.wnd << self.snd_wscale
             self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
@@ -844,6 +903,11 @@ class Tcb:
                     return
                 # challenge ACK below
             elif seg.payload or flags & FIN:
+                if seg.payload and sq.lt(seg.seq, self.rcv_nxt):
+                    # Linux tcp_send_dupack(): a duplicate is D-SACKed (RFC 2883 4.1.1).
+                    end = (seg.seq + len(seg.payload)) & MASK
+                    self._dsack(seg.seq, end if sq.le(end, self.rcv_nxt) else self.rcv_nxt,
+                                "TcpExtTCPDSACKOldSent")
                 self._send_ack(now)  # data-bearing: never rate-limited (LS 114)
                 return
             else:
@@ -948,6 +1012,27 @@ class Tcb:
                 self.ack_now = True
         self._input_done(now)
 
+    def _ecn_on(self) -> None:
+        self.ecn = ecn.Ecn()
+        self.ctx.stats["UstackTcpEcnOk"] += 1
+
+    def _ecn_ack(self, seg: Segment, acked: int, newly_sacked: int, flight: int) -> None:
+        """An acceptable ACK on an ECN connection with data outstanding (Linux tcp_ack()
+        with FLAG_ECE)."""
+        ece = seg.flags & (ECE | SYN) == ECE
+        if ece and acked + newly_sacked > 0:
+            self.ctx.stats["TcpExtTCPDeliveredCE"] += -(-(acked + newly_sacked) // self.mss)
+        if self.ecn.on_ack(self.snd_una, ece, self.snd_max, self.recovery.in_recovery):
+            # tcp_enter_cwr(): ssthresh from the controller, as for a loss (CUBIC's
+            # beta, W_max), never undone. Linux then lowers cwnd to it by PRR over
+            # the next round (tcp_cwnd_reduction() in the CWR state); PRR is
+            # recovery.py's, and the lead wires it in: until then cwnd drops at once,
+            # RFC 3168 6.1.2's plain response.
+            c = self.cc
+            c.ssthresh = c.ssthresh_after_loss(flight)
+            c.cwnd = c.ssthresh
+            self.ctx.stats["UstackTcpEcnCwr"] += 1
+
     def _handshake_done(self) -> None:
         """Data transfer begins (Linux tcp_init_transfer()). RFC 6298 5.7: without an RTT
         sample from the handshake the RTO is 3 s (RtoEstimator.handshake_done()). RFC
@@ -1016,40 +1101,52 @@ class Tcb:
         wnd = seg.wnd if seg.flags & SYN else seg.wnd << self.snd_wscale  # RFC 7323 2.2
         rec = self.recovery
         flight = sq.diff(self.snd_nxt, old_una) - rec.sb.sacked  # before this ACK, for CWV
+        recovering = rec.in_recovery
         newly_sacked = dsack = 0
         if seg.sack and self.sack_ok and acked >= 0:
-            newly_sacked, dsack = rec.on_sack(seg.sack, old_una, ack)
-            if newly_sacked:
-                # The send record learns it too (what RACK will key on); a D-SACK block
-                # reports a duplicate, not data held.
-                mark = self.sendq.mark
-                for left, right in seg.sack[1:] if dsack else seg.sack:
-                    mark(left, right, SACKED)
+            # The scoreboard and the send record (RACK's input) learn what the peer holds.
+            newly_sacked, dsack = rec.on_sack(seg.sack, old_una, ack, now)
+        tsecr = seg.ts[1] if self.ts_ok and seg.ts is not None else None
         if acked > 0:
             if self._rtt_sample_ack(seg, now):
                 # Karn: the backed-off RTO stays until a valid sample (RFC 6298 5, note
                 # after 5.7); Linux resets icsk_backoff in tcp_ack_update_rtt().
                 self.rtt.reset_backoff()
             self.snd_una = ack
+            if self.cc.wants_rtt:
+                self._ca_rtt_sample(ack, now)
+            self.bytes_acked += acked
             q = self.sendq
             before = len(q)
-            q.on_ack(ack)
+            removed = q.on_ack(ack)
             if len(q) != before:
                 self.events.append(_SEND_SPACE)
             self.retries = 0
-            rec.on_ack(acked, ack, flight, dsack, now)
+            rec.on_ack(acked, ack, flight, dsack, now, removed, tsecr, newly_sacked)
             if self.snd_una == self.snd_max:
                 self.timers.clear(Timer.RTO)
                 self.timers.clear(Timer.LOSS)
+                if self.busy_since:  # not for the handshake: _emit() sent the SYN
+                    self.busy_time += now - self.busy_since
+                    self.busy_since = 0.0
             else:
                 self.timers.set(Timer.RTO, now + self.rtt.current())  # RFC 6298 5.3
                 rec.arm_probe(now)
-        elif acked == 0 and self.snd_una != self.snd_max and (
-                newly_sacked > 0 if self.sack_ok else
-                not seg.payload and not seg.flags & FIN and wnd == self.snd_wnd):
-            # A duplicate ACK: RFC 5681 2's definition, or with SACK one that reports new
-            # data held above the hole (RFC 6675 2), which a data-bearing ACK also can.
-            rec.on_duplicate_ack(now)
+        elif acked == 0 and (self.snd_una != self.snd_max or dsack):
+            if self.sack_ok:
+                # Every ACK goes to recovery (Linux tcp_ack() -> tcp_fastretrans_alert()
+                # for a dubious one): a duplicate reports new data held above the hole
+                # (RFC 6675 2), which a data-bearing ACK also can; a D-SACK may undo.
+                rec.on_ack(0, ack, flight, dsack, now, None, tsecr, newly_sacked)
+                if self.snd_una != self.snd_max and not self.timers.is_set(Timer.RTO):
+                    self.timers.set(Timer.RTO, now + self.rtt.current())
+            elif not seg.payload and not seg.flags & FIN and wnd == self.snd_wnd:
+                # A duplicate ACK: RFC 5681 2's definition.
+                rec.on_duplicate_ack(now)
+        if self.ecn is not None and acked >= 0 and old_una != self.snd_max:
+            if rec.in_recovery and not recovering:
+                self.ecn.on_reduction(self.snd_max)  # loss recovery cut cwnd: CWR too
+            self._ecn_ack(seg, acked, newly_sacked, sq.diff(self.snd_max, old_una))
         # RFC 9293 3.10.7.4: update the send window if the segment is newer (SND.WL1/WL2).
         if sq.lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and sq.le(self.snd_wl2, ack)):
             self.snd_wnd = wnd
@@ -1061,6 +1158,8 @@ class Tcb:
                 # tcp_ack_probe()).
                 self.timers.clear(Timer.PERSIST)
                 self.rtt.reset_backoff()
+        if self.recorder is not None:
+            self.recorder.on_ack(self, seg, now)
         if not (self.fin_sent and self.snd_una == self.snd_max):
             return True  # our FIN is not (yet) acknowledged: no state change here
         st = self.state
@@ -1078,6 +1177,23 @@ class Tcb:
             return False
         return True
 
+    def _ca_rtt_sample(self, ack: int, now: float) -> None:
+        """The controller's RTT sample (HyStart, CUBIC's delay_min): the age of the
+        newest segment this ACK covers, none if it covers a retransmission (Linux's
+        ca_rtt in tcp_clean_rtx_queue(): last_ackt, FLAG_RETRANS_DATA_ACKED)."""
+        t = None
+        for rec in self.sendq.sent:
+            if not sq.lt(rec.start, ack):
+                break
+            if rec.flags & RETRANSMITTED:
+                return
+            if not rec.flags & SACKED:  # timed when it was SACKed, not now
+                t = rec.time
+            if sq.gt(rec.end, ack):
+                break
+        if t is not None:
+            self.cc.on_rtt(now - t, now, ack, self.snd_nxt)
+
     def retransmit(self, seq: int, limit: int, now: float) -> int:
         """Resend up to `limit` octets (at most one MSS) from `seq`, with the FIN if it
         falls there. Returns the sequence space sent, 0 if there was nothing to send."""
@@ -1090,15 +1206,27 @@ class Tcb:
             flags |= FIN
         if not payload and not flags & FIN:
             return 0
-        self._emit(self._make(flags, seq, now, payload))
+        seg = self._make(flags, seq, now, payload)
+        self._emit(seg)
         stats = self.ctx.stats
         stats["TcpRetransSegs"] += 1
-        if self.recovery.in_recovery:
+        rec = self.recovery
+        if rec.in_recovery:
             stats["TcpExtTCPFastRetrans"] += 1
+        elif rec.ca_state == "Loss":
+            stats["TcpExtTCPSlowStartRetrans"] += 1
         self.rtt_seq = None  # Karn (RFC 6298 3): no sample from a retransmitted segment
         self.last_send = now
         k = len(payload) + (1 if flags & FIN else 0)
         self.sendq.on_transmit(seq, (seq + k) & MASK, now)
+        rec.on_sent(k, True, seg.ts[0] if seg.ts else None)
+        self.retrans_segs += 1
+        if payload:
+            self.data_segs_out += 1
+            self.bytes_sent += len(payload)
+            self.bytes_retrans += len(payload)
+        if self.recorder is not None:
+            self.recorder.on_send(self, seq, k, True, now)
         return k
 
     def retransmit_head(self, now: float) -> int:
@@ -1122,6 +1250,11 @@ class Tcb:
         data = seg.payload
         fin = bool(seg.flags & FIN)
         rcv_nxt = self.rcv_nxt
+        if self.ecn is not None and data and self.ecn.on_data(seg.flags, seg.ecn):
+            # CWR (tcp_ecn_accept_cwr(): ICSK_ACK_NOW) or a first CE (tcp_ecn_check_ce():
+            # quick-ACK mode, "the sender can have a very low cwnd").
+            self.ack_now = True
+            self.quickacks = max(self.quickacks, 2)
         # The peer's full-sized segment (tcp_measure_rcv_mss()): of a super-segment,
         # the size it was cut from (gso_size), not its whole length.
         seen = seg.gso or len(data)
@@ -1130,6 +1263,8 @@ class Tcb:
         if data:
             d = sq.diff(start, rcv_nxt)
             if d < 0:  # trim the part we already have
+                # RFC 2883 4 (Linux tcp_dsack_set()): report the duplicate, once.
+                self._dsack(start, (start + min(-d, len(data))) & MASK, "TcpExtTCPDSACKOldSent")
                 data = data[-d:]
                 start = rcv_nxt
                 if not data:
@@ -1150,8 +1285,14 @@ class Tcb:
             # Out of order: queue it (merged, so a duplicate costs nothing and the queue
             # stays within the window) and ACK at once, with SACK blocks, so the sender
             # sees the hole (RFC 5681 4.2, RFC 2018 4).
-            if data and self.ofo.add(start, data):
-                self.ctx.stats["TcpExtTCPOFOQueue"] += 1
+            if data:
+                held = self.ofo.overlap(start, (start + len(data)) & MASK)
+                if held is not None:
+                    # Out-of-order data we already hold (Linux tcp_data_queue_ofo()).
+                    self._dsack(held[0], held[1], "TcpExtTCPDSACKOfoSent")
+                if self.ofo.add(start, data):
+                    self.ctx.stats["TcpExtTCPOFOQueue"] += 1
+            self.rcv_ooopack += 1
             if fin:
                 self.ofo_fin = (start + len(data)) & MASK
             self.ack_now = self.ack_at_once = True
@@ -1160,6 +1301,8 @@ class Tcb:
             hole = bool(self.ofo)
             self.rcvbuf.append(data)
             self.rcv_nxt = (rcv_nxt + len(data)) & MASK
+            self.bytes_received += len(data)
+            self.last_data_rcv = now
             if hole:
                 self._drain_ofo()
             self.events.append(_DATA)
@@ -1180,10 +1323,18 @@ class Tcb:
                 return
             self._fin_received(seg, now)
 
+    def _dsack(self, start: int, end: int, counter: str) -> None:
+        """Queue a D-SACK block for the next ACK (RFC 2883; Linux tcp_dsack_set(): the
+        first duplicate reported wins until the block is sent)."""
+        if self.sack_ok and self.ctx.config.tcp_dsack and self.dsack is None and start != end:
+            self.dsack = (start, end)
+            self.ctx.stats[counter] += 1
+
     def _drain_ofo(self) -> None:
         """Move the queued data that now continues RCV.NXT to the receive buffer."""
         chunk = self.ofo.pop(self.rcv_nxt)
         if chunk:
+            self.bytes_received += len(chunk)
             self.rcvbuf.append(chunk)
             self.rcv_nxt = (self.rcv_nxt + len(chunk)) & MASK
 
@@ -1227,8 +1378,8 @@ class Tcb:
         return sq.diff(self.sendq.end, self.snd_nxt)
 
     def open_for_probe(self) -> bool:
-        """A loss probe may go out only where new data may (RFC 8985 7.2)."""
-        return self.state in _OPEN
+        """A loss probe may go out while data or our FIN is unacknowledged."""
+        return self.state in _PROBE
 
     def send_new(self, n: int, now: float) -> None:
         """Send `n` new bytes from SND.NXT (a loss probe's new data, RFC 8985 7.3)."""
@@ -1236,7 +1387,13 @@ class Tcb:
                        self.sendq.data(self.snd_nxt, n), now)
 
     def _on_loss_timer(self, now: float) -> None:
-        self.recovery.on_probe_timeout(now)
+        # The reordering timer or the loss probe (recovery.py); what RACK marked lost
+        # leaves now.
+        probes = self.ctx.stats["TcpExtTCPLossProbes"]
+        self.recovery.on_loss_timer(now)
+        if self.recorder is not None and self.ctx.stats["TcpExtTCPLossProbes"] != probes:
+            self.recorder.on_event(self, "tlp", now)
+        self.output(now)
 
     def output_soon(self) -> None:
         """Ask for output() at the end of the batch: when every segment that arrived
@@ -1261,9 +1418,10 @@ class Tcb:
                 now - self.last_send > self.rtt.current():
             self.cc.on_idle_restart()  # RFC 5681 4.1 / RFC 7661
         rec = self.recovery
-        sack_recovery = rec.in_recovery and self.sack_ok
-        if sack_recovery:
-            sent, flight = rec.sack_retransmit(now, rec.pipe(), lost_only=True)
+        if self.sack_ok and rec.any_lost and not rec.frto_new:
+            # What RACK (or the DupThresh rule) marked lost goes first (Linux
+            # tcp_xmit_recovery() -> tcp_xmit_retransmit_queue()), then new data.
+            sent, flight = rec.retransmit_lost(now)
         else:
             flight = rec.flight()
         cwnd = self.cc.cwnd
@@ -1334,11 +1492,6 @@ class Tcb:
             break
         if sent and not rec.in_recovery:
             rec.arm_probe(now)
-        if sack_recovery and rec.in_recovery:
-            # RFC 6675 NextSeg() rule 3: no new data to send, the window has room: resend
-            # un-SACKed data below the highest SACK that is not yet deemed lost.
-            more, flight = rec.sack_retransmit(now, flight, lost_only=False)
-            sent = sent or more
         if not sent and self.ack_now:
             self._send_ack(now)
 
@@ -1355,12 +1508,28 @@ class Tcb:
         seq = self.snd_nxt
         seg = self._make(flags, seq, now, payload)
         n = len(payload) + (1 if flags & FIN else 0)
-        if sq.lt(seq, self.snd_max):
+        if self.snd_una == self.snd_max:
+            self.busy_since = now  # from idle: busy until all is acknowledged
+        retrans = sq.lt(seq, self.snd_max)
+        if retrans:
             self.ctx.stats["TcpRetransSegs"] += 1
             self.ctx.stats["TcpExtTCPSlowStartRetrans"] += 1
-        elif self.rtt_seq is None and n:
-            self.rtt_seq = seq
-            self.rtt_time = now
+            self.retrans_segs += 1
+            self.bytes_retrans += len(payload)
+            self.recovery.on_sent(n, True, seg.ts[0] if seg.ts else None)
+        else:
+            if self.rtt_seq is None and n:
+                self.rtt_seq = seq
+                self.rtt_time = now
+            if self.recovery.ca_state in _REDUCING:
+                self.recovery.on_sent(n, False, None)  # PRR's prr_out
+        if not retrans and payload and self.ecn is not None:
+            # New data: ECT(0), and CWR once after a reduction (RFC 3168 6.1.2, Linux
+            # tcp_ecn_send()); never on retransmissions, pure ACKs or SYNs (6.1.5).
+            seg.ecn = ecn.ECT0
+            if self.ecn.queue_cwr:
+                self.ecn.queue_cwr = False
+                seg.flags |= CWR
         if gso:
             seg.gso = gso
             if len(payload) % gso:  # tcp_minshall_update(): len < pcount * mss
@@ -1376,8 +1545,16 @@ class Tcb:
             self.timers.set(_RTO, now + self.rtt.current())
         if at[_PERSIST] is not None:
             self.timers.clear(_PERSIST)
+        if self.snd_una == seq and n:
+            # Nothing was in flight: Linux's CA_EVENT_TX_START (tcp_event_data_sent()).
+            self.cc.on_tx_start(now, now - self.last_send)
         self.last_send = now
+        if payload:
+            self.data_segs_out += -(-len(payload) // gso) if gso else 1
+            self.bytes_sent += len(payload)
         self._emit(seg)
+        if self.recorder is not None:
+            self.recorder.on_send(self, seq, n, retrans, now)
 
     def _arm_persist(self, now: float) -> None:
         if not self.timers.is_set(Timer.PERSIST) and not self.timers.is_set(Timer.RTO):
@@ -1419,6 +1596,9 @@ class Tcb:
         st = self.state
         self.retries += 1
         stats["TcpExtTCPTimeouts"] += 1
+        self.total_rto += 1
+        if self.retries == 1:
+            self.total_rto_recoveries += 1
         if st == State.SYN_SENT or st == State.SYN_RECEIVED:
             # Resend the SYN or SYN-ACK with backoff (RFC 6298 5.5) until Linux's
             # tcp_syn_retries / tcp_synack_retries run out.
@@ -1456,8 +1636,13 @@ class Tcb:
             return
         # RFC 5681 3.1 equation 4 and RFC 6298 5.4-5.6: collapse cwnd, back off, go back N;
         # ssthresh once per loss episode (Linux tcp_enter_loss()).
-        self.cc.on_rto(sq.diff(self.snd_max, self.snd_una), first=self.retries == 1)
-        self.recovery.on_rto()
+        # The Loss state (Linux tcp_enter_loss()): cwnd, ssthresh once per window, undo
+        # and F-RTO bookkeeping, in recovery.py.
+        self.recovery.on_rto(now)
+        if self.ecn is not None:
+            self.ecn.on_reduction(self.snd_max)  # tcp_enter_loss() queues CWR too
+        if self.recorder is not None:
+            self.recorder.on_event(self, "rto", now)
         if self.retries >= 2:
             self.sendq.clear_flag(SACKED)  # as recovery forgets its SACKs (RFC 2018 8)
         self.rtt.back_off()
