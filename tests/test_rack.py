@@ -18,8 +18,10 @@ MASK = 0xFFFFFFFF
 
 
 def est(*settings: str, ts: bool = False) -> Drill:
-    """ESTABLISHED (passive) with a 100 ms handshake RTT."""
-    d = Drill(*(() if ts else ("tcp_timestamps=0",)), *settings)
+    """ESTABLISHED (passive) with a 100 ms handshake RTT. Reno's halving, as RFC 6937's
+    worked examples assume (CUBIC, the default, cuts to 0.7: tests/test_cubic.py)."""
+    d = Drill("tcp_congestion_control=reno", *(() if ts else ("tcp_timestamps=0",)),
+              *settings)
     if ts:  # the drill's own TS values on the peer's segments
         d.listen(80)
         d.inject("S 0:0(0) win 65535")

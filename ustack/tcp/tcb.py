@@ -1026,8 +1026,10 @@ class Tcb:
             # tcp_enter_cwr(): ssthresh from the controller, as for a loss (CUBIC's
             # beta, W_max), never undone. Linux then lowers cwnd to it by PRR over
             # the next round (tcp_cwnd_reduction() in the CWR state); PRR is
-            # recovery.py's, and the lead wires it in: until then cwnd drops at once,
-            # RFC 3168 6.1.2's plain response.
+            # recovery.py's, but Linux also processes the ECE before the ACK's cwnd
+            # growth (tcp_fastretrans_alert() before tcp_cong_control()), which ustack's
+            # ACK path does the other way round: so cwnd drops at once, RFC 3168
+            # 6.1.2's plain response (a documented deviation).
             c = self.cc
             c.ssthresh = c.ssthresh_after_loss(flight)
             c.cwnd = c.ssthresh
