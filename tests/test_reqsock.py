@@ -465,3 +465,19 @@ def test_any_segments_keep_the_syn_queue_consistent(knob, steps):
         assert 0 <= lst.young <= lst.half_open
         if d.table.reqs:
             assert d.table.next_deadline() is not None
+
+
+@pytest.mark.parametrize("cookies", [1, 2])
+def test_ecn_setup_syn_through_a_record_and_a_cookie(cookies):
+    """RFC 3168 6.1.1 with request records and cookies: an ECN-setup SYN (ECE|CWR) is
+    answered with ECE on the SYN-ACK; the record (F_ECN) or the cookie's TSval bit 5
+    (cookie_init_timestamp(), cookie_ecn_ok()) carries it to the child, which has ECN on."""
+    d = Drill("tcp_ecn=1", f"tcp_syncookies={cookies}")
+    d.listen(80)
+    d.inject("SEW 0:0(0) win 65535")
+    synack = d.expect("SE. 0:0(0) ack 1")
+    if cookies == 2:
+        tsval = (synack.ts[0] - d.ctx.ts_offset(d.key)) & MASK
+        assert tsval & syncookie.TS_OPT_ECN
+    d.inject(". 1:1(0) ack 1")
+    assert d.accept().ecn is not None

@@ -439,8 +439,7 @@ class StackShell:
 
     def status(self) -> dict:
         return {"address": self.address, "connections": self.rows(),
-                "stats": dict(self.stats), "time_wait": self.time_wait_count,
-                "syn_recv": self.syn_recv_count}
+                "stats": dict(self.stats), "time_wait": self.time_wait_count}
 
     def close(self) -> None:
         self._closed = True

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from . import seq as sq
-from .tcp import paws, syncookie
+from .tcp import ecn, paws, syncookie
 from .tcp.context import Context
 from .tcp.events import ListenOverflow, StateChanged, SynFlood
 from .tcp.reqsock import F_ACKED, NO_WSCALE, ReqRecord, RequestTable, ack_for, synack, synack_window
@@ -182,8 +182,9 @@ class TcpTable:
         ts = seg.ts if cfg.tcp_timestamps else None
         sack = bool(cfg.tcp_sack and seg.sack_perm)
         ws = min(seg.wscale, 14) if cfg.tcp_window_scaling and seg.wscale is not None else None
+        ecn_ok = ecn.accept_syn(cfg.tcp_ecn, seg.flags, seg.ecn)  # tcp_ecn_create_request()
         if want_cookie:
-            self._send_cookie(lst, key, seg, now, ts, sack, ws)
+            self._send_cookie(lst, key, seg, now, ts, sack, ws, ecn_ok)
             return
         max_syn = cfg.tcp_max_syn_backlog
         if not cfg.tcp_syncookies and max_syn - lst.half_open < max_syn >> 2:
@@ -197,7 +198,8 @@ class TcpTable:
         rec = self.reqs.insert(key, irs=seg.seq, iss=iss, ts_recent=ts[0] if ts else 0,
                                snd_wnd=seg.wnd, peer_mss=max(seg.mss, MIN_SND_MSS)
                                if seg.mss else DEFAULT_MSS,
-                               snd_wscale=ws, sack=sack, ts=ts is not None, now=now)
+                               snd_wscale=ws, sack=sack, ts=ts is not None, now=now,
+                               ecn=ecn_ok)
         lst.half_open += 1
         lst.young += 1
         self._send_synack(key, rec, now)
@@ -221,13 +223,14 @@ class TcpTable:
         return keys
 
     def _send_cookie(self, lst: Listener, key: bytes, seg: Segment, now: float,
-                     ts: tuple[int, int] | None, sack: bool, ws: int | None) -> None:
+                     ts: tuple[int, int] | None, sack: bool, ws: int | None,
+                     ecn_ok: bool) -> None:
         """The SYN-ACK of a cookie; nothing is kept (cookie_v4_init_sequence(),
         tcp_conn_request() with want_cookie). Without timestamps the SYN's options are
         cleared (tcp_clear_options()): the SYN-ACK offers only the MSS (item 248)."""
         stats = self.ctx.stats
         if ts is None:
-            sack, ws = False, None
+            sack, ws, ecn_ok = False, None, False  # nowhere to keep them
         # tcp_synq_overflow(): the stamp moves at most once a second.
         last = lst.last_overflow
         if last is None or not last <= now < last + 1.0:
@@ -238,10 +241,11 @@ class TcpTable:
                                       syncookie.mss_index(mss), now)
         tsopt = None
         if ts is not None:
-            tsval = syncookie.init_timestamp(int(now * 1000) & MASK, ws, sack, False)
+            tsval = syncookie.init_timestamp(int(now * 1000) & MASK, ws, sack, ecn_ok)
             tsopt = ((tsval + self.ctx.ts_offset(key)) & MASK, ts[0])
         self._send_stateless(key, synack(self.ctx, key, iss, seg.seq, mss=True,
-                                         wscale=ws is not None, sack=sack, ts=tsopt))
+                                         wscale=ws is not None, sack=sack, ts=tsopt,
+                                         ecn=ecn_ok))
 
     def _cookie_ack(self, lst: Listener, key: bytes, seg: Segment, now: float) -> bool:
         """An ACK to a listener that may return a cookie (Linux cookie_v4_check(),
@@ -260,16 +264,17 @@ class TcpTable:
         stats["TcpExtSyncookiesRecv"] += 1
         ts = seg.ts if cfg.tcp_timestamps else None
         ws: int | None = None
-        sack = False
+        sack = ecn_ok = False
         if ts is not None:
             tsecr = ts[1]
             if tsecr:
                 tsecr = (tsecr - self.ctx.ts_offset(key)) & MASK
-            ok, ws, sack, _ecn = syncookie.timestamp_decode(
+            ok, ws, sack, ecn_bit = syncookie.timestamp_decode(
                 tsecr, timestamps=bool(cfg.tcp_timestamps), sack_on=bool(cfg.tcp_sack),
                 ws_on=bool(cfg.tcp_window_scaling))
             if not ok:
                 return False
+            ecn_ok = ecn_bit and bool(cfg.tcp_ecn)  # cookie_ecn_ok()
         if len(lst.accept_queue) > lst.backlog:
             # tcp_v4_syn_recv_sock() fails: dropped, no RST, nothing remembered (249).
             stats["TcpExtListenOverflows"] += 1
@@ -279,7 +284,7 @@ class TcpTable:
         lst.half_open += 1
         self._child(lst, key, seg, now, iss=(seg.ack - 1) & MASK, irs=(seg.seq - 1) & MASK,
                     peer_mss=mss, snd_wscale=ws, sack=sack, ts_recent=ts[0] if ts else None,
-                    snd_wnd=seg.wnd, retrans=0, synack_at=None)
+                    snd_wnd=seg.wnd, retrans=0, synack_at=None, ecn_ok=ecn_ok)
         return True
 
     def _child(self, lst: Listener, key: bytes, seg: Segment, now: float, **req) -> Tcb:
@@ -304,7 +309,7 @@ class TcpTable:
         ts = ((ms32(now) + self.ctx.ts_offset(key)) & MASK, r.ts_recent) if r.ts_ok else None
         self._send_stateless(key, synack(self.ctx, key, r.iss, r.irs, mss=True,
                                          wscale=r.snd_wscale != NO_WSCALE,
-                                         sack=r.sack_ok, ts=ts))
+                                         sack=r.sack_ok, ts=ts, ecn=r.ecn_ok))
 
     def _req_oow_limited(self, key: bytes, r: ReqRecord, now: float) -> tuple[bool, ReqRecord]:
         """tcp_oow_rate_limited() on the request's last_oow_ack_time."""
@@ -409,7 +414,8 @@ class TcpTable:
                     snd_wscale=None if r.snd_wscale == NO_WSCALE else r.snd_wscale,
                     sack=r.sack_ok, ts_recent=r.ts_recent if r.ts_ok else None,
                     snd_wnd=r.snd_wnd, retrans=r.num_retrans,
-                    synack_at=None if r.num_retrans else now - r.age(now))
+                    synack_at=None if r.num_retrans else now - r.age(now),
+                    ecn_ok=r.ecn_ok)
 
     def _request_timers(self, now: float) -> None:
         """SYN-ACK retransmission (Linux reqsk_timer_handler(), item 251): every expiry

@@ -25,7 +25,7 @@ from collections import deque
 from typing import NamedTuple
 
 from .. import seq as sq
-from ..wire.tcp import ACK, SYN, Segment
+from ..wire.tcp import ACK, ECE, SYN, Segment
 from .context import Context
 from .timewait import ms32
 
@@ -63,6 +63,10 @@ class ReqRecord(NamedTuple):
     def ts_ok(self) -> bool:
         return bool(self.flags & F_TS)
 
+    @property
+    def ecn_ok(self) -> bool:
+        return bool(self.flags & F_ECN)
+
     def remaining(self, now: float) -> float:
         """Seconds until the SYN-ACK timer fires (ss -o's timer:(on,...))."""
         return max(sq.diff(self.expires, ms32(now)), 0) / 1000
@@ -90,11 +94,12 @@ def synack_window(ctx: Context) -> int:
 
 
 def synack(ctx: Context, key: bytes, iss: int, irs: int, *, mss: bool, wscale: bool,
-           sack: bool, ts: tuple[int, int] | None) -> Segment:
+           sack: bool, ts: tuple[int, int] | None, ecn: bool = False) -> Segment:
     """The SYN-ACK of a request or a cookie (Linux tcp_make_synack()): our MSS, and the
-    options the SYN offered and the knobs allow; `ts` is (TSval, TSecr) or None."""
+    options the SYN offered and the knobs allow; `ts` is (TSval, TSecr) or None; ECE
+    when the SYN's ECN setup was accepted (RFC 3168 6.1.1, tcp_ecn_make_synack())."""
     seg = Segment((key[10] << 8) | key[11], (key[8] << 8) | key[9], iss, (irs + 1) & MASK,
-                  SYN | ACK, synack_window(ctx))
+                  SYN | ACK | ECE if ecn else SYN | ACK, synack_window(ctx))
     if mss:
         seg.mss = ctx.adv_mss
     seg.sack_perm = sack
@@ -149,14 +154,15 @@ class RequestTable:
 
     def insert(self, key: bytes, *, irs: int, iss: int, ts_recent: int, snd_wnd: int,
                peer_mss: int, snd_wscale: int | None, sack: bool, ts: bool,
-               now: float) -> ReqRecord:
+               now: float, ecn: bool = False) -> ReqRecord:
         """A request for a SYN just answered; its timer armed at TCP_TIMEOUT_INIT
         (inet_csk_reqsk_queue_hash_add())."""
         now_ms = int(now * 1000)
         expires = now_ms + TIMEOUT_INIT_MS
         r = ReqRecord(irs, iss, ts_recent, expires & MASK, now_ms & MASK, 0, snd_wnd,
                       peer_mss, NO_WSCALE if snd_wscale is None else snd_wscale,
-                      (F_SACK if sack else 0) | (F_TS if ts else 0), 0, 0)
+                      (F_SACK if sack else 0) | (F_TS if ts else 0) | (F_ECN if ecn else 0),
+                      0, 0)
         self.put(key, r)
         self._enqueue(key, 0, expires)
         return r

@@ -479,7 +479,7 @@ class Tcb:
     def open_from_request(self, now: float, *, iss: int, irs: int,
                           peer_mss: int, snd_wscale: int | None, sack: bool,
                           ts_recent: int | None, snd_wnd: int, retrans: int,
-                          synack_at: float | None) -> None:
+                          synack_at: float | None, ecn_ok: bool = False) -> None:
         """LISTEN -> SYN_RECEIVED for a handshake that a request record (reqsock.py) or
         a SYN cookie (syncookie.py) carried until its ACK `ack` (Linux
         tcp_create_openreq_child()): the negotiated state comes from the request, not
@@ -515,6 +515,8 @@ class Tcb:
         self.retries = retrans
         self.rtt_seq = iss if synack_at is not None else None
         self.rtt_time = synack_at if synack_at is not None else now
+        if ecn_ok:
+            self._ecn_on()  # the SYN's ECN setup, accepted by the SYN-ACK's ECE
         # The cause is the SYN as the request remembers it (options left out).
         syn = Segment(self.remote[1], self.local[1], irs, 0, SYN, snd_wnd)
         self._set_state(State.SYN_RECEIVED, Cause(Why.SEGMENT, syn))
