@@ -56,6 +56,16 @@ def _directory(text: str) -> Path:
     return path.resolve()
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text.removesuffix("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r}: not a number") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r}: must be in (0, 86400] s")
+    return value
+
+
 def _ifname(text: str) -> str:
     # IFNAMSIZ is 16 including the NUL; the kernel would say EINVAL much less clearly.
     if not 0 < len(text) < 16 or "/" in text or text.strip() != text:
@@ -102,6 +112,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="HTTP port (default: %(default)s)")
     p.add_argument("--root", metavar="DIR", type=_directory, default=None,
                    help="serve files from DIR over HTTP (default: the built-in status page)")
+    _add_http_limits(p)
     p.add_argument("--echo", metavar="PORT", type=_port, default=7,
                    help="echo port, RFC 862 (default: %(default)s)")
     p.add_argument("--discard", metavar="PORT", type=_port, default=9,
@@ -130,6 +141,45 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    choices=["debug", "info", "warning", "error", "critical"],
                    help="debug, info, warning (default), error or critical")
     p.set_defaults(func=cmd_serve)
+
+
+def _add_http_limits(p: argparse.ArgumentParser) -> None:
+    """The HTTP server's defences (ustack/apps/http.py HttpLimits), nginx's defaults."""
+    from .apps.limits import HttpLimits
+
+    d = HttpLimits()
+    g = p.add_argument_group("HTTP limits (nginx's directives and defaults)")
+    size = int_arg("size", 64, 1 << 30)
+    for flag, dest, kind, default, what in (
+        ("--http-header-timeout", "header_timeout", _seconds, d.header_timeout,
+         "seconds for the whole request head, else 408 (client_header_timeout)"),
+        ("--http-keepalive-timeout", "keepalive_timeout", _seconds, d.keepalive_timeout,
+         "seconds an idle keep-alive connection is kept (keepalive_timeout)"),
+        ("--http-body-timeout", "body_timeout", _seconds, d.body_timeout,
+         "seconds between two reads of a request body, else 408 (client_body_timeout)"),
+        ("--http-send-timeout", "send_timeout", _seconds, d.send_timeout,
+         "seconds a response may make no progress before the connection is reset "
+         "(send_timeout)"),
+        ("--http-max-request-line", "max_request_line", size, d.max_request_line,
+         "bytes in the request line, else 414 (large_client_header_buffers' size)"),
+        ("--http-max-header-line", "max_header_line", size, d.max_header_line,
+         "bytes in one header line, else 431"),
+        ("--http-max-header-size", "max_head", size, d.max_head,
+         "bytes in the whole request head, else 431 (nginx: 4 buffers of 8k; nginx "
+         "answers 400, we answer RFC 6585's 431)"),
+        ("--http-max-body", "max_body", int_arg("size", 0, 1 << 40), d.max_body,
+         "bytes in a request body, else 413 (client_max_body_size)"),
+    ):
+        g.add_argument(flag, dest=f"http_{dest}", metavar="N", type=kind, default=default,
+                       help=f"{what} (default: %(default)s)")
+
+
+def http_limits(args: argparse.Namespace):
+    from .apps.limits import HttpLimits
+
+    names = ("header_timeout", "keepalive_timeout", "body_timeout", "send_timeout",
+             "max_request_line", "max_header_line", "max_head", "max_body")
+    return HttpLimits(**{n: getattr(args, f"http_{n}") for n in names})
 
 
 def build_config(settings: Sequence[str]) -> Config:
@@ -301,7 +351,8 @@ async def _start_services(stack, args: argparse.Namespace
     names: list[str] = []
     if args.http:
         servers.append(await start_http(stack.start_server, host, args.http,
-                                        root=args.root, status=stack.status))
+                                        root=args.root, status=stack.status,
+                                        limits=http_limits(args), stats=stack.stats))
         names.append(f"http {args.http}")
     if args.echo:
         servers.append(await start_echo(stack.start_server, host, args.echo))

@@ -31,6 +31,10 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery",
     "UstackImpairDropped", "UstackImpairCorrupted", "UstackImpairDuplicated",
     "UstackImpairReordered",
+    # The HTTP server's defences (ustack/apps/http.py COUNTERS).
+    "UstackHttpHeaderTimeouts", "UstackHttpKeepaliveTimeouts", "UstackHttpBodyTimeouts",
+    "UstackHttpSendTimeouts", "UstackHttpUriTooLong", "UstackHttpHeaderTooLarge",
+    "UstackHttpBodyTooLarge",
 )
 
 
