@@ -22,6 +22,7 @@ from .stats import Stats
 from .table import Listener, TcpTable
 from .tcp.context import Context
 from .tcp.events import Cause, StateChanged
+from .tcp.state import State
 from .tcp.tcb import Tcb
 from .wire import vnet
 from .wire.checksum import mod_ffff, ones_sum
@@ -41,6 +42,9 @@ from .wire.tcp import (
     parse_tcp,
     tcp_checksum_filled,
 )
+
+# A TCB in these states has left the table (table.py _on_state): no segment reaches it.
+GONE = frozenset((State.CLOSED, State.TIME_WAIT))
 
 log = logging.getLogger("ustack")
 T = TypeVar("T")
@@ -320,6 +324,10 @@ class StackShell:
                         owner.core_events(events)
                     except Exception:  # an application bug must not kill the stack
                         log.exception("error delivering events to %r", owner)
+                elif tcb.state in GONE:
+                    # No owner will ever read it: break its cycles now (Tcb.release;
+                    # an owned TCB is released by its transport, ustack/aio.py).
+                    tcb.release()
         notices = self.ctx.notices
         while notices:
             eventlog.notice(notices.popleft())
