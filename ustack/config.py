@@ -77,6 +77,11 @@ class Config:
     # RFC 1337: 0 = a RST in TIME_WAIT kills it (Linux default), 1 = ignore it.
     tcp_rfc1337: int = 0
     tcp_max_tw_buckets: int = 262144
+    # Orphans (closed by the application, not yet gone) beyond which one is reset and
+    # counted as TcpExtTCPAbortOnMemory. Linux: half its established hash's buckets,
+    # which follow memory (131072 on a 24 GB host); an orphan TCB costs ustack ~10 KB
+    # of Python heap, so a fixed 8192 (~80 MB) here.
+    tcp_max_orphans: int = 8192
     # 0 never, 1 always (with timestamps, after tcp_tw_reuse_delay), 2 loopback peers only.
     tcp_tw_reuse: int = 2
     tcp_tw_reuse_delay: int = 1000
@@ -110,6 +115,7 @@ _PARSERS = {
     "tcp_invalid_ratelimit": _int_range(0, 60000),
     "tcp_rfc1337": _int_range(0, 1),
     "tcp_max_tw_buckets": _int_range(0, 2**31 - 1),
+    "tcp_max_orphans": _int_range(0, 2**31 - 1),
     "tcp_tw_reuse": _int_range(0, 2),
     "tcp_tw_reuse_delay": _int_range(1, 60000),
     "ip_local_port_range": _port_range,

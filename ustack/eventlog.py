@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .tcp.events import ListenOverflow, Notice, TimeWaitOverflow
+from .tcp.events import ListenOverflow, Notice, TimeWaitOverflow, TooManyOrphans
 from .tcp.state import State
 
 if TYPE_CHECKING:
@@ -115,3 +115,6 @@ def notice(n: Notice) -> None:
     elif type(n) is TimeWaitOverflow:
         # The line older Linux wrote (LS 64), under the same rate limit as the others.
         event(logging.WARNING, "tw-overflow", "TCP: time wait bucket table overflow")
+    elif type(n) is TooManyOrphans:
+        # Linux tcp_check_oom(): net_info_ratelimited("too many orphaned sockets").
+        event(logging.WARNING, "orphans", "TCP: too many orphaned sockets")

@@ -160,6 +160,7 @@ class Tcb:
         self.last_oow_ack = -1e9  # per-socket rate limit of invalid-segment ACKs
         # user state
         self.orphan = False  # the application closed and went away (Linux SOCK_DEAD)
+        self.orphan_counted = False  # counted in ctx.orphans (Linux tcp_orphan_count)
         self.linger: float | None = None  # SO_LINGER seconds when on
         self.nodelay = False
         self.keepalive = False
@@ -187,6 +188,9 @@ class Tcb:
         elif old in (State.ESTABLISHED, State.CLOSE_WAIT) and new not in (State.CLOSE_WAIT,):
             stats["TcpCurrEstab"] -= 1
         self.state = new
+        if self.orphan_counted and (new is State.CLOSED or new is State.TIME_WAIT):
+            self.orphan_counted = False  # inet_csk_destroy_sock(): no longer an orphan
+            self.ctx.orphans -= 1
         self.events.append(StateChanged(old, new, cause))
 
     def _ts_now(self, now: float) -> int:
@@ -529,6 +533,18 @@ class Tcb:
             self.timers.set(Timer.LINGER, now + self.linger)
         if self.state == State.FIN_WAIT_2:
             self._arm_fin_wait_2(now)
+        if self.state is not State.CLOSED and self.state is not State.TIME_WAIT:
+            self.ctx.orphans += 1
+            self.orphan_counted = True
+            # Linux __tcp_close(): tcp_check_oom(sk, 0) once the socket is an orphan;
+            # over tcp_max_orphans it is reset (LINUX-SPEC-2 items 399-400a).
+            if self.ctx.too_many_orphans(0):
+                self._abort_on_memory(now)
+
+    def _abort_on_memory(self, now: float) -> None:
+        """Too many orphans: RST, CLOSED, TcpExtTCPAbortOnMemory (tcp_check_oom())."""
+        self.ctx.stats["TcpExtTCPAbortOnMemory"] += 1
+        self._abort(now, Why.ORPHANS, rst=True)
 
     def abort(self, now: float) -> None:
         """ABORT (RFC 9293 3.10.5): RST if synchronized, drop everything."""
@@ -1402,6 +1418,12 @@ class Tcb:
             self.timers.set(Timer.RTO, now + self.rtt.current())
             return
         if self.orphan and st in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
+            # Linux tcp_out_of_resources(): an orphan whose RTO fires while there are
+            # too many is reset (item 400b; the shift for a long-idle one: limit / 2).
+            idle = now - self.last_send  # Linux: tcp_jiffies32 - tp->lsndtime
+            if self.ctx.too_many_orphans(1 if idle > 240.0 else 0):
+                self._abort_on_memory(now)
+                return
             limit = cfg.tcp_orphan_retries or 8  # Linux tcp_orphan_retries(): 0 means 8
         else:
             limit = cfg.tcp_retries2
