@@ -137,6 +137,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "connect (default: /run/ustack/NAME.sock; 'none' disables it)")
     p.add_argument("--pcap", metavar="FILE", default=None,
                    help="write every frame in and out of the TUN device to a pcap file")
+    p.add_argument("--max-connections", metavar="N", type=int_arg("limit", 0), default=65536,
+                   help="connections (TCBs in any state but TIME-WAIT) beyond which a "
+                        "new SYN is dropped and counted as UstackMaxConnDrops; 0 is no "
+                        "limit (default: %(default)s)")
     p.add_argument("--log-level", metavar="LEVEL", default="warning", type=str.lower,
                    choices=["debug", "info", "warning", "error", "critical"],
                    help="debug, info, warning (default), error or critical")
@@ -261,6 +265,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
     control = captures = None
     try:
         stack = Stack(str(args.address.ip), config=config)
+        stack.max_connections = args.max_connections
         stack.attach(device)
         captures, control = await _start_observability(stack, args, device.name)
         if impaired:

@@ -35,6 +35,9 @@ from .wire.ip import (
     ip_to_bytes,
 )
 from .wire.tcp import (
+    ACK,
+    RST,
+    SYN,
     OptionError,
     ParseError,
     build_tcp_ipv4,
@@ -107,6 +110,9 @@ class StackShell:
         self._ident = 0
         self._closed = False
         self._tso = False  # TCP frames go out with partial checksums, maybe super-sized
+        # `ustack serve --max-connections`: TCBs (any state but TIME_WAIT) beyond which
+        # a SYN for a new connection is dropped; 0 is no limit.
+        self.max_connections = 0
 
     # ------------------------------------------------------------------ device side
 
@@ -227,6 +233,14 @@ class StackShell:
             seg.gso = gso
         # One per segment as it came in: a super-segment is one (LINUX-SPEC-2 item 211).
         stats["TcpInSegs"] += 1
+        if (self.max_connections and seg.flags & (SYN | ACK | RST) == SYN
+                and len(self.table.est) >= self.max_connections
+                and key not in self.table.est):
+            # A new connection over the daemon's limit: dropped as a full listen queue
+            # drops it (the peer retransmits its SYN), counted apart as well.
+            stats["UstackMaxConnDrops"] += 1
+            stats["TcpExtListenDrops"] += 1
+            return
         self.table.input(key, seg, self.loop.time())
 
     def _icmp_input(self, frame: bytes, ihl: int, total: int) -> None:

@@ -35,6 +35,7 @@ NAMES: tuple[str, ...] = (
     "UstackHttpHeaderTimeouts", "UstackHttpKeepaliveTimeouts", "UstackHttpBodyTimeouts",
     "UstackHttpSendTimeouts", "UstackHttpUriTooLong", "UstackHttpHeaderTooLarge",
     "UstackHttpBodyTooLarge",
+    "UstackMaxConnDrops",  # SYNs dropped over `ustack serve --max-connections`
 )
 
 
