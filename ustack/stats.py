@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Order matters only for display: RFC 4022 MIB first, then the Linux extensions. Only
 # counters that something increments belong here (tests/test_control.py checks): Linux
-# MIBs for events ustack never has (TCPFullUndo, TCPOFODrop) would
+# MIBs for events ustack never has (TCPFullUndo) would
 # read 0 forever and suggest a check that is not made.
 NAMES: tuple[str, ...] = (
     "IpInReceives", "IpInHdrErrors", "IpInAddrErrors", "IpInUnknownProtos", "IpInDelivers",
@@ -29,6 +29,7 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPZeroWindowDrop", "TcpExtTCPWinProbe", "TcpExtTCPSackRecovery",
     "TcpExtTCPRenoRecovery", "TcpExtTCPDSACKRecv", "TcpExtTCPBadOptions",
     "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery", "TcpExtTCPAbortOnMemory",
+    "TcpExtPruneCalled", "TcpExtOfoPruned", "TcpExtTCPOFODrop",
     "UstackImpairDropped", "UstackImpairCorrupted", "UstackImpairDuplicated",
     "UstackImpairReordered",
     # The HTTP server's defences (ustack/apps/http.py COUNTERS).

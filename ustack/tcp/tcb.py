@@ -54,6 +54,7 @@ OUR_MSS = 1460  # the MSS we advertise on the default MTU of 1500 (ctx.adv_mss: 
 TS_OPT_LEN = 12
 DELACK = 0.040  # Linux TCP_DELACK_MIN, the issue's "at most 40 ms"
 QUICKACKS = 16  # Linux TCP_MAX_QUICKACKS: ACK every segment at the start
+OFO_MIN_BLOCKS = 64  # the out-of-order queue's block limit at least (Tcb._ofo_room)
 FIN_TIMEOUT_MAX = 120.0
 
 # State sets tested once or more per segment. A frozenset test is one hash lookup; a
@@ -490,6 +491,25 @@ class Tcb:
         else:
             return
         self.output_soon()
+
+    def _ofo_room(self, start: int) -> bool:
+        """The out-of-order queue is at its block limit: one block per KiB of receive
+        buffer (at least OFO_MIN_BLOCKS), as Linux's truesize accounting would stop a
+        peer that sends 1-byte segments with holes between them (each a block, and
+        each add a walk of them all) long before the window is full. Room is made as
+        Linux tcp_prune_ofo_queue() makes it, from the highest block down; a segment
+        above every block is dropped instead (tcp_data_queue_ofo(): TCPOFODrop)."""
+        stats = self.ctx.stats
+        stats["TcpExtPruneCalled"] += 1
+        if sq.ge(start, self.ofo.blocks[-1].end):
+            stats["TcpExtTCPOFODrop"] += 1
+            self.ack_now = self.ack_at_once = True
+            return False
+        self.ofo.drop_highest()
+        stats["TcpExtOfoPruned"] += 1
+        if self.ofo_fin is not None:
+            self.ofo_fin = None  # it was at the end of the highest block
+        return True
 
     def release(self) -> None:
         """Break this TCB's reference cycles (owner <-> transport, recovery <-> us) once
@@ -1130,6 +1150,9 @@ class Tcb:
             # Out of order: queue it (merged, so a duplicate costs nothing and the queue
             # stays within the window) and ACK at once, with SACK blocks, so the sender
             # sees the hole (RFC 5681 4.2, RFC 2018 4).
+            if data and len(self.ofo) >= max(OFO_MIN_BLOCKS, self.rcv_cap >> 10) \
+                    and not self._ofo_room(start):
+                return
             if data and self.ofo.add(start, data):
                 self.ctx.stats["TcpExtTCPOFOQueue"] += 1
             if fin:
