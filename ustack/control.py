@@ -42,6 +42,9 @@ TRACE_QUEUE = 10000  # events buffered per trace client before we start dropping
 NSTAT_CLIENTS = 64  # nstat histories kept (least recently used goes first)
 GAUGES = ("TcpCurrEstab",)  # reported as current values, never as differences
 PASSIVE_MAX = 1 << 20  # who-opened-it entries kept for the trace (oldest go first)
+# Control clients served at once; each holds a task, a reader and at most one reply or
+# TRACE_QUEUE events, so this bounds what slow or stuck clients can hold.
+MAX_CLIENTS = 64
 
 
 class RequestError(Exception):
@@ -208,6 +211,10 @@ class ControlServer:
             if not self._peer_allowed(writer):
                 await self._send(writer, {"ok": False, "error": "permission denied"})
                 return
+            if len(self._tasks) > MAX_CLIENTS:
+                await asyncio.wait_for(self._send(writer, {
+                    "ok": False, "error": f"too many control clients ({MAX_CLIENTS})"}), 5)
+                return
             while True:
                 try:
                     line = await reader.readline()
@@ -255,6 +262,8 @@ class ControlServer:
             pass  # the client went away
         except asyncio.CancelledError:
             pass  # the daemon is shutting down
+        except TimeoutError:
+            pass  # a refused client that does not read its refusal
         finally:
             if task is not None:
                 self._tasks.discard(task)

@@ -37,6 +37,7 @@ NAMES: tuple[str, ...] = (
     "UstackHttpSendTimeouts", "UstackHttpUriTooLong", "UstackHttpHeaderTooLarge",
     "UstackHttpBodyTooLarge",
     "UstackMaxConnDrops",  # SYNs dropped over `ustack serve --max-connections`
+    "UstackPcapDropped",  # frames a capture dropped, its disk being behind (pcap.py)
 )
 
 
