@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -20,6 +21,7 @@ from .config import Config
 from .impair import Impairment
 from .stats import Stats
 from .table import Listener, TcpTable
+from .tcp import mem as tcp_mem
 from .tcp.context import Context
 from .tcp.events import Cause, StateChanged
 from .tcp.state import State
@@ -50,6 +52,17 @@ from .wire.tcp import (
 GONE = frozenset((State.CLOSED, State.TIME_WAIT))
 
 log = logging.getLogger("ustack")
+
+
+def default_tcp_mem() -> tuple[int, int, int]:
+    """Linux tcp_init_mem(): L = max(128, buffer pages / 16), {3/4 L, L, 3/2 L}; the
+    machine's physical pages stand in for nr_free_buffer_pages()."""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4096
+    except (ValueError, OSError, AttributeError):
+        pages = 1 << 20
+    low = max(128, pages // 16)
+    return (low * 3 // 4, low, low * 3 // 2)
 T = TypeVar("T")
 
 
@@ -95,6 +108,8 @@ class StackShell:
         self.loop = loop or asyncio.get_event_loop()
         self.ctx = Context(config, stats, secret=secret)
         self.config = self.ctx.config
+        if self.config.tcp_mem is None:
+            self.config.tcp_mem = default_tcp_mem()
         self.stats = self.ctx.stats
         self.table = TcpTable(self.ctx, self._on_tcb_event)
         self.device: Device | None = None
@@ -317,6 +332,11 @@ class StackShell:
     def _flush(self) -> None:
         self._flush_scheduled = False
         table = self.table
+        mem = self.ctx.mem
+        now = self.loop.time()
+        if mem.due(now):  # tcp_mem: the queues' sum, at most every 100 ms (tcp/mem.py)
+            mem.sample(tcp_mem.usage(table.est.values()), self.config.tcp_mem, now,
+                       self.stats)
         for _ in range(64):  # event delivery may cause more events; bounded, never a hang
             if not self._pending:
                 if not self.ctx.output_due:

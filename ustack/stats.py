@@ -30,6 +30,8 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPRenoRecovery", "TcpExtTCPDSACKRecv", "TcpExtTCPBadOptions",
     "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery", "TcpExtTCPAbortOnMemory",
     "TcpExtPruneCalled", "TcpExtOfoPruned", "TcpExtTCPOFODrop",
+    "TcpExtTCPMemoryPressures", "TcpExtTCPMemoryPressuresChrono", "TcpExtRcvPruned",
+    "TcpExtTCPRcvQDrop",
     "UstackImpairDropped", "UstackImpairCorrupted", "UstackImpairDuplicated",
     "UstackImpairReordered",
     # The HTTP server's defences (ustack/apps/http.py COUNTERS).

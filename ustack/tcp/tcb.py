@@ -37,6 +37,7 @@ from .events import (
     StateChanged,
     Why,
 )
+from .mem import RMEM_MIN
 from .ofo import OfoQueue
 from .rcvq import RecvQueue
 from .recovery import Recovery
@@ -207,6 +208,10 @@ class Tcb:
         adv = (self.rcv_adv - self.rcv_nxt) & MASK if sq.le(self.rcv_nxt, self.rcv_adv) else 0
         if free > adv and free - adv < min(self.rcv_cap // 2, self.ctx.adv_mss):
             free = adv
+        if self.ctx.mem.pressure and free > 4 * self.ctx.adv_mss:
+            # tcp_mem pressure: no window growth, clamped to 4 advmss as Linux's
+            # tcp_adjust_rcv_ssthresh() clamps rcv_ssthresh (LINUX-SPEC-2 item 395).
+            free = 4 * self.ctx.adv_mss
         if free < adv:
             free = adv  # never shrink the window (RFC 9293 3.8.6.2.1)
         return min(free, 65535 << self.rcv_wscale)
@@ -510,6 +515,28 @@ class Tcb:
         if self.ofo_fin is not None:
             self.ofo_fin = None  # it was at the end of the highest block
         return True
+
+    def _mem_room(self, n: int, ofo: bool) -> bool:
+        """Above tcp_mem[2] (mem.py): room only for a connection holding less than
+        tcp_rmem's minimum (LINUX-SPEC-2 item 402). Else, as tcp_prune_queue(): the
+        out-of-order queue goes (the peer sees its SACKs reneged), then the segment is
+        dropped (items 396-397: TCPOFODrop out of order, RcvPruned and TCPRcvQDrop in
+        order), and the ACK tells the peer where we are."""
+        if len(self.rcvbuf) + self.ofo.size + n <= RMEM_MIN:
+            return True
+        stats = self.ctx.stats
+        stats["TcpExtPruneCalled"] += 1
+        if self.ofo:
+            self.ofo.clear()
+            self.ofo_fin = None
+            stats["TcpExtOfoPruned"] += 1
+        if ofo:
+            stats["TcpExtTCPOFODrop"] += 1
+        else:
+            stats["TcpExtRcvPruned"] += 1
+            stats["TcpExtTCPRcvQDrop"] += 1
+        self.ack_now = self.ack_at_once = True
+        return False
 
     def release(self) -> None:
         """Break this TCB's reference cycles (owner <-> transport, recovery <-> us) once
@@ -1146,6 +1173,11 @@ class Tcb:
             if len(data) > room:
                 data = data[:room]  # beyond the window: trimmed (RFC 9293 3.10.7.4)
                 fin = False
+        if data:
+            mem = self.ctx.mem
+            mem.recent += len(data)  # brings the next sample forward (mem.py)
+            if mem.over and not self._mem_room(len(data), start != rcv_nxt):
+                return
         if start != rcv_nxt:
             # Out of order: queue it (merged, so a duplicate costs nothing and the queue
             # stays within the window) and ACK at once, with SACK blocks, so the sender
