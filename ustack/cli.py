@@ -141,6 +141,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="connections (TCBs in any state but TIME-WAIT) beyond which a "
                         "new SYN is dropped and counted as UstackMaxConnDrops; 0 is no "
                         "limit (default: %(default)s)")
+    p.add_argument("--shutdown-grace", metavar="S", type=_seconds, default=2.0,
+                   help="on SIGTERM/SIGINT, seconds live connections get to close with "
+                        "FIN before the rest are reset (default: %(default)s)")
+    p.add_argument("--user", metavar="NAME", default=None,
+                   help="drop root for this user once the TUN device and the control "
+                        "socket are set up")
+    p.add_argument("--group", metavar="NAME", default=None,
+                   help="with --user: the group to run as (default: the user's), which "
+                        "may also use the control socket (mode 0660)")
     p.add_argument("--log-level", metavar="LEVEL", default="warning", type=str.lower,
                    choices=["debug", "info", "warning", "error", "critical"],
                    help="debug, info, warning (default), error or critical")
@@ -196,6 +205,13 @@ def _check_serve(args: argparse.Namespace) -> str | None:
     if args.impair is not None and args.offload == "on":
         # The impairment layer acts on wire packets; a 64 KB super-segment is dozens.
         return "--impair needs wire-sized packets: use --offload off (or auto)"
+    if args.group is not None and args.user is None:
+        return "--group needs --user"
+    if args.user is not None:
+        try:
+            args.ids = _ids(args.user, args.group)
+        except KeyError as exc:
+            return str(exc.args[0])
     addr, host = args.address, args.host_address
     if addr.ip == host.ip:
         return f"--address and --host-address are both {addr.ip}"
@@ -203,6 +219,42 @@ def _check_serve(args: argparse.Namespace) -> str | None:
         return (f"--address {addr.ip} is outside the host side's network {host.network}; "
                 "the kernel would not route to it")
     return None
+
+
+# ---------------------------------------------------------------------- privileges
+
+
+def _ids(user: str, group: str | None) -> tuple[int, int, list[int]]:
+    """(uid, gid, supplementary groups) for --user/--group; KeyError with a message."""
+    import grp
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+    except KeyError:
+        raise KeyError(f"--user {user}: no such user") from None
+    if group is None:
+        gid = pw.pw_gid
+    else:
+        try:
+            gid = (grp.getgrnam(group) if not group.isdigit() else grp.getgrgid(int(group))
+                   ).gr_gid
+        except KeyError:
+            raise KeyError(f"--group {group}: no such group") from None
+    extra = [g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem and g.gr_gid != gid]
+    return pw.pw_uid, gid, extra
+
+
+def drop_privileges(uid: int, gid: int, groups: list[int]) -> None:
+    """Become uid:gid for good (real, effective and saved IDs: no way back to root).
+    The TUN device's descriptor and the bound control socket stay ours."""
+    import os
+
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.geteuid() != uid or os.getegid() != gid:  # never carry on as root by mistake
+        raise OSError(f"could not drop privileges to uid {uid}, gid {gid}")
 
 
 # ---------------------------------------------------------------------- serve
@@ -274,6 +326,12 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
             stack.set_impairment(Impairment(spec, stack.stats))
             _say(f"impairing {device.name}: {spec}")
         servers, names = await _start_services(stack, args)
+        ids = getattr(args, "ids", None)
+        if ids is not None:
+            if control is not None and args.group is not None:
+                control.share_with_group(ids[1])
+            drop_privileges(*ids)
+            _say(f"running as uid {ids[0]}, gid {ids[1]}")
         # Each connection leaves reference cycles (TCB <-> recovery, transport <->
         # protocol) for the cyclic collector, which at its default threshold (700)
         # ran often enough to take ~10% of short-connection throughput (ab -n 20000
@@ -289,6 +347,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         log.info("shutting down")
         for server in servers:
             server.close()
+        await _close_connections(stack, args.shutdown_grace)
         await _reset_connections(stack)
     finally:
         for server in servers:
@@ -300,6 +359,31 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         if stack is not None:
             stack.close()
         device.close()
+
+
+async def _close_connections(stack, grace: float) -> None:
+    """On shutdown, first the orderly way: close() every connection (a FIN, or a RST
+    where data is unread, as close(2) decides), then wait up to `grace` seconds for
+    each to be done with: gone, in TIME-WAIT, or in FIN-WAIT-2 (our FIN is
+    acknowledged, the peer knows). _reset_connections() resets what is left."""
+    from .tcp.state import State
+
+    done = (State.CLOSED, State.TIME_WAIT, State.FIN_WAIT_2)
+    for tcb in stack.table.connections():
+        owner = tcb.owner
+        if owner is not None:
+            owner.close()
+        else:  # not accepted yet
+            stack.call(tcb, tcb.close, stack.loop.time())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while loop.time() < deadline:
+        if all(t.state in done for t in stack.table.connections()):
+            break
+        await asyncio.sleep(0.02)
+    left = sum(1 for t in stack.table.connections() if t.state not in done)
+    if left:
+        log.info("%d connection(s) not closed within %.1f s: resetting them", left, grace)
 
 
 async def _reset_connections(stack, grace: float = 1.0) -> None:

@@ -119,6 +119,7 @@ class ControlServer:
         # so the trace can say who the client was when the record goes.
         self._passive: dict[tuple[str, str], bool] = {}
         self._nstat: dict[str, tuple[dict[str, int], float]] = {}
+        self.group: int | None = None  # share_with_group()
         self._ops: dict[str, Callable] = {
             "ping": self._op_ping, "status": self._op_status, "ss": self._op_ss,
             "nstat": self._op_nstat, "capture": self._op_capture,
@@ -188,10 +189,17 @@ class ControlServer:
         self.stack.off_time_wait_gone(self._tw_gone)
         self._remove_tap()
 
+    def share_with_group(self, gid: int) -> None:
+        """`ustack serve --group`: the socket becomes root:GROUP 0660 and members of the
+        group are let in, besides root and the daemon's own user (before privileges
+        are dropped, while we may still chown)."""
+        os.chown(self.path, 0, gid)
+        os.chmod(self.path, 0o660)
+        self.group = gid
+
     # ------------------------------------------------------------------ requests
 
-    @staticmethod
-    def _peer_allowed(writer: asyncio.StreamWriter) -> bool:
+    def _peer_allowed(self, writer: asyncio.StreamWriter) -> bool:
         sock = writer.get_extra_info("socket")
         if sock is None:
             return True
@@ -200,8 +208,11 @@ class ControlServer:
                                     struct.calcsize("3i"))
         except OSError:
             return False
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        return uid in (0, os.geteuid())
+        pid, uid, gid = struct.unpack("3i", creds)
+        if uid in (0, os.geteuid()):
+            return True
+        return self.group is not None and (gid == self.group
+                                           or self.group in _groups_of(pid))
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -551,6 +562,18 @@ class ControlServer:
             transport.close()  # SO_LINGER {1, N}: close(), RST if not acked within N s
         else:
             transport.write_eof()  # shutdown(SHUT_WR): FIN, keep reading
+
+
+def _groups_of(pid: int) -> set[int]:
+    """The supplementary groups of process `pid` (SO_PEERCRED has only the primary)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
 
 
 async def _until_eof(reader: asyncio.StreamReader) -> None:
