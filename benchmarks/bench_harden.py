@@ -87,7 +87,7 @@ def churn_rows(lab: Lab, ns: str, ip: str, pid: int, n: int) -> list[dict]:
         if p.returncode:
             errors += 1
         points[half] = (rss_kb(pid), fds(pid))
-    time.sleep(2 * MSL + 2)  # TIME-WAIT expires
+    time.sleep(2 * MSL + 7)  # TIME-WAIT expires, and the daemon's trim (5 s) runs
     points["after TIME-WAIT"] = (settle(pid), fds(pid))
     rows = []
     for where, (rss, fd) in points.items():
@@ -110,15 +110,22 @@ def figures(idle: int | None = None, churn: int | None = None, quick: bool = Fal
         www.mkdir()
         (www / "small.txt").write_bytes(b"hello\n")
         try:
-            ns = lab.netns("H")
-            proc = lab.popen(ns, "ustack", PYTHON, "-m", "ustack", "serve", "--root", www,
-                             "--control", "none", "--set", f"tcp_msl={MSL}",
-                             "--http-header-timeout", "600", stdout=None)
-            ip = USTACK_NET[1]
-            wait_ping(lab, ns, ip, proc)
-            # Churn first: its "start" is the fresh daemon's RSS.
-            rows = churn_rows(lab, ns, ip, proc.pid, sizes["churn"])
-            rows += idle_rows(lab, ns, ip, proc.pid, sizes["idle"])
+            # A fresh daemon for each: its "start" is a new daemon's RSS, and the idle
+            # connections do not reuse memory the churn freed.
+            rows = []
+            for what, suffix in (("churn", "C"), ("idle", "I")):
+                ns = lab.netns(suffix)
+                proc = lab.popen(ns, f"ustack-{what}", PYTHON, "-m", "ustack", "serve",
+                                 "--root", www, "--control", "none", "--set",
+                                 f"tcp_msl={MSL}", "--http-header-timeout", "600",
+                                 stdout=None)
+                ip = USTACK_NET[1]
+                wait_ping(lab, ns, ip, proc)
+                if what == "churn":
+                    rows += churn_rows(lab, ns, ip, proc.pid, sizes["churn"])
+                else:
+                    rows += idle_rows(lab, ns, ip, proc.pid, sizes["idle"])
+                lab.stop(proc)
         except (Setup, subprocess.SubprocessError, OSError) as exc:
             rows = [{"name": "harden", "value": 0.0, "unit": "", "error": str(exc)}]
         finally:
