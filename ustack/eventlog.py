@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .tcp.events import ListenOverflow, Notice, SynFlood, TimeWaitOverflow
+from .tcp.events import ListenOverflow, Notice, SynFlood, TimeWaitOverflow, TooManyOrphans
 from .tcp.state import State
 
 if TYPE_CHECKING:
@@ -121,3 +121,6 @@ def notice(n: Notice) -> None:
         event(logging.WARNING, "syn-flood",
               "TCP: request_sock_TCP: Possible SYN flooding on port %s:%d. %s.",
               n.ip, n.port, "Sending cookies" if n.cookies else "Dropping request")
+    elif type(n) is TooManyOrphans:
+        # Linux tcp_check_oom(): net_info_ratelimited("too many orphaned sockets").
+        event(logging.WARNING, "orphans", "TCP: too many orphaned sockets")

@@ -32,6 +32,7 @@ class Why(Enum):
     LISTENER_CLOSED = "listener closed"  # LS 34
     TWO_MSL = "2MSL timeout"  # a TIME_WAIT record expired
     REUSED = "reused by a new connection"  # a TIME_WAIT record taken over
+    ORPHANS = "too many orphaned sockets"  # Linux tcp_check_oom(), LINUX-SPEC-2 400
 
 
 # Aborts that this end decided on (eventlog.py logs them as such).
@@ -131,8 +132,13 @@ class SynFlood:
     cookies: bool
 
 
+@dataclass(frozen=True, slots=True)
+class TooManyOrphans:
+    """A notice: an orphan was reset, tcp_max_orphans being exceeded (tcp_check_oom())."""
+
+
 # Notices are stack-wide, for the log; the core queues them on Context.notices and the
 # shell writes them (rate-limited) with eventlog.py. The core itself never logs.
-Notice = ListenOverflow | TimeWaitOverflow | SynFlood
+Notice = ListenOverflow | TimeWaitOverflow | SynFlood | TooManyOrphans
 
 Event = Connected | DataReceived | EofReceived | SendSpaceAvailable | ConnectionClosed | StateChanged
