@@ -85,7 +85,7 @@ def test_bench_quick_json(tmp_path):
                            "data_1448 per segment, receive() only"},
               "dashboard": {"poll_big", "poll_filter_big", "sample", "tw_record_bytes"},
               "syn": {"bytes_per_request_record", "cookie_syns_table", "cookie_syns_wire",
-                      "record_syns_table", "cookie_peak_bytes",
+                      "record_syns_table", "cookie_peak_bytes"},
               "fuzz": {"fuzz atheris", "fuzz hypothesis"}}
     for name, res in doc["benchmarks"].items():
         assert res["ok"], res
