@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .config import KNOBS, Config, ConfigError, apply_settings
@@ -61,6 +61,20 @@ def _ifname(text: str) -> str:
     if not 0 < len(text) < 16 or "/" in text or text.strip() != text:
         raise argparse.ArgumentTypeError(f"bad interface name {text!r} (1-15 characters)")
     return text
+
+
+def _workers(text: str) -> int:
+    import os
+
+    if text == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:  # MAX_TAP_QUEUES
+        raise argparse.ArgumentTypeError(f"bad --workers {text!r} (1-256 or auto)")
+    return n
 
 
 # ---------------------------------------------------------------------- parser
@@ -126,6 +140,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "connect (default: /run/ustack/NAME.sock; 'none' disables it)")
     p.add_argument("--pcap", metavar="FILE", default=None,
                    help="write every frame in and out of the TUN device to a pcap file")
+    p.add_argument("--workers", metavar="N", type=_workers, default=1,
+                   help="worker processes, one stack each, over N queues of the TUN "
+                        "device (see README, Workers); 'auto': one per usable core "
+                        "(default: %(default)s)")
+    p.add_argument("--pin", action="store_true",
+                   help="with --workers: pin worker k to the k-th usable core")
     p.add_argument("--log-level", metavar="LEVEL", default="warning", type=str.lower,
                    choices=["debug", "info", "warning", "error", "critical"],
                    help="debug, info, warning (default), error or critical")
@@ -180,6 +200,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .ctlproto import ControlError
     from .io.tun import TunError
 
+    if args.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(args, config)
     try:
         uvloop.run(_serve(args, config))
     except (TunError, ControlError) as exc:
@@ -193,7 +217,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(args: argparse.Namespace, config: Config) -> None:
+async def _serve(args: argparse.Namespace, config: Config, *, device=None,
+                 worker: int | None = None, secret: bytes | None = None,
+                 ready: Callable[[], None] | None = None) -> None:
+    """The daemon, or with `worker` one worker of `serve --workers N` (ustack/workers.py):
+    then `device` is its queue of the TUN device, `secret` the one all workers share,
+    and `ready()` is called once it serves."""
     from .aio import Stack
     from .io.tun import TunDevice
 
@@ -201,18 +230,21 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if worker is not None:  # blocked by the supervisor across fork(); ours from now on
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
     spec = getattr(args, "impair_spec", None)
     impaired = spec is not None and spec.active
     offload = "off" if impaired else args.offload
-    device = TunDevice(args.tun, str(args.host_address), mtu=args.mtu, offload=offload)
+    if device is None:
+        device = TunDevice(args.tun, str(args.host_address), mtu=args.mtu, offload=offload)
     stack = None
     servers: list[asyncio.AbstractServer] = []
     control = captures = None
     try:
-        stack = Stack(str(args.address.ip), config=config)
+        stack = Stack(str(args.address.ip), config=config, secret=secret)
         stack.attach(device)
-        captures, control = await _start_observability(stack, args, device.name)
+        captures, control = await _start_observability(stack, args, device.name, worker)
         if impaired:
             from .impair import Impairment
 
@@ -228,8 +260,13 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         device.start(loop, stack.receive)
         services = ", ".join(names) or "no services"
         mode = "offloads" if device.tso else "one packet per frame"
-        _say(f"serving on {args.address.ip} via {device.name}, MTU {device.mtu}, {mode} "
-             f"({services})")
+        if worker is None:
+            _say(f"serving on {args.address.ip} via {device.name}, MTU {device.mtu}, {mode} "
+                 f"({services})")
+        else:
+            log.info("worker %d serving on queue %d of %s", worker, device.index, device.name)
+        if ready is not None:
+            ready()
         await stop.wait()
         log.info("shutting down")
         for server in servers:
@@ -259,30 +296,35 @@ async def _reset_connections(stack, grace: float = 1.0) -> None:
     await asyncio.sleep(0)  # the RSTs go out from the flush scheduled by the aborts
 
 
-async def _start_observability(stack, args: argparse.Namespace, name: str):
+async def _start_observability(stack, args: argparse.Namespace, name: str,
+                               worker: int | None = None):
     """Event log lines, --pcap, and the control socket (ustack/control.py).
 
     An explicit --control PATH that cannot be created is fatal; the default path only
-    warns, so a second daemon with the same TUN name elsewhere still serves."""
+    warns, so a second daemon with the same TUN name elsewhere still serves. Worker k
+    of several writes PATH.wK and FILE.wK (ustack.workers.part_path); the supervisor
+    listens at PATH and merges the pcap files."""
     from .control import ControlServer
     from .ctlproto import ControlError, default_path
     from .eventlog import state_observer
     from .pcap import Captures
+    from .workers import part_path
 
     stack.observers.append(state_observer)
     captures = Captures(stack)
     if args.pcap:
-        captures.start(args.pcap)
-        _say(f"capturing to {args.pcap}")
+        captures.start(part_path(args.pcap, worker))
+        if worker is None:
+            _say(f"capturing to {args.pcap}")
     control = None
     if args.control != "none":
-        path = args.control or default_path(name)
+        path = part_path(args.control or default_path(name), worker)
         control = ControlServer(stack, path, name=name, captures=captures)
         try:
             await control.start()
         except (ControlError, OSError) as exc:
             control.close()
-            if args.control:
+            if args.control or worker is not None:
                 captures.stop()
                 raise ControlError(str(exc)) from None
             _say(f"warning: no control socket: {exc}")
