@@ -294,3 +294,42 @@ def test_a_dead_worker_stops_the_daemon(workers):
     err = w.stderr()
     assert f"worker 1 (pid {pids[1]}) was killed by signal 9 (SIGKILL)" in err, err
     assert not w.link_exists()
+
+
+def test_trace_capture_and_status_page_see_both_workers(workers, tmp_path: Path):
+    w = workers()
+    pcap = tmp_path / "both.pcap"
+    assert w.tool("capture", "start", str(pcap)).returncode == 0
+    trace = w.netns.popen(PYTHON, "-m", "ustack", "trace", "--control", str(w.ctl),
+                          "--json", "-c", "8", "port", "80",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "tracing" in trace.stderr.readline()
+    ports = [sport_for(0, 80), sport_for(1, 80)]
+    for port in ports:
+        r = w.netns.run(PYTHON, "-c", FETCH, "1", str(port), timeout=60)
+        assert r.returncode == 0, r.stderr
+    # Two more connections so that -c 8 ends the trace (each makes ~5 events).
+    r = w.netns.run(PYTHON, "-c", FETCH, "2", "0", timeout=60)
+    out, err = trace.communicate(timeout=60)
+    events = [json.loads(line) for line in out.splitlines()]
+    by_peer = {e["peer"]: e["worker"] for e in events if e.get("new") == "ESTABLISHED"}
+    assert by_peer[f"{HOST_ADDRESS}:{ports[0]}"] == 0, events
+    assert by_peer[f"{HOST_ADDRESS}:{ports[1]}"] == 1, events
+    stop = w.tool("capture", "stop", str(pcap))
+    assert stop.returncode == 0 and f"stopped {pcap}" in stop.stdout, stop.stderr
+    import dpkt
+
+    with open(pcap, "rb") as f:
+        frames = [(ts, dpkt.ip.IP(buf)) for ts, buf in dpkt.pcap.Reader(f)]
+    syns = {ip.data.sport for _, ip in frames
+            if isinstance(ip.data, dpkt.tcp.TCP) and ip.data.flags == dpkt.tcp.TH_SYN}
+    assert set(ports) <= syns  # one file with both workers' frames ...
+    stamps = [ts for ts, _ in frames]
+    assert stamps == sorted(stamps)  # ... in time order
+    assert not list(tmp_path.glob("both.pcap.w*"))
+    # The status page (served by whichever worker gets the connection) shows both.
+    page = eventually(lambda: json.loads(w.netns.run(
+        "curl", "-s", f"http://{STACK_ADDRESS}/status.json").stdout or "{}"),
+        lambda st: {c.get("worker") for c in st.get("connections", [])} == {0, 1})
+    assert {c.get("worker") for c in page["connections"]} == {0, 1}, page
+    assert page["stats"]["TcpPassiveOpens"] >= 4

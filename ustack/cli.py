@@ -224,7 +224,9 @@ async def _serve(args: argparse.Namespace, config: Config, *, device=None,
     then `device` is its queue of the TUN device, `secret` the one all workers share,
     and `ready()` is called once it serves."""
     from .aio import Stack
+    from .ctlproto import default_path as default_control
     from .io.tun import TunDevice
+    from .workers import part_path
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -240,7 +242,7 @@ async def _serve(args: argparse.Namespace, config: Config, *, device=None,
         device = TunDevice(args.tun, str(args.host_address), mtu=args.mtu, offload=offload)
     stack = None
     servers: list[asyncio.AbstractServer] = []
-    control = captures = None
+    control = captures = status = None
     try:
         stack = Stack(str(args.address.ip), config=config, secret=secret)
         stack.attach(device)
@@ -250,7 +252,15 @@ async def _serve(args: argparse.Namespace, config: Config, *, device=None,
 
             stack.set_impairment(Impairment(spec, stack.stats))
             _say(f"impairing {device.name}: {spec}")
-        servers, names = await _start_services(stack, args)
+        if worker is not None and control is not None:
+            # The status page shows the whole host (ustack/fanout.py).
+            from .fanout import PeerStatus
+
+            base = args.control or default_control(device.name)
+            status = PeerStatus(stack, worker, [part_path(base, k)
+                                                for k in range(args.workers)])
+            status.start()
+        servers, names = await _start_services(stack, args, status)
         # Each connection leaves reference cycles (TCB <-> recovery, transport <->
         # protocol) for the cyclic collector, which at its default threshold (700)
         # ran often enough to take ~10% of short-connection throughput (ab -n 20000
@@ -275,6 +285,8 @@ async def _serve(args: argparse.Namespace, config: Config, *, device=None,
     finally:
         for server in servers:
             server.close()
+        if status is not None:
+            status.close()
         if control is not None:
             control.close()
         if captures is not None:
@@ -332,7 +344,7 @@ async def _start_observability(stack, args: argparse.Namespace, name: str,
     return captures, control
 
 
-async def _start_services(stack, args: argparse.Namespace
+async def _start_services(stack, args: argparse.Namespace, status=None
                           ) -> tuple[list[asyncio.AbstractServer], list[str]]:
     from .apps.discard import start_discard
     from .apps.echo import start_echo
@@ -343,7 +355,8 @@ async def _start_services(stack, args: argparse.Namespace
     names: list[str] = []
     if args.http:
         servers.append(await start_http(stack.start_server, host, args.http,
-                                        root=args.root, status=stack.status))
+                                        root=args.root,
+                                        status=status.snapshot if status else stack.status))
         names.append(f"http {args.http}")
     if args.echo:
         servers.append(await start_echo(stack.start_server, host, args.echo))

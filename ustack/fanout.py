@@ -359,3 +359,51 @@ def merge_pcaps(out: str, parts: list[str]) -> None:
     for p in parts:
         with contextlib.suppress(OSError):
             os.unlink(p)
+
+
+class PeerStatus:
+    """The HTTP status page of one worker, showing the whole host: the worker's own
+    live `stack.status()` merged with the other workers' last "status" replies, which
+    it asks for every INTERVAL seconds (a page is never more than that behind)."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, stack, me: int, paths: list[str]) -> None:
+        self.stack = stack
+        self.me = me
+        self.paths = paths
+        self._peers: dict[int, dict] = {}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._poll())
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _poll(self) -> None:
+        asker = FanoutServer("", self.paths)
+        while True:
+            for k in range(len(self.paths)):
+                if k != self.me:
+                    rep = await asker._ask(k, {"op": "status"})
+                    if rep.get("ok"):
+                        rep.pop("ok")
+                        rep.pop("captures", None)
+                        rep.pop("name", None)
+                        self._peers[k] = rep
+                    else:
+                        self._peers.pop(k, None)  # gone: show what is known
+            await asyncio.sleep(self.INTERVAL)
+
+    def snapshot(self) -> dict:
+        own = self.stack.status()
+        if not self._peers:
+            return {**own, "connections": [{**r, "worker": self.me}
+                                           for r in own["connections"]]}
+        parts = [(self.me, own), *sorted(self._peers.items())]
+        merged = _merge(parts, None)
+        merged["workers"] = len(self.paths)
+        return merged
