@@ -203,7 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from .workers import run_workers
 
-        return run_workers(args, config)
+        return run_workers(args, config, _serve)
     try:
         uvloop.run(_serve(args, config))
     except (TunError, ControlError) as exc:

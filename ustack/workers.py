@@ -38,6 +38,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 from .config import Config
 
@@ -73,8 +74,10 @@ def _describe(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
-def run_workers(args: argparse.Namespace, config: Config) -> int:
-    """The supervisor: device, fork, supervise; the daemon's exit status."""
+def run_workers(args: argparse.Namespace, config: Config, serve: Callable[..., Awaitable]
+                ) -> int:
+    """The supervisor: device, fork, supervise; the daemon's exit status. `serve` is
+    what one worker runs (cli._serve, passed in: the command line is above us)."""
     from .ctlproto import default_path
     from .io import steering
     from .io.tun import MultiQueueTun, TunError
@@ -108,7 +111,7 @@ def run_workers(args: argparse.Namespace, config: Config) -> int:
             os.close(ready_r)
             code = 1
             try:
-                code = _worker(args, worker_config(config, n, k, slices[k]), device, k,
+                code = _worker(serve, args, worker_config(config, n, k, slices[k]), device, k,
                                secret, ready_w, cpus[k % len(cpus)] if args.pin else None)
             finally:
                 os._exit(code)
@@ -126,11 +129,10 @@ def run_workers(args: argparse.Namespace, config: Config) -> int:
         device.close()
 
 
-def _worker(args: argparse.Namespace, config: Config, device, k: int, secret: bytes,
-            ready_w: int, cpu: int | None) -> int:
+def _worker(serve: Callable[..., Awaitable], args: argparse.Namespace, config: Config,
+            device, k: int, secret: bytes, ready_w: int, cpu: int | None) -> int:
     import uvloop
 
-    from .cli import _serve
     from .ctlproto import ControlError
     from .io.tun import TunError
 
@@ -148,7 +150,7 @@ def _worker(args: argparse.Namespace, config: Config, device, k: int, secret: by
             pass  # the supervisor is gone; its SIGTERM follows
 
     try:
-        uvloop.run(_serve(args, config, device=queue, worker=k, secret=secret, ready=ready))
+        uvloop.run(serve(args, config, device=queue, worker=k, secret=secret, ready=ready))
     except (TunError, ControlError) as exc:
         _say(f"worker {k}: {exc}")
         return 1
