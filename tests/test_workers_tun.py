@@ -188,6 +188,19 @@ for _ in range(int(sys.argv[2])):
 """
 
 
+# The same, but closing only after the client's FIN: ustack always closes first.
+DRAIN_SERVER = kernel_listener() + """
+for _ in range(int(sys.argv[2])):
+    c, addr = s.accept()
+    f = c.makefile("rb")
+    line = f.readline()
+    c.sendall(b"hello " + line)
+    f.read()
+    f.close()  # else the socket stays open behind the file object: no FIN
+    c.close()
+"""
+
+
 def test_active_opens_from_each_worker(workers):
     w = workers()
     server = w.netns.popen(PYTHON, "-c", ACTIVE_SERVER, "8080", "4", stdout=subprocess.PIPE,
@@ -249,23 +262,25 @@ def test_time_wait_reuse_on_active_opens(workers):
     back from its own TIME_WAIT records (TcpExtTWRecycled)."""
     w = workers("--set", "ip_local_port_range=40000 40007", "--set", "tcp_tw_reuse=1",
                 "--set", "tcp_tw_reuse_delay=1")
-    server = w.netns.popen(PYTHON, "-c", ACTIVE_SERVER, "8080", "8", stdout=subprocess.PIPE,
+    server = w.netns.popen(PYTHON, "-c", DRAIN_SERVER, "8080", "8", stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     assert server.stdout.readline().strip() == "ready"
     ports = set()
     for i in range(8):
-        # End of input is our FIN, mostly sent before the kernel's reply and close:
-        # ustack closes first and holds the TIME_WAIT.
+        # End of input is our FIN; the kernel closes after it: ustack holds TIME_WAIT.
         r = w.tool("connect", "-v", "--worker", "1", HOST_ADDRESS, "8080", input=f"{i}\n",
                    timeout=60)
         assert r.stdout == f"hello {i}\n", r.stderr + w.stderr()
         ports.add(int(r.stderr.split()[2].rsplit(":", 1)[1]))
         time.sleep(0.01)
     server.wait(timeout=30)
-    assert ports <= {40004, 40005, 40006, 40007}  # worker 1's slice
+    # Worker 1's slice only. Like Linux, the low parity is probed first and a reusable
+    # TIME_WAIT port there is taken before an odd one is tried (LS 81).
+    assert ports <= {40004, 40005, 40006, 40007}, ports
     c = w.per_worker_counters()
     assert c[1]["TcpActiveOpens"] == 8 and c[0]["TcpActiveOpens"] == 0
-    assert c[1]["TcpExtTWRecycled"] >= 1, c[1]
+    # Every connection after the first on each port took over its TIME_WAIT.
+    assert c[1]["TcpExtTWRecycled"] == 8 - len(ports), (ports, c[1])
 
 
 def test_sigterm_with_both_workers_busy_cleans_up(workers):
@@ -328,11 +343,13 @@ def test_trace_capture_and_status_page_see_both_workers(workers, tmp_path: Path)
     assert stamps == sorted(stamps)  # ... in time order
     assert not list(tmp_path.glob("both.pcap.w*"))
     # The status page (served by whichever worker gets the connection) shows both.
+    # The other worker's part is at most a second old: poll.
     page = eventually(lambda: json.loads(w.netns.run(
         "curl", "-s", f"http://{STACK_ADDRESS}/status.json").stdout or "{}"),
-        lambda st: {c.get("worker") for c in st.get("connections", [])} == {0, 1})
+        lambda st: {c.get("worker") for c in st.get("connections", [])} == {0, 1}
+        and st["stats"]["TcpPassiveOpens"] >= 5)
     assert {c.get("worker") for c in page["connections"]} == {0, 1}, page
-    assert page["stats"]["TcpPassiveOpens"] >= 4
+    assert page["stats"]["TcpPassiveOpens"] >= 5  # 4 fetches and this page's own
 
 
 def test_bench_workers_rows_run_and_transfers_are_exact():
