@@ -251,7 +251,8 @@ async def _serve(args: argparse.Namespace, config: Config, *, device=None,
             from .impair import Impairment
 
             stack.set_impairment(Impairment(spec, stack.stats))
-            _say(f"impairing {device.name}: {spec}")
+            if not worker:  # once, not once per worker
+                _say(f"impairing {device.name}: {spec}")
         if worker is not None and control is not None:
             # The status page shows the whole host (ustack/fanout.py).
             from .fanout import PeerStatus
