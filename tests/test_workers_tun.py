@@ -376,3 +376,26 @@ def test_bench_workers_rows_run_and_transfers_are_exact():
         if what != "wrk":
             assert r["byte_exact"] is True and r["downloads"] == len(what), r
     assert sum(1 for r in rows if r["unit"] == "x") == len(bench_workers.RATIOS)
+
+
+def test_workers_1_is_the_single_process_daemon(netns: Netns, tmp_path: Path):
+    """--workers 1: no fork, no supervisor, no worker sockets; the daemon's own pid
+    answers ping."""
+    ctl = tmp_path / "one.sock"
+    with open(tmp_path / "one.stderr", "wb") as err:
+        proc = netns.popen(PYTHON, "-m", "ustack", "serve", "--workers", "1", "--control",
+                           str(ctl), stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    assert eventually(lambda: proc.poll() is not None or ctl.exists(), bool)
+    r = netns.run(PYTHON, "-m", "ustack", "ss", "-l", "--json", "--control", str(ctl))
+    rows = json.loads(r.stdout)["connections"]
+    assert rows and all("worker" not in row for row in rows)
+    script = ("import json,socket; s=socket.socket(socket.AF_UNIX); "
+              f"s.connect({str(ctl)!r}); s.sendall(b'{{\"op\":\"ping\"}}\\n'); "
+              "print(s.makefile().readline())")
+    ping = json.loads(netns.run(PYTHON, "-c", script).stdout)
+    assert ping["pid"] == proc.pid and "workers" not in ping
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert children == []  # nothing forked
+    assert not list(tmp_path.glob("one.sock.w*"))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
