@@ -399,3 +399,24 @@ def test_workers_1_is_the_single_process_daemon(netns: Netns, tmp_path: Path):
     assert not list(tmp_path.glob("one.sock.w*"))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(workers):
+    w = workers()
+    pids = w.request({"op": "ping"})["worker_pids"]
+    w.proc.kill()  # SIGKILL: no forwarding, the parent-death signal must do it
+    w.proc.wait(timeout=30)
+
+    def alive() -> list[int]:
+        out = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                out.append(pid)
+        return out
+
+    assert eventually(alive, lambda a: a == [], timeout=30) == []
+    assert eventually(w.link_exists, lambda up: not up, timeout=30) is False

@@ -44,7 +44,7 @@ from .config import Config
 
 log = logging.getLogger("ustack.workers")
 
-SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
+SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
 READY_TIMEOUT = 30.0  # loose: a worker's start-up on a loaded machine takes ~1 s
 STOP_TIMEOUT = 10.0  # a worker still alive this long after SIGTERM gets SIGKILL
 
@@ -102,12 +102,14 @@ def run_workers(args: argparse.Namespace, config: Config, serve: Callable[..., A
     ready_r, ready_w = os.pipe()
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # until each side has handlers
     pids: dict[int, int] = {}
+    supervisor = os.getpid()
     for k in range(n):
         pid = os.fork()
         if pid == 0:  # worker k
             # Its own process group: a terminal's Ctrl-C reaches the supervisor only,
             # which forwards it, so a worker's exit is never mistaken for a death.
             os.setpgid(0, 0)
+            _die_with(supervisor)
             os.close(ready_r)
             code = 1
             try:
@@ -127,6 +129,20 @@ def run_workers(args: argparse.Namespace, config: Config, serve: Callable[..., A
         os.close(ready_r)
         _merge_pcap(args.pcap, n)
         device.close()
+
+
+def _die_with(supervisor: int) -> None:
+    """SIGTERM this worker when the supervisor dies (even by SIGKILL), so no worker
+    outlives it holding a queue of the device (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != supervisor:  # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _worker(serve: Callable[..., Awaitable], args: argparse.Namespace, config: Config,
@@ -202,7 +218,9 @@ async def _supervise(args: argparse.Namespace, device, pids: dict[int, int], rea
                 pass
         changed.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too (the terminal went away): stop like SIGTERM rather than die and
+    # leave the workers to their parent-death signal.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop, signum)
     loop.add_signal_handler(signal.SIGCHLD, reap)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
