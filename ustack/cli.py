@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .config import KNOBS, Config, ConfigError, apply_settings
@@ -81,6 +81,20 @@ def _ifname(text: str) -> str:
     if not 0 < len(text) < 16 or "/" in text or text.strip() != text:
         raise argparse.ArgumentTypeError(f"bad interface name {text!r} (1-15 characters)")
     return text
+
+
+def _workers(text: str) -> int:
+    import os
+
+    if text == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:  # MAX_TAP_QUEUES
+        raise argparse.ArgumentTypeError(f"bad --workers {text!r} (1-256 or auto)")
+    return n
 
 
 # ---------------------------------------------------------------------- parser
@@ -177,6 +191,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group", metavar="NAME", default=None,
                    help="with --user: the group to run as (default: the user's), which "
                         "may also use the control socket (mode 0660)")
+    p.add_argument("--workers", metavar="N", type=_workers, default=1,
+                   help="worker processes, one stack each, over N queues of the TUN "
+                        "device (see README, Workers); 'auto': one per usable core "
+                        "(default: %(default)s)")
+    p.add_argument("--pin", action="store_true",
+                   help="with --workers: pin worker k to the k-th usable core")
     p.add_argument("--log-level", metavar="LEVEL", default="warning", type=str.lower,
                    choices=["debug", "info", "warning", "error", "critical"],
                    help="debug, info, warning (default), error or critical")
@@ -323,6 +343,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .ctlproto import ControlError
     from .io.tun import TunError
 
+    if args.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(args, config, _serve)
     try:
         uvloop.run(_serve(args, config))
     except (TunError, ControlError) as exc:
@@ -336,34 +360,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(args: argparse.Namespace, config: Config) -> None:
+async def _serve(args: argparse.Namespace, config: Config, *, device=None,
+                 worker: int | None = None, secret: bytes | None = None,
+                 ready: Callable[[], None] | None = None) -> None:
+    """The daemon, or with `worker` one worker of `serve --workers N` (ustack/workers.py):
+    then `device` is its queue of the TUN device, `secret` the one all workers share,
+    and `ready()` is called once it serves."""
     from .aio import Stack
+    from .ctlproto import default_path as default_control
     from .io.tun import TunDevice
+    from .workers import part_path
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if worker is not None:  # blocked by the supervisor across fork(); ours from now on
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
     spec = getattr(args, "impair_spec", None)
     impaired = spec is not None and spec.active
     offload = "off" if impaired else args.offload
-    device = TunDevice(args.tun, str(args.host_address), mtu=args.mtu, offload=offload)
+    if device is None:
+        device = TunDevice(args.tun, str(args.host_address), mtu=args.mtu, offload=offload)
     stack = None
     servers: list[asyncio.AbstractServer] = []
-    control = captures = recordings = None
+    control = captures = recordings = status = None
     try:
-        stack = Stack(str(args.address.ip), config=config)
+        stack = Stack(str(args.address.ip), config=config, secret=secret)
         stack.max_connections = args.max_connections
         stack.attach(device)
-        captures, control, recordings = await _start_observability(stack, args,
-                                                                   device.name)
+        captures, control, recordings = await _start_observability(
+            stack, args, device.name, worker)
         if impaired:
             from .impair import Impairment
 
             stack.set_impairment(Impairment(spec, stack.stats))
-            _say(f"impairing {device.name}: {spec}")
-        servers, names = await _start_services(stack, args)
+            if not worker:  # once, not once per worker
+                _say(f"impairing {device.name}: {spec}")
+        if worker is not None and control is not None:
+            # The status page shows the whole host (ustack/fanout.py).
+            from .fanout import PeerStatus
+
+            base = args.control or default_control(device.name)
+            status = PeerStatus(stack, worker, [part_path(base, k)
+                                                for k in range(args.workers)])
+            status.start()
+        servers, names = await _start_services(stack, args, status)
         ids = getattr(args, "ids", None)
         if ids is not None:
             if control is not None and args.group is not None:
@@ -380,8 +423,13 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         trimmer = asyncio.ensure_future(_trim_memory(stack))
         services = ", ".join(names) or "no services"
         mode = "offloads" if device.tso else "one packet per frame"
-        _say(f"serving on {args.address.ip} via {device.name}, MTU {device.mtu}, {mode} "
-             f"({services})")
+        if worker is None:
+            _say(f"serving on {args.address.ip} via {device.name}, MTU {device.mtu}, {mode} "
+                 f"({services})")
+        else:
+            log.info("worker %d serving on queue %d of %s", worker, device.index, device.name)
+        if ready is not None:
+            ready()
         await stop.wait()
         trimmer.cancel()
         log.info("shutting down")
@@ -392,6 +440,8 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
     finally:
         for server in servers:
             server.close()
+        if status is not None:
+            status.close()
         if control is not None:
             control.close()
         if captures is not None:
@@ -469,41 +519,48 @@ async def _reset_connections(stack, grace: float = 1.0) -> None:
     await asyncio.sleep(0)  # the RSTs go out from the flush scheduled by the aborts
 
 
-async def _start_observability(stack, args: argparse.Namespace, name: str):
+async def _start_observability(stack, args: argparse.Namespace, name: str,
+                               worker: int | None = None):
     """Event log lines, --pcap, and the control socket (ustack/control.py).
 
     An explicit --control PATH that cannot be created is fatal; the default path only
-    warns, so a second daemon with the same TUN name elsewhere still serves."""
+    warns, so a second daemon with the same TUN name elsewhere still serves. Worker k
+    of several writes PATH.wK and FILE.wK (ustack.workers.part_path); the supervisor
+    listens at PATH and merges the pcap files."""
     from .control import ControlServer
     from .ctlproto import ControlError, default_path
     from .eventlog import state_observer
     from .pcap import Captures
     from .record import Recordings
+    from .workers import part_path
 
     stack.observers.append(state_observer)
     captures = Captures(stack)
     if args.pcap:
-        captures.start(args.pcap)
-        _say(f"capturing to {args.pcap}")
+        captures.start(part_path(args.pcap, worker))
+        if worker is None:
+            _say(f"capturing to {args.pcap}")
     recordings = Recordings(stack)
     record = getattr(args, "record", None)
     if record:
         try:
-            recordings.start(getattr(args, "record_filter", ""), record)
+            recordings.start(getattr(args, "record_filter", ""),
+                             part_path(record, worker))
         except OSError:
             captures.stop()
             raise
-        _say(f"recording sender state to {record}")
+        if worker is None:
+            _say(f"recording sender state to {record}")
     control = None
     if args.control != "none":
-        path = args.control or default_path(name)
+        path = part_path(args.control or default_path(name), worker)
         control = ControlServer(stack, path, name=name, captures=captures,
                                 recordings=recordings)
         try:
             await control.start()
         except (ControlError, OSError) as exc:
             control.close()
-            if args.control:
+            if args.control or worker is not None:
                 captures.stop()
                 recordings.close()
                 raise ControlError(str(exc)) from None
@@ -512,7 +569,7 @@ async def _start_observability(stack, args: argparse.Namespace, name: str):
     return captures, control, recordings
 
 
-async def _start_services(stack, args: argparse.Namespace
+async def _start_services(stack, args: argparse.Namespace, status=None
                           ) -> tuple[list[asyncio.AbstractServer], list[str]]:
     from .apps.dashboard import Dashboard, Web
     from .apps.discard import start_discard
@@ -527,7 +584,8 @@ async def _start_services(stack, args: argparse.Namespace
         dashboard = Dashboard(stack, close_wait_warn=args.close_wait_warn)
         dashboard.start()
         servers.append(await start_http(stack.start_server, host, args.http,
-                                        root=args.root, status=stack.status,
+                                        root=args.root,
+                                        status=status.snapshot if status else stack.status,
                                         dashboard=Web(dashboard).respond,
                                         limits=http_limits(args), stats=stack.stats))
         names.append(f"http {args.http}")

@@ -239,6 +239,9 @@ def _peer(text: str) -> tuple[str, int]:
 
 def render(rows: list[dict], options: bool, threshold: float, info: bool = False) -> str:
     header = ["State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port"]
+    workers = any("worker" in r for r in rows)  # serve --workers N: which one owns it
+    if workers:
+        header.append("Worker")
     if options:
         header.append("Timer")
     header.append("Age")
@@ -246,6 +249,8 @@ def render(rows: list[dict], options: bool, threshold: float, info: bool = False
     notes = []
     for r in rows:
         line = [r["state"], str(r["recv_q"]), str(r["send_q"]), r["local"], r["peer"]]
+        if workers:
+            line.append(str(r.get("worker", "-")))
         if options:
             if r.get("timer_name"):
                 line.append(f"timer:({r['timer_name']},{ms_timer(r['timer_left'])},"
