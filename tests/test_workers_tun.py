@@ -9,6 +9,7 @@ per-worker replies of the supervisor's control socket, that the connection is th
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -352,7 +353,7 @@ def test_trace_capture_and_status_page_see_both_workers(workers, tmp_path: Path)
     assert page["stats"]["TcpPassiveOpens"] >= 5  # 4 fetches and this page's own
 
 
-def test_bench_workers_rows_run_and_transfers_are_exact():
+def test_bench_workers_rows_run_and_transfers_are_exact(monkeypatch):
     """The benchmark's rows (tiny sizes): all there, every download byte-exact, no
     namespace left behind. No figure is judged."""
     import sys
@@ -361,12 +362,14 @@ def test_bench_workers_rows_run_and_transfers_are_exact():
     import bench_e2e
     import bench_workers
 
+    # This run's namespaces only (USTACK_BENCH_TAG): another benchmark may be running.
+    tag = f"w{os.getpid():x}"
+    monkeypatch.setenv("USTACK_BENCH_TAG", tag)
+
     def ours() -> set[str]:
         p = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-        # bench_workers' namespaces end in -W (bench_e2e's, maybe running for someone
-        # else at the same time, never do).
         return {line.split()[0] for line in p.stdout.splitlines()
-                if line.startswith(bench_e2e.NS_PREFIX) and line.split()[0].endswith("-W")}
+                if line.startswith(f"{bench_e2e.NS_PREFIX}{tag}-")}
 
     before = ours()
     rows = bench_workers.figures(quick=True, wrk_seconds=1, download_mb=2)
