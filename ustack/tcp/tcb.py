@@ -634,7 +634,7 @@ class Tcb:
             self.events.append(_SEND_SPACE)
         if rcvbuf is not None:
             self.rcv_cap = rcvbuf
-            if self.state in (State.CLOSED, State.SYN_SENT) and not self.rcv_nxt:
+            if self.state == State.CLOSED:
                 self._choose_wscale()  # before the SYN, as Linux's tcp_select_initial_window()
 
     def set_quickack(self, on: bool, now: float) -> None:
