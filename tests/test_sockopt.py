@@ -177,7 +177,7 @@ def test_user_timeout_bounds_zero_window_probing_even_when_answered():
     first = None
     while d.state != State.CLOSED and d.elapsed < 30:
         d.w.step_to(d.w.now + 0.01)
-        for seg in d.take():
+        for _seg in d.take():
             if first is None:
                 first = d.elapsed
             d.inject(". 1:1(0) ack 1 win 0")  # answered, window still shut
