@@ -2,24 +2,34 @@
 
 Existing asyncio code runs unchanged: `open_connection`/`start_server` return real
 `asyncio.StreamReader`/`StreamWriter` pairs, `create_connection`/`create_server` take a
-protocol factory. `Stack` is the shell (`ustack.stack.StackShell`) plus these four
-methods. The transport implements the shell's `ConnectionOwner` interface
-(`core_events`) and the server its `ListenerOwner` (`accept_ready`); the shell never
-imports this module. The transport turns core events into protocol callbacks and user
-calls into core calls; it reads a few TCB views (state, addresses, queue lengths) and
-changes the connection only through the TCB's methods.
+protocol factory, with every keyword of Python 3.11-3.13's asyncio (honoured, or refused
+with asyncio's own error; see the functions). `Stack` is the shell
+(`ustack.stack.StackShell`) plus these four methods. The transport implements the
+shell's `ConnectionOwner` interface (`core_events`) and the server its `ListenerOwner`
+(`accept_ready`); the shell never imports this module. The transport turns core events
+into protocol callbacks and user calls into core calls; it reads a few TCB views (state,
+addresses, queue lengths) and changes the connection only through the TCB's methods.
 
-Socket options, as methods on the transport (`writer.transport.set_linger(...)`):
+The contract is asyncio's socket transport's and Server's, held to the kernel's by the
+differential suite (tests/test_dropin_*.py; the README's "Drop-in for asyncio" lists the
+deviations): writes after the connection is lost are dropped and logged from the fifth
+on, `abort()` closes as the kernel's close() does (FIN; RST with unread data or
+SO_LINGER {1, 0}; `reset()` always resets), `close()` with a full transport buffer ends
+the transport once it is out, TCP_NODELAY is on (as base_events._set_nodelay() sets
+it), BufferedProtocol is served, `loop.sendfile()` takes asyncio's fallback, and
+`ssl=` runs asyncio's own TLS (sslproto) over the connection.
+
+Socket options: `get_extra_info('socket')` is a `TransportSocket` whose
+getsockopt/setsockopt take Linux's numbers (ustack/sockopt.py has them all); a
+listening socket's options (`server.sockets[0].setsockopt`) are its connections' from
+their SYN-ACK on; `sockopts=[(level, optname, value)]` sets options before the SYN;
+`transport.write(data, more=True)` is MSG_MORE. Older methods stay:
   set_linger(onoff, seconds)   SO_LINGER: off, {1, 0} abort with RST, {1, N} wait_closed()
                                waits up to N s for everything to be acknowledged, then RST
                                (deliberately unlike Linux, whose orphan runs on, LS 29)
   set_keepalive(on, idle=, interval=, count=)   SO_KEEPALIVE + TCP_KEEPIDLE/INTVL/CNT
-  set_nodelay(on)              TCP_NODELAY (Nagle off)
-
-`get_extra_info()` answers what asyncio's socket transports answer for TCP: `peername`,
-`sockname`, and `socket`, which is None (there is no kernel socket to hand out; asyncio
-code that reaches for it to set options must use the methods above instead). `ustack_tcb`
-gives the core's TCB, for tests and tools.
+  set_nodelay(on)              TCP_NODELAY
+`get_extra_info('ustack_tcb')` gives the core's TCB, for tests and tools.
 
 "Unread" data decides between FIN and RST on close (RFC 9293 3.10.4, RFC 2525 2.17): the
 bytes still in the core's receive buffer, plus the bytes this transport handed to the
@@ -746,6 +756,8 @@ async def create_server(stack: StackShell, protocol_factory: ProtocolFactory,
         raise TypeError("ssl argument must be an SSLContext or None")
     _check_ssl_args(ssl, None, ssl_handshake_timeout, ssl_shutdown_timeout)
     _no_sock(sock, host, port)
+    if host is None and port is None:
+        raise ValueError("Neither host/port nor sock were specified")
     _check_family(stack, family if family != socket.AF_UNSPEC else 0, 0)
     if isinstance(host, str) or host is None:
         hosts = [host or stack.address]
