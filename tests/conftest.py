@@ -86,9 +86,31 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "netns: needs root (runs its own sockets in a network namespace); "
                    "fails instead of skipping when CI=true")
+    config.addinivalue_line(
+        "markers", "browser: needs headless Chromium (Debian's chromium package); "
+                   "fails instead of skipping when CI=true")
+
+
+def browser_missing_reason() -> str | None:
+    """Why `browser` tests (headless Chromium, Debian's chromium package) cannot run."""
+    if shutil.which("chromium") is None:
+        return "needs headless Chromium (the chromium package; scripts/setup installs it)"
+    return None
+
+
+def _require_browser(item: pytest.Item) -> None:
+    if item.get_closest_marker("browser") is None:
+        return
+    reason = browser_missing_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but this browser test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    _require_browser(item)
     if item.get_closest_marker("tun") is not None:
         reason = tun_missing_reason()
     elif item.get_closest_marker("netns") is not None:

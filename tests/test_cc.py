@@ -7,7 +7,7 @@ import pytest
 
 from ustack.config import CONGESTION_CONTROLS, Config, ConfigError, apply_settings
 from ustack.tcp import cc
-from ustack.tcp.cc import IW_SEGMENTS, Reno
+from ustack.tcp.cc import IW_SEGMENTS, Cubic, Reno
 from ustack.tcp.cc.base import INFINITE_SSTHRESH
 
 MSS = 1000
@@ -16,10 +16,12 @@ MSS = 1000
 def test_registry_matches_the_knob():
     assert cc.available() == CONGESTION_CONTROLS
     assert isinstance(cc.create("reno", MSS), Reno)
-    with pytest.raises(ValueError, match="unknown congestion control 'cubic'"):
-        cc.create("cubic", MSS)
+    assert isinstance(cc.create("cubic", MSS), Cubic)
+    with pytest.raises(ValueError, match="unknown congestion control 'vegas'"):
+        cc.create("vegas", MSS)
+    assert Config().tcp_congestion_control == "cubic"  # Linux's default
     assert apply_settings(Config(), ["tcp_congestion_control=reno"]).tcp_congestion_control == "reno"
-    with pytest.raises(ConfigError, match="must be one of reno"):
+    with pytest.raises(ConfigError, match="must be one of reno, cubic"):
         apply_settings(Config(), ["net.ipv4.tcp_congestion_control=vegas"])
 
 

@@ -417,8 +417,9 @@ def test_go_back_n_after_rto_skips_sacked_data():
 
 def test_fast_retransmit_on_the_third_duplicate_ack_newreno():
     """RFC 5681 3.2 without SACK: the third duplicate ACK (not the second) resends the
-    first unacknowledged segment; ssthresh = FlightSize / 2, cwnd = ssthresh + 3 SMSS."""
-    d = established(sack=False)
+    first unacknowledged segment; ssthresh = FlightSize / 2, cwnd = ssthresh + 3 SMSS
+    (Reno's numbers: pinned to reno, the default being cubic)."""
+    d = established("tcp_congestion_control=reno", sack=False)
     d.send(b"f" * 10 * MSS)
     assert len(data_segments(d)) == 10
     d.inject(f". 1:1(0) ack {1 + MSS}")
@@ -483,8 +484,9 @@ def test_newreno_partial_ack_resends_the_next_hole_full_ack_ends_recovery():
 
 def test_sack_recovery_resends_only_the_holes():
     """RFC 6675: with SACK, recovery starts when more than 2 SMSS above the first hole
-    are SACKed and resends exactly the lost segments, never SACKed ones."""
-    d = established()
+    are SACKed and resends exactly the lost segments, never SACKed ones. Pinned to
+    reno: the window after the loss (FlightSize / 2) decides what NextSeg() may send."""
+    d = established("tcp_congestion_control=reno")
     d.send(b"s" * 10 * MSS)
     data_segments(d)
     # Segments 2 and 5 (relative 1449.., 5793..) are lost; the others arrive.

@@ -4,7 +4,7 @@ the same layer or a lower one, and the import graph has no cycles.
 
     wire (with the leaves config, stats, ctlproto, ssfilter) < seq < tcp < table/timerq/eventlog
     < stack/io/impair/pcap < aio (and the package facade `ustack`) < apps/control
-    < tools < cli
+    < tools (and apps.dashboard, which draws with tools.ladder) < cli
 
 The tools are clients of the control socket: they may import only ustack.tools,
 ustack.wire, the control protocol (ustack.ctlproto) and its filter language
@@ -34,6 +34,11 @@ LAYERS: dict[str, int] = {
     "ustack.aio": 5, "ustack": 5,  # the package itself exports aio.Stack (lazily)
     "ustack.apps": 6, "ustack.control": 6,
     "ustack.tools": 7,
+    # The dashboard draws its ladders with the ladder tool's code (build, render_svg):
+    # a view above the tools, started by the cli; http.py gets it as a callable.
+    "ustack.apps.dashboard": 7,
+    # A lab runs a whole stack, the kernel and the ladder renderer: the tools' layer.
+    "ustack.labs": 7,
     "ustack.cli": 8, "ustack.__main__": 8,
 }
 TOOLS_MAY_IMPORT = ("ustack.tools", "ustack.wire", "ustack.ctlproto", "ustack.ssfilter")

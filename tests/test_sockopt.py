@@ -310,7 +310,8 @@ def test_congestion_is_chosen_per_connection():
     d = Drill()
     d.established_passive()
     tcb = d.tcb
-    assert getsockopt(tcb, TCP, S.TCP_CONGESTION, 16).rstrip(b"\0") == b"reno"
+    default = Config().tcp_congestion_control.encode()
+    assert getsockopt(tcb, TCP, S.TCP_CONGESTION, 16).rstrip(b"\0") == default
     for name in cc.available():
         setsockopt(tcb, TCP, S.TCP_CONGESTION, name.encode())
         assert tcb.cc.name == name and tcb.recovery.cc is tcb.cc

@@ -74,14 +74,16 @@ def test_bench_quick_json(tmp_path):
     assert doc["python"]["version"].count(".") == 2
     assert doc["uvloop"] and doc["dpkt"]
     assert len(doc["git"]["commit"]) == 40
-    assert set(doc["benchmarks"]) == {"demux", "wire", "timewait", "goodput", "segments"}
+    assert set(doc["benchmarks"]) == {"demux", "wire", "timewait", "goodput", "segments",
+                                      "dashboard"}
     expect = {"demux": {"random_1k", "random_big", "in_order_big", "ratio_random"},
               "wire": {"slice", "parse", "dpkt", "cksum", "build", "dpkt/parse"},
               "timewait": {"bytes_per_record", "random_1k", "random_big", "est_big",
                            "insert_big", "expire_big", "ratio_random"},
               "goodput": {"memory_loss0", "memory_loss0.01"},
               "segments": {"data_1448 segments/s", "pure_ack segments/s",
-                           "data_1448 per segment, receive() only"}}
+                           "data_1448 per segment, receive() only"},
+              "dashboard": {"poll_big", "poll_filter_big", "sample", "tw_record_bytes"}}
     for name, res in doc["benchmarks"].items():
         assert res["ok"], res
         figs = {r["name"]: r for r in res["figures"]}

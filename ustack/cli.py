@@ -49,6 +49,16 @@ def _interface(text: str) -> ipaddress.IPv4Interface:
 _port = int_arg("port", 0, 65535, " (0 disables)")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad number of seconds {text!r}") from None
+    if not 0 < value <= 86400 * 365:
+        raise argparse.ArgumentTypeError(f"seconds must be > 0 (got {text!r})")
+    return value
+
+
 def _directory(text: str) -> Path:
     path = Path(text)
     if not path.is_dir():
@@ -72,15 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
     _add_tools(sub)
+    from .labs import command as lab_command
+
+    lab_command.add_parser(sub)
     return parser
 
 
 def _add_tools(sub: argparse._SubParsersAction) -> None:
     """The control-socket clients (ustack/tools/): ss, nstat, capture, trace, ladder,
     connect. Each module registers its own subparser and `func`."""
-    from .tools import capture, connect, ladder, nstat, ss, trace
+    from .tools import capture, connect, ladder, nstat, plot, record, ss, trace
 
-    for tool in (ss, nstat, capture, trace, ladder, connect):
+    for tool in (ss, nstat, capture, trace, ladder, connect, plot, record):
         tool.add_parser(sub)
 
 
@@ -101,18 +114,26 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http", metavar="PORT", type=_port, default=80,
                    help="HTTP port (default: %(default)s)")
     p.add_argument("--root", metavar="DIR", type=_directory, default=None,
-                   help="serve files from DIR over HTTP (default: the built-in status page)")
+                   help="serve files from DIR over HTTP (default: the dashboard at /; it stays "
+                        "at /ustack/ with a root)")
     p.add_argument("--echo", metavar="PORT", type=_port, default=7,
                    help="echo port, RFC 862 (default: %(default)s)")
     p.add_argument("--discard", metavar="PORT", type=_port, default=9,
                    help="discard port, RFC 863 (default: %(default)s)")
+    p.add_argument("--hold", metavar="PORT", type=_port, default=0,
+                   help="a service that never closes after the peer's FIN, leaving "
+                        "CLOSE-WAIT (the leak the dashboard flags; default: off)")
+    p.add_argument("--close-wait-warn", metavar="SECONDS", type=_seconds, default=60.0,
+                   help="the dashboard flags CLOSE-WAIT connections older than this as "
+                        "probable leaks (default: %(default)g)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    dest="settings",
                    help="set a knob (repeatable, the last value for a key wins)")
     p.add_argument("--impair", metavar="SPEC", default=None,
                    help="impair frames at the TUN boundary, e.g. loss=0.05,reorder=0.1,"
-                        "dup=0.02,corrupt=0.01,delay=5ms,seed=1 (in.KEY / out.KEY for one "
-                        "direction)")
+                        "dup=0.02,corrupt=0.01,delay=5ms,seed=1; ce=P marks CE on that "
+                        "share of the ECT packets (ECN); in.KEY / out.KEY for one "
+                        "direction")
     p.add_argument("--mtu", metavar="N", type=int_arg("MTU", MIN_MTU, MAX_MTU), default=1500,
                    help="the TUN interface's MTU; the MSS we advertise is N - 40 "
                         "(default: %(default)s; up to 65535)")
@@ -126,6 +147,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "connect (default: /run/ustack/NAME.sock; 'none' disables it)")
     p.add_argument("--pcap", metavar="FILE", default=None,
                    help="write every frame in and out of the TUN device to a pcap file")
+    p.add_argument("--record", metavar="FILE", default=None,
+                   help="record the sender state of every connection (or those matching "
+                        "--record-filter) to FILE, JSON lines, for `ustack plot`")
+    p.add_argument("--record-filter", metavar="FILTER", default="",
+                   help="with --record: only connections matching this ss filter, e.g. "
+                        "'port 80' or '10.77.0.1:5000'")
     p.add_argument("--log-level", metavar="LEVEL", default="warning", type=str.lower,
                    choices=["debug", "info", "warning", "error", "critical"],
                    help="debug, info, warning (default), error or critical")
@@ -145,6 +172,16 @@ def _check_serve(args: argparse.Namespace) -> str | None:
     addr, host = args.address, args.host_address
     if addr.ip == host.ip:
         return f"--address and --host-address are both {addr.ip}"
+    record_filter = getattr(args, "record_filter", "")
+    if record_filter and not getattr(args, "record", None):
+        return "--record-filter needs --record FILE"
+    if record_filter:
+        from .ssfilter import parse as parse_filter
+
+        try:
+            parse_filter(record_filter)
+        except ValueError as exc:
+            return f"bad --record-filter: {exc}"
     if addr.ip not in host.network:
         return (f"--address {addr.ip} is outside the host side's network {host.network}; "
                 "the kernel would not route to it")
@@ -208,11 +245,12 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
     device = TunDevice(args.tun, str(args.host_address), mtu=args.mtu, offload=offload)
     stack = None
     servers: list[asyncio.AbstractServer] = []
-    control = captures = None
+    control = captures = recordings = None
     try:
         stack = Stack(str(args.address.ip), config=config)
         stack.attach(device)
-        captures, control = await _start_observability(stack, args, device.name)
+        captures, control, recordings = await _start_observability(stack, args,
+                                                                   device.name)
         if impaired:
             from .impair import Impairment
 
@@ -242,6 +280,8 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
             control.close()
         if captures is not None:
             captures.stop()
+        if recordings is not None:
+            recordings.close()
         if stack is not None:
             stack.close()
         device.close()
@@ -268,40 +308,57 @@ async def _start_observability(stack, args: argparse.Namespace, name: str):
     from .ctlproto import ControlError, default_path
     from .eventlog import state_observer
     from .pcap import Captures
+    from .record import Recordings
 
     stack.observers.append(state_observer)
     captures = Captures(stack)
     if args.pcap:
         captures.start(args.pcap)
         _say(f"capturing to {args.pcap}")
+    recordings = Recordings(stack)
+    record = getattr(args, "record", None)
+    if record:
+        try:
+            recordings.start(getattr(args, "record_filter", ""), record)
+        except OSError:
+            captures.stop()
+            raise
+        _say(f"recording sender state to {record}")
     control = None
     if args.control != "none":
         path = args.control or default_path(name)
-        control = ControlServer(stack, path, name=name, captures=captures)
+        control = ControlServer(stack, path, name=name, captures=captures,
+                                recordings=recordings)
         try:
             await control.start()
         except (ControlError, OSError) as exc:
             control.close()
             if args.control:
                 captures.stop()
+                recordings.close()
                 raise ControlError(str(exc)) from None
             _say(f"warning: no control socket: {exc}")
             control = None
-    return captures, control
+    return captures, control, recordings
 
 
 async def _start_services(stack, args: argparse.Namespace
                           ) -> tuple[list[asyncio.AbstractServer], list[str]]:
+    from .apps.dashboard import Dashboard, Web
     from .apps.discard import start_discard
     from .apps.echo import start_echo
+    from .apps.hold import start_hold
     from .apps.http import start_http
 
     host = str(args.address.ip)
     servers: list[asyncio.AbstractServer] = []
     names: list[str] = []
     if args.http:
+        dashboard = Dashboard(stack, close_wait_warn=args.close_wait_warn)
+        dashboard.start()
         servers.append(await start_http(stack.start_server, host, args.http,
-                                        root=args.root, status=stack.status))
+                                        root=args.root, status=stack.status,
+                                        dashboard=Web(dashboard).respond))
         names.append(f"http {args.http}")
     if args.echo:
         servers.append(await start_echo(stack.start_server, host, args.echo))
@@ -309,6 +366,9 @@ async def _start_services(stack, args: argparse.Namespace
     if args.discard:
         servers.append(await start_discard(stack.start_server, host, args.discard))
         names.append(f"discard {args.discard}")
+    if args.hold:
+        servers.append(await start_hold(stack.start_server, host, args.hold))
+        names.append(f"hold {args.hold}")
     return servers, names
 
 

@@ -35,7 +35,7 @@ def _choice(*names: str):
 
 # The names of ustack/tcp/cc's registry (a test checks they agree; config.py sits
 # below the core and cannot import it).
-CONGESTION_CONTROLS = ("reno",)
+CONGESTION_CONTROLS = ("reno", "cubic")
 
 
 def _mem_triple(text: str) -> tuple[int, int, int]:
@@ -113,9 +113,23 @@ class Config:
     # 1: cwnd restarts from the initial window after an idle RTO (RFC 5681 4.1,
     # Linux tcp_cwnd_restart()); 0: keep it, as Linux does with the knob at 0.
     tcp_slow_start_after_idle: int = 1
-    # Linux's default is cubic; ustack has reno (RFC 5681 with NewReno/SACK recovery)
-    # until CUBIC lands, so reno is the default here.
-    tcp_congestion_control: str = "reno"
+    # cubic (RFC 9438 with HyStart, Linux's default) or reno (RFC 5681).
+    tcp_congestion_control: str = "cubic"
+    # ECN (RFC 3168, tcp/ecn.py): 0 off, 1 ask in our SYNs and accept, 2 accept when
+    # the peer asks (Linux's default). fallback: a retransmitted SYN asks no more.
+    tcp_ecn: int = 2
+    tcp_ecn_fallback: int = 1
+    # Linux's tcp_cubic module parameters (/sys/module/tcp_cubic/parameters/NAME; also
+    # settable as `tcp_cubic.NAME`), with Linux's defaults; ustack/tcp/cc/cubic.py.
+    cubic_beta: int = 717  # beta * 1024
+    cubic_bic_scale: int = 41  # C = bic_scale * 10 / 1024
+    cubic_fast_convergence: int = 1
+    cubic_tcp_friendliness: int = 1
+    cubic_hystart: int = 1
+    cubic_hystart_detect: int = 3  # 1 ACK train, 2 delay
+    cubic_hystart_low_window: int = 16  # segments
+    cubic_hystart_ack_delta_us: int = 2000
+    cubic_initial_ssthresh: int = 0  # segments, 0 = infinite; only with hystart=0
 
 
 _PARSERS = {
@@ -147,6 +161,17 @@ _PARSERS = {
     "wmem_max": _int_range(4608, 1 << 30),
     "tcp_slow_start_after_idle": _int_range(0, 1),
     "tcp_congestion_control": _choice(*CONGESTION_CONTROLS),
+    "tcp_ecn": _int_range(0, 2),
+    "tcp_ecn_fallback": _int_range(0, 1),
+    "cubic_beta": _int_range(1, 1023),
+    "cubic_bic_scale": _int_range(1, 1 << 16),
+    "cubic_fast_convergence": _int_range(0, 1),
+    "cubic_tcp_friendliness": _int_range(0, 1),
+    "cubic_hystart": _int_range(0, 1),
+    "cubic_hystart_detect": _int_range(0, 3),
+    "cubic_hystart_low_window": _int_range(0, 1 << 20),
+    "cubic_hystart_ack_delta_us": _int_range(0, 1_000_000),
+    "cubic_initial_ssthresh": _int_range(0, 1 << 30),
 }
 
 KNOBS: tuple[str, ...] = tuple(f.name for f in fields(Config))
@@ -158,6 +183,8 @@ def apply_settings(config: Config, settings: list[str]) -> Config:
     for item in settings:
         key, sep, value = item.partition("=")
         key = key.strip().removeprefix("net.ipv4.").removeprefix("net.core.")
+        if key.startswith("tcp_cubic."):
+            key = "cubic_" + key[len("tcp_cubic."):]  # the module's parameters
         if not sep or key not in _PARSERS:
             raise ConfigError(
                 f"unknown knob {key!r}; valid knobs: {', '.join(KNOBS)}"

@@ -27,6 +27,7 @@ from .ctlproto import F_DATA, F_EOF, F_EXIT, FRAME, MAX_LINE, VERSION, ControlEr
 from .ssfilter import Filter
 from .ssfilter import parse as parse_filter
 from .tcp.events import Cause, StateChanged
+from .tcp.info import tcp_info
 from .tcp.state import State
 from .tcp.tcb import Tcb
 from .wire.ip import ip_to_bytes, ip_to_str
@@ -35,6 +36,7 @@ from .wire.tcp import ParseError, flag_string, parse_tcp
 if TYPE_CHECKING:
     from .aio import Stack
     from .pcap import Captures
+    from .record import Recordings
 
 log = logging.getLogger("ustack.control")
 
@@ -97,13 +99,17 @@ class ControlServer:
     """The server side. `await start()`, later `close()`; the stack runs meanwhile."""
 
     def __init__(self, stack: Stack, path: str | os.PathLike, *, name: str = "ustack",
-                 captures: Captures | None = None) -> None:
+                 captures: Captures | None = None,
+                 recordings: Recordings | None = None) -> None:
         from .pcap import Captures  # dpkt: the daemon needs it, the clients do not
+        from .record import Recordings
 
         self.stack = stack
         self.path = str(path)
         self.name = name
         self.captures: Captures = captures or Captures(stack)
+        self._own_recordings = recordings is None
+        self.recordings: Recordings = recordings or Recordings(stack)
         self.started = time.time()
         self._server: asyncio.AbstractServer | None = None
         self._inode: int | None = None
@@ -119,6 +125,7 @@ class ControlServer:
         self._ops: dict[str, Callable] = {
             "ping": self._op_ping, "status": self._op_status, "ss": self._op_ss,
             "nstat": self._op_nstat, "capture": self._op_capture,
+            "record": self._op_record,
         }
         self._stream_ops = {"trace": self._op_trace, "connect": self._op_connect}
         stack.observers.append(self._observe)
@@ -184,6 +191,8 @@ class ControlServer:
             self.stack.observers.remove(self._observe)
         self.stack.off_time_wait_gone(self._tw_gone)
         self._remove_tap()
+        if self._own_recordings:
+            self.recordings.close()
 
     # ------------------------------------------------------------------ requests
 
@@ -295,8 +304,47 @@ class ControlServer:
                 row["state_age"] = row.get("age")
             else:
                 row["state_age"] = round(now - entered, 3)
+        if _field(req, "info", bool, False):
+            self._add_info(rows, now)
         return {"now": time.time(), "address": self.stack.address, "connections": rows,
                 "time_wait": self.stack.time_wait_count}
+
+    def _add_info(self, rows: list[dict], now: float) -> None:
+        """`ss -i`: each connection's TCP_INFO (tcp/info.py), under Linux's field names."""
+        tcbs = {(_ep(t.local), _ep(t.remote)): t for t in self.stack.table.est.values()}
+        for row in rows:
+            tcb = tcbs.get((row["local"], row["peer"]))
+            if tcb is not None and row["state"] not in ("LISTEN", "TIME-WAIT"):
+                row["tcp_info"] = tcp_info(tcb, now).as_dict()
+
+    def _op_record(self, req: dict) -> dict:
+        action = _field(req, "action", str, required=True)
+        rec = self.recordings
+        try:
+            if action == "start":
+                file = _field(req, "file", str)
+                if file is not None and not os.path.isabs(file):
+                    raise RequestError("record file must be an absolute path")
+                session = rec.start(_field(req, "filter", str, ""), file)
+                return {"id": session.id, "recordings": rec.list()}
+            if action == "stop":
+                stopped = rec.stop(_field(req, "id", int))
+                return {"stopped": [s.describe() for s in stopped],
+                        "recordings": rec.list()}
+            if action == "snapshot":
+                session = rec.get(_field(req, "id", int, required=True))
+                if session.path is not None:
+                    raise RequestError(f"recording {session.id} goes to {session.path}: "
+                                       "read that file")
+                return {"id": session.id, "records": session.snapshot()}
+            if action != "list":
+                raise RequestError(f"unknown record action {action!r} "
+                                   "(start, stop, snapshot, list)")
+        except OSError as exc:
+            raise RequestError(f"cannot record: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        return {"recordings": rec.list()}
 
     def _op_nstat(self, req: dict) -> dict:
         client = _field(req, "client", str, "default")

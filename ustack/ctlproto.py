@@ -26,6 +26,18 @@ connection into a stream.
         row: state (ss spelling: ESTAB, TIME-WAIT ...), local, peer, recv_q, send_q,
         timer ("" or "on,0.200s,0" as in table.rows), timer_name, timer_left,
         timer_retrans, age (s since the connection began), state_age (s in this state)
+        With "info": true, each connection (not LISTEN or TIME-WAIT) also has
+        "tcp_info": Linux's struct tcp_info as ustack.tcp.info.TcpInfo fields (Linux's
+        names without tcpi_, Linux's units: rto/rtt in us, cwnd in segments) + "cong".
+  {"op": "record", "action": "start", "filter": "port 80", "file": "/abs/rec.jsonl"}
+        -> {"ok", "id", "recordings": [{"id", "file", "filter", "connections",
+            "samples"}]}: record the sender state of matching connections (live and
+            future) to the file, or, without "file", in memory for "snapshot".
+  {"op": "record", "action": "stop", "id": N}   -> {"ok", "stopped": [...]}; no id: all
+  {"op": "record", "action": "snapshot", "id": N} -> {"ok", "records": [record, ...]}
+        the records of a live (in-memory) recording so far, in the file format of
+        ustack/record.py.
+  {"op": "record", "action": "list"}            -> {"ok", "recordings": [...]}
   {"op": "nstat", "client": "NAME", "reset": false, "update": true}
         -> {"ok", "counters": {absolute}, "delta": {since this client's last call},
             "interval": seconds or null, "first": bool}

@@ -1,7 +1,9 @@
-"""An impairment layer at the device boundary: loss, reordering, duplication, corruption
-and delay, per direction, from a seeded RNG (smoltcp's FaultInjector, netem's knobs).
+"""An impairment layer at the device boundary: loss, reordering, duplication, corruption,
+ECN congestion marks and delay, per direction, from a seeded RNG (smoltcp's
+FaultInjector, netem's knobs).
 
     ustack serve --impair loss=0.05,reorder=0.1,dup=0.02,corrupt=0.01,delay=5ms,seed=1
+    ustack serve --impair ce=0.05    # mark CE on 5 % of the ECT packets
 
 A key without a prefix sets both directions; `in.KEY` / `out.KEY` set one ("in" is what
 the device hands the stack, "out" what the stack writes). Later items win.
@@ -17,6 +19,12 @@ Corruption XORs one byte of the IPv4 frame (never byte 0, the version, which wou
 it into "not IPv4" instead of a checksum error) with a non-zero mask. A one-byte change
 always alters the Internet checksum (RFC 1071), so the receiver must catch every
 corrupted frame: in the IP header (IpInHdrErrors) or the TCP segment (TcpInCsumErrors).
+
+The CE mark (`ce=P`) is what an ECN-capable router's queue does instead of a drop
+(RFC 3168 5, netem's and fq_codel's `ecn`): an IPv4 frame whose ECN field says ECT(0)
+or ECT(1) gets CE, with probability P, its header checksum updated; Not-ECT frames are
+left alone (a router would drop them instead; combine with loss= for that) and draw
+no random number. Counted as UstackImpairCeMarked.
 """
 
 from __future__ import annotations
@@ -28,12 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .stats import Stats
+from .wire.ip import set_ce
 
 # A reordered frame waits for the next frame to overtake it, at most this long (or the
 # delay, if longer), so a held lone segment (a SYN, the last ACK) is only late, not lost.
 REORDER_HOLD = 0.005
 
-PROBABILITIES = ("loss", "reorder", "dup", "corrupt")
+PROBABILITIES = ("loss", "reorder", "dup", "corrupt", "ce")
 KEYS = (*PROBABILITIES, "delay", "seed")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
@@ -44,11 +53,12 @@ class DirectionSpec:
     reorder: float = 0.0
     dup: float = 0.0
     corrupt: float = 0.0
+    ce: float = 0.0  # CE on ECT frames (RFC 3168)
     delay: float = 0.0  # seconds
 
     @property
     def active(self) -> bool:
-        return any((self.loss, self.reorder, self.dup, self.corrupt, self.delay))
+        return any((self.loss, self.reorder, self.dup, self.corrupt, self.ce, self.delay))
 
     def __str__(self) -> str:
         parts = [f"{k}={getattr(self, k):g}" for k in PROBABILITIES if getattr(self, k)]
@@ -177,6 +187,10 @@ class Channel:
         if spec.corrupt and frame and frame[0] >> 4 == 4 and rng.random() < spec.corrupt:
             frame = self.corrupt(frame)
             stats["UstackImpairCorrupted"] += 1
+        if spec.ce and len(frame) >= 20 and frame[0] >> 4 == 4 and frame[1] & 3 in (1, 2) \
+                and rng.random() < spec.ce:
+            frame = set_ce(frame)
+            stats["UstackImpairCeMarked"] += 1
         copies = 1
         if spec.dup and rng.random() < spec.dup:
             copies = 2

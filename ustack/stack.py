@@ -221,6 +221,16 @@ class StackShell:
             return
         if gso and len(seg.payload) > gso:
             seg.gso = gso
+        ecn = frame[1] & 3  # the ECN field (RFC 3168 5); Linux counts it in ip_rcv_core()
+        if ecn:
+            seg.ecn = ecn
+            n = -(-len(seg.payload) // seg.gso) if seg.gso else 1
+            if ecn == 3:
+                stats["IpExtInCEPkts"] += n
+            elif ecn == 2:
+                stats["IpExtInECT0Pkts"] += n
+            else:
+                stats["IpExtInECT1Pkts"] += n
         # One per segment as it came in: a super-segment is one (LINUX-SPEC-2 item 211).
         stats["TcpInSegs"] += 1
         self.table.input(key, seg, self.loop.time())

@@ -29,8 +29,12 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPZeroWindowDrop", "TcpExtTCPWinProbe", "TcpExtTCPSackRecovery",
     "TcpExtTCPRenoRecovery", "TcpExtTCPDSACKRecv", "TcpExtTCPBadOptions",
     "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery",
+    "TcpExtTCPHystartTrainDetect", "TcpExtTCPHystartTrainCwnd",
+    "TcpExtTCPHystartDelayDetect", "TcpExtTCPHystartDelayCwnd",
+    "IpExtInECT1Pkts", "IpExtInECT0Pkts", "IpExtInCEPkts", "TcpExtTCPDeliveredCE",
+    "UstackTcpEcnOk", "UstackTcpEcnCwr",
     "UstackImpairDropped", "UstackImpairCorrupted", "UstackImpairDuplicated",
-    "UstackImpairReordered",
+    "UstackImpairReordered", "UstackImpairCeMarked",
 )
 
 

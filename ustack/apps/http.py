@@ -52,6 +52,10 @@ EMPTY: dict = {"connections": [], "stats": {}}
 
 StartServer = Callable[..., Awaitable[Any]]
 Status = Callable[[], dict]
+# The dashboard's router (ustack/apps/dashboard/web.py, Web.respond): (path, query,
+# root=...) -> (status, content type, body), or None for a path it does not own.
+Router = Callable[..., tuple[int, str, bytes] | None]
+NO_STORE = [("Cache-Control", "no-store")]
 
 
 async def start_http(
@@ -61,13 +65,17 @@ async def start_http(
     *,
     root: pathlib.Path | None = None,
     status: Status | None = None,
+    dashboard: Router | None = None,
 ) -> Any:
-    """Serve files under `root` (or the built-in status page when None); returns the server."""
+    """Serve files under `root` (or the built-in status page when None); returns the server.
+
+    `dashboard`: the dashboard's router; it answers /ustack/..., and `/` too when there
+    is no root (the old status page is then gone from `/`; /status.json stays)."""
     # Resolve once so the containment check compares real paths with a real root.
     cache = FileCache(root.resolve(strict=True)) if root is not None else None
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _Session(reader, writer, cache, status).run()
+        await _Session(reader, writer, cache, status, dashboard).run()
 
     return await start_server(handle, host, port)
 
@@ -90,6 +98,12 @@ def url_path(target: bytes) -> str | None:
     if not path.startswith("/") or "\x00" in path:
         return None
     return path
+
+
+def url_query(target: bytes) -> str:
+    """The query string of a request target ('' if none), still percent-encoded."""
+    text = target.decode("ascii", "replace").split("#", 1)[0]
+    return text.split("?", 1)[1] if "?" in text else ""
 
 
 def resolve(root: pathlib.Path, path: str) -> pathlib.Path | None:
@@ -333,11 +347,13 @@ class _Session:
         writer: asyncio.StreamWriter,
         cache: FileCache | None,
         status: Status | None,
+        dashboard: Router | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.cache = cache
         self.status = status
+        self.dashboard = dashboard
         self.conn = h11.Connection(h11.SERVER)
         self.body_left = 0
         self.keep_alive_10 = False  # the current request is HTTP/1.0 asking keep-alive
@@ -410,6 +426,17 @@ class _Session:
         if path is None:
             await self._send_bytes(400, b"bad request\n", head=head)
             return
+        if self.dashboard is not None:
+            try:
+                reply = self.dashboard(path, url_query(request.target),
+                                       root=self.cache is not None)
+            except Exception:
+                log.warning("http: dashboard failed on %s", path, exc_info=True)
+                reply = (500, "text/plain; charset=utf-8", b"dashboard error\n")
+            if reply is not None:
+                await self._send_bytes(reply[0], reply[2], reply[1], head=head,
+                                       extra=NO_STORE)
+                return
         if self.cache is not None:
             file = self.cache.lookup(path)
             if file is not None and await self._send_file(self.cache, path, file, head):

@@ -12,7 +12,7 @@ RTO_FALLBACK = 3.0  # RFC 6298 5.7; Linux TCP_TIMEOUT_FALLBACK
 
 
 class RtoEstimator:
-    __slots__ = ("srtt", "rttvar", "rto", "rto_min", "backoff")
+    __slots__ = ("srtt", "rttvar", "rto", "rto_min", "backoff", "min_rtt")
 
     def __init__(self, rto_min: float) -> None:
         self.srtt: float | None = None
@@ -20,11 +20,15 @@ class RtoEstimator:
         self.rto = RTO_INITIAL
         self.rto_min = rto_min
         self.backoff = 0  # exponent of the current backoff (RFC 6298 5.5)
+        self.min_rtt: float | None = None  # lowest sample (TCP_INFO min_rtt; Linux
+        # keeps a 5-minute windowed minimum, tcp_update_rtt_min())
 
     def sample(self, r: float) -> None:
         """Feed one RTT measurement in seconds (RFC 6298 2.2 and 2.3)."""
         if r < 0:
             return
+        if self.min_rtt is None or r < self.min_rtt:
+            self.min_rtt = r
         if self.srtt is None:
             self.srtt = r
             self.rttvar = r / 2

@@ -23,8 +23,8 @@ from __future__ import annotations
 import errno as E
 
 from .. import seq as sq
-from ..wire.tcp import ACK, FIN, PSH, RST, SYN, Segment
-from . import cc, paws
+from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, Segment
+from . import cc, ecn, paws
 from .cc import IW_SEGMENTS  # noqa: F401  (re-exported: tests and benchmarks)
 from .context import Context
 from .events import (
@@ -41,7 +41,7 @@ from .ofo import OfoQueue
 from .rcvq import RecvQueue
 from .recovery import Recovery
 from .rto import RtoEstimator
-from .sendq import SACKED, SendQueue
+from .sendq import RETRANSMITTED, SACKED, SendQueue
 from .state import State
 from .timers import Timer, Timers
 
@@ -142,8 +142,11 @@ class Tcb:
         self.rtt_seq: int | None = None  # Karn: the segment being timed (RFC 6298 3)
         self.rtt_time = 0.0
         # congestion control (cc/) and loss recovery (recovery.py) own their state
-        self.cc = cc.create(cfg.tcp_congestion_control, ctx.adv_mss)
+        self.cc = cc.create(cfg.tcp_congestion_control, ctx.adv_mss, cfg, ctx.stats)
         self.recovery = Recovery(self, self.cc, self.timers, self.rtt, ctx.stats)
+        # ECN (ecn.py): the state when negotiated, else None; whether our SYN asked
+        self.ecn: ecn.Ecn | None = None
+        self.ecn_asked = False
         self.snd_sml: int | None = None  # end of the last small segment sent (Nagle)
         self.last_send = 0.0
         # ACK policy
@@ -178,6 +181,27 @@ class Tcb:
         self.last_rcv = 0.0
         self.error = 0
         self.was_established = False
+        # Per-connection counters for TCP_INFO and `ss -ti` (info.py), as Linux keeps
+        # them in tcp_sock (RFC 4898 names): a few integer adds per segment.
+        self.segs_in = 0
+        self.segs_out = 0
+        self.data_segs_in = 0
+        self.data_segs_out = 0
+        self.bytes_sent = 0  # data octets sent, retransmissions included
+        self.bytes_retrans = 0
+        self.retrans_segs = 0  # tp->total_retrans
+        self.bytes_acked = 0
+        self.bytes_received = 0
+        self.rcv_ooopack = 0
+        self.total_rto = 0
+        self.total_rto_recoveries = 0
+        self.last_data_rcv = 0.0
+        # Linux's TCP_CHRONO_BUSY, approximated: time with data outstanding.
+        self.busy_time = 0.0
+        self.busy_since = 0.0
+        # A sender-state recorder (ustack/record.py) or None: one test per ACK and
+        # per segment sent while it is off.
+        self.recorder = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -216,6 +240,8 @@ class Tcb:
 
     def _make(self, flags: int, seq: int, now: float, payload: bytes = b"") -> Segment:
         seg = Segment(self.local[1], self.remote[1], seq, 0, flags, 0, payload)
+        if self.ecn is not None and self.ecn.demand_cwr:
+            seg.flags |= ECE  # RFC 3168 6.1.3: until the peer's CWR (tcp_ecn_send())
         if flags & ACK:
             ws = self.rcv_wscale
             field = self.rcv_window() >> ws
@@ -242,7 +268,9 @@ class Tcb:
         self.tx.append((self.lip, self.rip, seg))
         # A super-segment counts as the wire segments it becomes, as Linux counts
         # tcp_skb_pcount() in __tcp_transmit_skb().
-        self.ctx.stats["TcpOutSegs"] += -(-len(seg.payload) // seg.gso) if seg.gso else 1
+        n = -(-len(seg.payload) // seg.gso) if seg.gso else 1
+        self.ctx.stats["TcpOutSegs"] += n
+        self.segs_out += n
         if seg.flags & RST:
             self.ctx.stats["TcpOutRsts"] += 1
 
@@ -405,6 +433,7 @@ class Tcb:
         self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
         self.sendq.start_at(self.snd_nxt)
         self._choose_wscale()
+        self.ecn_asked = self.ctx.config.tcp_ecn == 1
         self.ctx.stats["TcpActiveOpens"] += 1
         self._set_state(State.SYN_SENT, Cause(Why.CONNECT))
         self._send_syn(now)
@@ -413,6 +442,9 @@ class Tcb:
     def _send_syn(self, now: float) -> None:
         seg = Segment(self.local[1], self.remote[1], self.iss, 0, SYN, min(self.rcv_cap, 65535))
         self._syn_options(seg, now, None)
+        cfg = self.ctx.config
+        if ecn.syn_asks(cfg.tcp_ecn, self.retries > 0, cfg.tcp_ecn_fallback):
+            seg.flags |= ecn.SETUP_SYN  # an ECN-setup SYN (RFC 3168 6.1.1)
         if self.ts_recent and seg.ts is not None:
             # A reused TIME_WAIT tuple echoes the inherited TS.Recent (LS 72).
             seg.ts = (seg.ts[0], self.ts_recent)
@@ -437,13 +469,16 @@ class Tcb:
         self.snd_wl2 = self.iss
         self._choose_wscale()
         self._negotiate(syn, we_offered_ts=True)
+        if ecn.accept_syn(self.ctx.config.tcp_ecn, syn.flags, syn.ecn):
+            self._ecn_on()
         self._set_state(State.SYN_RECEIVED, Cause(Why.SEGMENT, syn))
         self._send_synack(now)
         self.timers.set(Timer.RTO, now + self.rtt.current())
 
     def _send_synack(self, now: float) -> None:
         wnd = min(self.rcv_cap, 65535)
-        seg = Segment(self.local[1], self.remote[1], self.iss, self.rcv_nxt, SYN | ACK, wnd)
+        seg = Segment(self.local[1], self.remote[1], self.iss, self.rcv_nxt,
+                      SYN | ACK | ECE if self.ecn is not None else SYN | ACK, wnd)
         self.rcv_adv = (self.rcv_nxt + wnd) & MASK
         seg.mss = self.adv_mss()
         if self.sack_ok:
@@ -652,7 +687,7 @@ class Tcb:
         """TCP_CONGESTION: another controller from cc's registry for this connection
         (Linux tcp_set_congestion_control(): its init() runs; cwnd and ssthresh carry on)."""
         old = self.cc
-        new = cc.create(name, self.mss)
+        new = cc.create(name, self.mss, self.ctx.config, self.ctx.stats)
         new.cwnd, new.ssthresh = old.cwnd, old.ssthresh
         self.cc = new
         self.recovery.cc = new
@@ -706,6 +741,10 @@ class Tcb:
 
     def handle_segment(self, seg: Segment, now: float) -> None:
         """Process one arriving segment (RFC 9293 3.10.7)."""
+        n = -(-len(seg.payload) // seg.gso) if seg.gso else 1
+        self.segs_in += n  # tcp_segs_in(): every segment, data or not, in order or not
+        if seg.payload:
+            self.data_segs_in += n
         st = self.state
         if st is _ESTABLISHED and self.fast_path and self._predicted(seg):
             self._fast_input(seg, now)
@@ -736,6 +775,9 @@ class Tcb:
         self.rcv_nxt = self.rcv_wup = self.rcv_adv = (seg.seq + 1) & MASK
         offered_ts = bool(self.ctx.config.tcp_timestamps)
         self._negotiate(seg, offered_ts)
+        if (ecn.accept_synack(self.ecn_asked, flags) if flags & ACK else
+                self.ecn_asked and flags & ecn.SETUP_SYN == ecn.SETUP_SYN):
+            self._ecn_on()  # (a simultaneous open: Linux tcp_ecn_rcv_syn())
         if flags & ACK:
             if self.ts_ok and seg.ts[1] and not sq.in_range(
                     seg.ts[1], self._ts_now(self.created), (self._ts_now(now) + 1) & MASK):
@@ -746,6 +788,7 @@ class Tcb:
                 return
             self._rtt_sample_ack(seg, now)
             self.snd_una = seg.ack
+            self.bytes_acked += 1  # our SYN, as Linux's tcp_ack() counts it
             self.snd_wnd = seg.wnd << self.snd_wscale
             self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
@@ -994,6 +1037,27 @@ class Tcb:
                 self.ack_now = True
         self._input_done(now)
 
+    def _ecn_on(self) -> None:
+        self.ecn = ecn.Ecn()
+        self.ctx.stats["UstackTcpEcnOk"] += 1
+
+    def _ecn_ack(self, seg: Segment, acked: int, newly_sacked: int, flight: int) -> None:
+        """An acceptable ACK on an ECN connection with data outstanding (Linux tcp_ack()
+        with FLAG_ECE)."""
+        ece = seg.flags & (ECE | SYN) == ECE
+        if ece and acked + newly_sacked > 0:
+            self.ctx.stats["TcpExtTCPDeliveredCE"] += -(-(acked + newly_sacked) // self.mss)
+        if self.ecn.on_ack(self.snd_una, ece, self.snd_max, self.recovery.in_recovery):
+            # tcp_enter_cwr(): ssthresh from the controller, as for a loss (CUBIC's
+            # beta, W_max), never undone. Linux then lowers cwnd to it by PRR over
+            # the next round (tcp_cwnd_reduction() in the CWR state); PRR is
+            # recovery.py's, and the lead wires it in: until then cwnd drops at once,
+            # RFC 3168 6.1.2's plain response.
+            c = self.cc
+            c.ssthresh = c.ssthresh_after_loss(flight)
+            c.cwnd = c.ssthresh
+            self.ctx.stats["UstackTcpEcnCwr"] += 1
+
     def _handshake_done(self) -> None:
         """Data transfer begins (Linux tcp_init_transfer()). RFC 6298 5.7: without an RTT
         sample from the handshake the RTO is 3 s (RtoEstimator.handshake_done()). RFC
@@ -1062,6 +1126,7 @@ class Tcb:
         wnd = seg.wnd if seg.flags & SYN else seg.wnd << self.snd_wscale  # RFC 7323 2.2
         rec = self.recovery
         flight = sq.diff(self.snd_nxt, old_una) - rec.sb.sacked  # before this ACK, for CWV
+        recovering = rec.in_recovery
         newly_sacked = dsack = 0
         if seg.sack and self.sack_ok and acked >= 0:
             newly_sacked, dsack = rec.on_sack(seg.sack, old_una, ack)
@@ -1077,6 +1142,9 @@ class Tcb:
                 # after 5.7); Linux resets icsk_backoff in tcp_ack_update_rtt().
                 self.rtt.reset_backoff()
             self.snd_una = ack
+            if self.cc.wants_rtt:
+                self._ca_rtt_sample(ack, now)
+            self.bytes_acked += acked
             q = self.sendq
             before = len(q)
             q.on_ack(ack)
@@ -1087,6 +1155,7 @@ class Tcb:
             if self.snd_una == self.snd_max:
                 self.timers.clear(Timer.RTO)
                 self.timers.clear(Timer.LOSS)
+                self.busy_time += now - self.busy_since
             else:
                 self.timers.set(Timer.RTO, now + self.rtt.current())  # RFC 6298 5.3
                 rec.arm_probe(now)
@@ -1096,6 +1165,10 @@ class Tcb:
             # A duplicate ACK: RFC 5681 2's definition, or with SACK one that reports new
             # data held above the hole (RFC 6675 2), which a data-bearing ACK also can.
             rec.on_duplicate_ack(now)
+        if self.ecn is not None and acked >= 0 and old_una != self.snd_max:
+            if rec.in_recovery and not recovering:
+                self.ecn.on_reduction(self.snd_max)  # loss recovery cut cwnd: CWR too
+            self._ecn_ack(seg, acked, newly_sacked, sq.diff(self.snd_max, old_una))
         # RFC 9293 3.10.7.4: update the send window if the segment is newer (SND.WL1/WL2).
         if sq.lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and sq.le(self.snd_wl2, ack)):
             self.snd_wnd = wnd
@@ -1107,6 +1180,8 @@ class Tcb:
                 # tcp_ack_probe()).
                 self.timers.clear(Timer.PERSIST)
                 self.rtt.reset_backoff()
+        if self.recorder is not None:
+            self.recorder.on_ack(self, seg, now)
         if not (self.fin_sent and self.snd_una == self.snd_max):
             return True  # our FIN is not (yet) acknowledged: no state change here
         st = self.state
@@ -1123,6 +1198,23 @@ class Tcb:
             self._terminate(0, Cause(Why.SEGMENT, seg))
             return False
         return True
+
+    def _ca_rtt_sample(self, ack: int, now: float) -> None:
+        """The controller's RTT sample (HyStart, CUBIC's delay_min): the age of the
+        newest segment this ACK covers, none if it covers a retransmission (Linux's
+        ca_rtt in tcp_clean_rtx_queue(): last_ackt, FLAG_RETRANS_DATA_ACKED)."""
+        t = None
+        for rec in self.sendq.sent:
+            if not sq.lt(rec.start, ack):
+                break
+            if rec.flags & RETRANSMITTED:
+                return
+            if not rec.flags & SACKED:  # timed when it was SACKed, not now
+                t = rec.time
+            if sq.gt(rec.end, ack):
+                break
+        if t is not None:
+            self.cc.on_rtt(now - t, now, ack, self.snd_nxt)
 
     def retransmit(self, seq: int, limit: int, now: float) -> int:
         """Resend up to `limit` octets (at most one MSS) from `seq`, with the FIN if it
@@ -1145,6 +1237,13 @@ class Tcb:
         self.last_send = now
         k = len(payload) + (1 if flags & FIN else 0)
         self.sendq.on_transmit(seq, (seq + k) & MASK, now)
+        self.retrans_segs += 1
+        if payload:
+            self.data_segs_out += 1
+            self.bytes_sent += len(payload)
+            self.bytes_retrans += len(payload)
+        if self.recorder is not None:
+            self.recorder.on_send(self, seq, k, True, now)
         return k
 
     def retransmit_head(self, now: float) -> int:
@@ -1168,6 +1267,11 @@ class Tcb:
         data = seg.payload
         fin = bool(seg.flags & FIN)
         rcv_nxt = self.rcv_nxt
+        if self.ecn is not None and data and self.ecn.on_data(seg.flags, seg.ecn):
+            # CWR (tcp_ecn_accept_cwr(): ICSK_ACK_NOW) or a first CE (tcp_ecn_check_ce():
+            # quick-ACK mode, "the sender can have a very low cwnd").
+            self.ack_now = True
+            self.quickacks = max(self.quickacks, 2)
         # The peer's full-sized segment (tcp_measure_rcv_mss()): of a super-segment,
         # the size it was cut from (gso_size), not its whole length.
         seen = seg.gso or len(data)
@@ -1198,6 +1302,7 @@ class Tcb:
             # sees the hole (RFC 5681 4.2, RFC 2018 4).
             if data and self.ofo.add(start, data):
                 self.ctx.stats["TcpExtTCPOFOQueue"] += 1
+            self.rcv_ooopack += 1
             if fin:
                 self.ofo_fin = (start + len(data)) & MASK
             self.ack_now = self.ack_at_once = True
@@ -1206,6 +1311,8 @@ class Tcb:
             hole = bool(self.ofo)
             self.rcvbuf.append(data)
             self.rcv_nxt = (rcv_nxt + len(data)) & MASK
+            self.bytes_received += len(data)
+            self.last_data_rcv = now
             if hole:
                 self._drain_ofo()
             self.events.append(_DATA)
@@ -1230,6 +1337,7 @@ class Tcb:
         """Move the queued data that now continues RCV.NXT to the receive buffer."""
         chunk = self.ofo.pop(self.rcv_nxt)
         if chunk:
+            self.bytes_received += len(chunk)
             self.rcvbuf.append(chunk)
             self.rcv_nxt = (self.rcv_nxt + len(chunk)) & MASK
 
@@ -1282,7 +1390,13 @@ class Tcb:
                        self.sendq.data(self.snd_nxt, n), now)
 
     def _on_loss_timer(self, now: float) -> None:
+        if self.recorder is None:
+            self.recovery.on_probe_timeout(now)
+            return
+        probes = self.ctx.stats["TcpExtTCPLossProbes"]
         self.recovery.on_probe_timeout(now)
+        if self.ctx.stats["TcpExtTCPLossProbes"] != probes:
+            self.recorder.on_event(self, "tlp", now)
 
     def output_soon(self) -> None:
         """Ask for output() at the end of the batch: when every segment that arrived
@@ -1407,12 +1521,24 @@ class Tcb:
         seq = self.snd_nxt
         seg = self._make(flags, seq, now, payload)
         n = len(payload) + (1 if flags & FIN else 0)
-        if sq.lt(seq, self.snd_max):
+        if self.snd_una == self.snd_max:
+            self.busy_since = now  # from idle: busy until all is acknowledged
+        retrans = sq.lt(seq, self.snd_max)
+        if retrans:
             self.ctx.stats["TcpRetransSegs"] += 1
             self.ctx.stats["TcpExtTCPSlowStartRetrans"] += 1
+            self.retrans_segs += 1
+            self.bytes_retrans += len(payload)
         elif self.rtt_seq is None and n:
             self.rtt_seq = seq
             self.rtt_time = now
+        if not retrans and payload and self.ecn is not None:
+            # New data: ECT(0), and CWR once after a reduction (RFC 3168 6.1.2, Linux
+            # tcp_ecn_send()); never on retransmissions, pure ACKs or SYNs (6.1.5).
+            seg.ecn = ecn.ECT0
+            if self.ecn.queue_cwr:
+                self.ecn.queue_cwr = False
+                seg.flags |= CWR
         if gso:
             seg.gso = gso
             if len(payload) % gso:  # tcp_minshall_update(): len < pcount * mss
@@ -1429,8 +1555,16 @@ class Tcb:
         if at[_PERSIST] is not None:
             self.timers.clear(_PERSIST)
             self.probe_start = None  # the window opened: probing is over
+        if self.snd_una == seq and n:
+            # Nothing was in flight: Linux's CA_EVENT_TX_START (tcp_event_data_sent()).
+            self.cc.on_tx_start(now, now - self.last_send)
         self.last_send = now
+        if payload:
+            self.data_segs_out += -(-len(payload) // gso) if gso else 1
+            self.bytes_sent += len(payload)
         self._emit(seg)
+        if self.recorder is not None:
+            self.recorder.on_send(self, seq, n, retrans, now)
 
     def _arm_persist(self, now: float) -> None:
         if not self.timers.is_set(Timer.PERSIST) and not self.timers.is_set(Timer.RTO):
@@ -1477,6 +1611,9 @@ class Tcb:
             self.ut_start = sent[0].time if sent else now - self.rtt.current()
         self.retries += 1
         stats["TcpExtTCPTimeouts"] += 1
+        self.total_rto += 1
+        if self.retries == 1:
+            self.total_rto_recoveries += 1
         if self.user_timeout:
             # TCP_USER_TIMEOUT replaces the retry counts (tcp_write_timeout()).
             if self._user_timed_out(now):
@@ -1525,6 +1662,10 @@ class Tcb:
         # ssthresh once per loss episode (Linux tcp_enter_loss()).
         self.cc.on_rto(sq.diff(self.snd_max, self.snd_una), first=self.retries == 1)
         self.recovery.on_rto()
+        if self.ecn is not None:
+            self.ecn.on_reduction(self.snd_max)  # tcp_enter_loss() queues CWR too
+        if self.recorder is not None:
+            self.recorder.on_event(self, "rto", now)
         if self.retries >= 2:
             self.sendq.clear_flag(SACKED)  # as recovery forgets its SACKs (RFC 2018 8)
         self.rtt.back_off()

@@ -145,6 +145,12 @@ def build(segs: list[Seg], *, stack: str | None = None,
     segs = [s for s in sorted(segs, key=lambda s: s.t) if s.src in sides and s.dst in sides]
     for seg in segs:  # relative numbers, retransmissions
         tx, rx = sides[seg.src], sides[seg.dst]
+        if "S" in seg.flags and tx.isn is not None and seg.seq != tx.isn:
+            # A new incarnation of the four-tuple (a SYN into TIME_WAIT, RFC 6191, or
+            # a reused port): numbering and the close starts over for both sides.
+            tx.snd_max = 0
+            if "." not in seg.flags:
+                rx.snd_max, rx.isn = 0, None
         if "S" in seg.flags or tx.isn is None:
             tx.isn = seg.seq
         seg.rseq = (seg.seq - tx.isn) & MASK
@@ -175,11 +181,16 @@ def build(segs: list[Seg], *, stack: str | None = None,
             if rx.state not in ("CLOSED", "LISTEN"):
                 enter(seg.dst, "CLOSED", row, "arrival", seg.t, "on " + seg.text())
             continue
+        if "S" in f:  # a (new) incarnation: its close has not begun
+            tx.fin_end, tx.peer_fin = None, False
+            if "." not in f:
+                rx.fin_end, rx.peer_fin = None, False
         # The sender: what sending this segment says about it.
         why = "sent " + seg.text()
         if "S" in f and "." not in f and tx.state in ("CLOSED", "LISTEN", "TIME_WAIT"):
             enter(seg.src, "SYN_SENT", row, "start", seg.t, why)
-        elif "S" in f and "." in f and tx.state in ("CLOSED", "LISTEN", "SYN_SENT"):
+        elif "S" in f and "." in f and tx.state in ("CLOSED", "LISTEN", "SYN_SENT",
+                                                      "TIME_WAIT"):
             enter(seg.src, "SYN_RECEIVED", row, "start", seg.t, why)
         if "F" in f and tx.fin_end is None:
             tx.fin_end = end

@@ -32,12 +32,26 @@ def ip_to_str(addr: bytes) -> str:
 
 
 def build_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int = 0,
-               ttl: int = 64) -> bytes:
-    # DF set: ustack never fragments (it clamps the MSS instead).
-    header = _IP.pack(0x45, 0, 20 + len(payload), ident & 0xFFFF, 0x4000, ttl, proto, 0,
+               ttl: int = 64, tos: int = 0) -> bytes:
+    # DF set: ustack never fragments (it clamps the MSS instead). `tos`: DSCP and the
+    # ECN field (RFC 3168 5, its two low bits).
+    header = _IP.pack(0x45, tos, 20 + len(payload), ident & 0xFFFF, 0x4000, ttl, proto, 0,
                       src, dst)
     csum = checksum(header)
     return header[:10] + csum.to_bytes(2, "big") + header[12:] + payload
+
+
+def set_ce(frame: bytes) -> bytes:
+    """`frame` with its ECN field set to CE (RFC 3168 5, what a congested router does
+    to an ECT packet), the header checksum updated incrementally (RFC 1624 eqn. 3)."""
+    old = (frame[0] << 8) | frame[1]
+    new = old | 3
+    csum = (frame[10] << 8) | frame[11]
+    s = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return b"".join((frame[:1], bytes((new & 0xFF,)), frame[2:10],
+                     ((~s) & 0xFFFF).to_bytes(2, "big"), frame[12:]))
 
 
 def header_ok(frame: bytes | memoryview, ihl: int) -> bool:

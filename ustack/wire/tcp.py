@@ -47,6 +47,10 @@ class Segment:
     ts: tuple[int, int] | None = None  # (TSval, TSecr)
     sack: tuple[tuple[int, int], ...] = field(default=())
     urg: int = 0
+    # The IP header's ECN field (RFC 3168 5: 0 Not-ECT, 1 ECT(1), 2 ECT(0), 3 CE): set
+    # by the shell from the TOS byte of an arriving frame, written into the TOS byte
+    # of an outgoing one (tcp/ecn.py decides).
+    ecn: int = 0
 
     @property
     def seg_len(self) -> int:
@@ -63,7 +67,8 @@ class Segment:
 
 
 def flag_string(flags: int) -> str:
-    """tcpdump/packetdrill style: S, S., F., P., R, R., FP. ..."""
+    """tcpdump/packetdrill style: S, S., F., P., R, R., FP. ...; ECN's ECE and CWR as
+    tcpdump prints them, after the rest (SEW, S.E, .E, P.W)."""
     s = ""
     if flags & SYN:
         s += "S"
@@ -75,6 +80,11 @@ def flag_string(flags: int) -> str:
         s += "P"
     if flags & ACK:
         s += "."
+    if flags & (ECE | CWR):
+        if flags & ECE:
+            s += "E"
+        if flags & CWR:
+            s += "W"
     return s or "none"
 
 
@@ -217,7 +227,7 @@ def build_tcp_ipv4(seg: Segment, src: bytes, dst: bytes, ident: int) -> bytes:
     p = int.from_bytes(payload, "big") << 8 if plen & 1 else int.from_bytes(payload, "big")
     r = mod_ffff(addrs + 6 + tcp_len + int.from_bytes(header, "big") + p, plen + 1)
     csum = (~(r or 0xFFFF)) & 0xFFFF
-    ip = _IP.pack(0x45, 0, 20 + tcp_len, ident & 0xFFFF, 0x4000, 64, 6, 0, src, dst)
+    ip = _IP.pack(0x45, seg.ecn, 20 + tcp_len, ident & 0xFFFF, 0x4000, 64, 6, 0, src, dst)
     ir = int.from_bytes(ip, "big") % 0xFFFF
     icsum = (~(ir or 0xFFFF)) & 0xFFFF
     return b"".join((ip[:10], icsum.to_bytes(2, "big"), ip[12:], header[:16],
@@ -237,7 +247,10 @@ def build_tcp_ipv4_head(seg: Segment, src: bytes, dst: bytes, ident: int) -> byt
     hlen = 20 + len(opts)
     tcp_len = hlen + len(seg.payload)
     csum = (int.from_bytes(src + dst, "big") + 6 + tcp_len) % 0xFFFF or 0xFFFF
-    ip = _IP.pack(0x45, 0, 20 + tcp_len, ident & 0xFFFF, 0x4000, 64, 6, 0, src, dst)
+    # ECT on a super-segment is fine: the kernel copies the TOS byte into every
+    # segment it cuts (inet_gso_segment()), and tcp_gso_segment() keeps a CWR on the
+    # first one only.
+    ip = _IP.pack(0x45, seg.ecn, 20 + tcp_len, ident & 0xFFFF, 0x4000, 64, 6, 0, src, dst)
     ir = int.from_bytes(ip, "big") % 0xFFFF
     icsum = (~(ir or 0xFFFF)) & 0xFFFF
     return b"".join((ip[:10], icsum.to_bytes(2, "big"), ip[12:],

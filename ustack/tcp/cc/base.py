@@ -4,12 +4,14 @@ smoltcp's `Controller`, aioquic's `QuicCongestionControl`).
 A controller owns `cwnd` and `ssthresh`, in bytes, and nothing else of the connection:
 the TCB and the loss recovery (recovery.py) tell it what happened, at fixed points,
 and read `cwnd` back. No clock, no I/O; `now` is passed in where an algorithm needs
-time (CUBIC will).
+time (CUBIC's curve and HyStart do). The hooks without a body (configure's knobs,
+on_tx_start, on_rtt) are optional: Reno needs none of them.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import MutableMapping
+from typing import Any, ClassVar
 
 IW_SEGMENTS = 10  # RFC 6928 initial window
 INFINITE_SSTHRESH = 1 << 30  # Linux TCP_INFINITE_SSTHRESH is 0x7fffffff segments
@@ -20,12 +22,21 @@ class CongestionControl:
     (`on_ack`) and the reduction (`ssthresh_after_loss`)."""
 
     name: ClassVar[str] = ""
-    __slots__ = ("mss", "cwnd", "ssthresh")
+    # True: the TCB passes per-ACK RTT samples to on_rtt() (it costs a walk over the
+    # acknowledged send records, so only for a controller that uses them).
+    wants_rtt: ClassVar[bool] = False
+    __slots__ = ("mss", "cwnd", "ssthresh", "stats")
 
     def __init__(self, mss: int) -> None:
         self.mss = mss
         self.cwnd = IW_SEGMENTS * mss
         self.ssthresh = INFINITE_SSTHRESH
+        self.stats: MutableMapping[str, int] | None = None
+
+    def configure(self, config: Any, stats: MutableMapping[str, int] | None) -> None:
+        """Optional: the algorithm's knobs from the stack's Config, and the counters it
+        increments (Linux's per-module parameters and MIBs)."""
+        self.stats = stats
 
     # --- the connection's life
 
@@ -46,6 +57,15 @@ class CongestionControl:
         if self.cwnd > restart:
             self.ssthresh = max(self.ssthresh, self.cwnd * 3 // 4)
             self.cwnd = restart
+
+    def on_tx_start(self, now: float, idle: float) -> None:
+        """Optional: transmission starts with nothing in flight, `idle` seconds after
+        the last send (Linux's cwnd_event(CA_EVENT_TX_START))."""
+
+    def on_rtt(self, rtt: float, now: float, snd_una: int, snd_nxt: int) -> None:
+        """Optional, called when `wants_rtt`: an ACK of new data timed the newest
+        segment it covers, none of them retransmitted (Linux's pkts_acked() with
+        ack_sample.rtt_us), before on_ack(); SND.UNA already moved."""
 
     # --- outside recovery
 
