@@ -391,3 +391,17 @@ def test_mem_triples():
     d = Drill("tcp_rmem=4096 16384 65536")
     d.established_passive()
     assert getsockopt(d.tcb, SOL, S.SO_RCVBUF) == 16384
+
+
+def test_msg_more_tail_goes_with_the_next_ack_under_nagle_rules():
+    """MSG_MORE corks one push only: with data in flight, the ACK's push
+    (tcp_data_snd_check()) sends the held tail by the socket's Nagle setting."""
+    d = Drill()
+    d.established_passive()
+    opt(d, TCP, S.TCP_NODELAY, 1)
+    d.call(d.tcb.send, b"a" * 1548, d.w.now, True)
+    d.expect(". 1:1449(1448) ack 1")  # the full segment goes; 100 bytes wait
+    d.advance(0.05)
+    d.expect_nothing()
+    d.inject(". 1:1(0) ack 1449 win 257")
+    d.expect("P. 1449:1549(100) ack 1")

@@ -164,8 +164,11 @@ def getsockopt(tcb: Tcb, level: int, optname: int, buflen: int = 0,
     """Read one option, as Linux's getsockopt(2) answers it."""
     if level == SOL_SOCKET:
         if optname == SO_ERROR:
-            # sock_error(): the pending error, cleared by reading it.
-            err, tcb.error = tcb.error, 0
+            # sock_error(): the pending error, cleared by reading it (tcb.error stays as
+            # the record of how the connection ended, for the log and the tools).
+            err = 0 if tcb.error_reported else tcb.error
+            if err:
+                tcb.error_reported = True
             return _answer(err, buflen)
         if optname == SO_LINGER:
             lg = tcb.linger

@@ -172,11 +172,13 @@ class Tcb:
         # More socket options (ustack/sockopt.py is their entry point, by Linux's names)
         self.cork = False  # TCP_CORK: hold partial segments (TCP_NAGLE_CORK)
         self.more = False  # MSG_MORE on the last send(): its partial tail waits too
+        self.more_una = 0  # SND.UNA at that send(): an ACK beyond it ends the wait
         self.user_timeout = 0.0  # TCP_USER_TIMEOUT in seconds; 0 is off (RFC 5482)
         self.user_mss = 0  # TCP_MAXSEG (Linux tp->rx_opt.user_mss); 0 is off
         self.notsent_lowat = 0  # TCP_NOTSENT_LOWAT; 0 is off (Linux: sysctl, UINT_MAX)
         self.ut_start: float | None = None  # when the user-timeout clock started (RTO)
         self.probe_start: float | None = None  # the first zero-window probe (persist)
+        self.error_reported = False  # SO_ERROR read `error` (sock_error() clears sk_err)
         self.probes_out = 0
         self.last_rcv = 0.0
         self.error = 0
@@ -497,13 +499,15 @@ class Tcb:
         """Queue data (RFC 9293 3.10.2 SEND). Returns bytes accepted; raises on a closed side.
 
         `more`: Linux's MSG_MORE, tcp_push() with TCP_NAGLE_CORK for this write: a partial
-        last segment waits for the next send() without it (or a full MSS, or the FIN)."""
+        last segment waits for the next send() without it (or a full MSS, the FIN, or an
+        ACK of data in flight, after which Nagle's own rule decides)."""
         if not self.state.can_send and self.state not in (State.SYN_SENT, State.SYN_RECEIVED):
             raise BrokenPipeError(E.EPIPE, "Broken pipe")
         if self.fin_queued:
             raise BrokenPipeError(E.EPIPE, "Broken pipe")
         self.sendq.append(data)
         self.more = more
+        self.more_una = self.snd_una
         if self.state.synchronized:
             self.output_soon()
         return len(data)
@@ -1510,8 +1514,11 @@ class Tcb:
         unacknowledged. Full-sized means self.mss, options subtracted."""
         if self.fin_queued:
             return False  # the FIN pushes (tcp_send_fin() with TCP_NAGLE_OFF)
-        if self.cork or self.more:
-            return True  # TCP_CORK / MSG_MORE: tcp_nagle_check() with TCP_NAGLE_CORK
+        if self.cork or self.more and self.snd_una == self.more_una:
+            # TCP_CORK / MSG_MORE: tcp_nagle_check() with TCP_NAGLE_CORK. MSG_MORE
+            # corks only that send()'s push (tcp_push()); an ACK's push
+            # (tcp_data_snd_check()) uses the socket's own Nagle setting.
+            return True
         sml = self.snd_sml
         return not self.nodelay and sml is not None and \
             sq.gt(sml, self.snd_una) and sq.le(sml, self.snd_max)
