@@ -220,6 +220,7 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
         self._protocol: asyncio.BaseProtocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._closing = False  # close(), abort() or a fatal error
+        self._sock_closed = False  # the TCB's close() called (the kernel's close(2))
         self._conn_lost = 0  # asyncio's: connection_lost scheduled, then writes dropped
         self._lost = False  # connection_lost called
         self._paused = False  # pause_reading()
@@ -296,6 +297,8 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
+        if self._sock_closed:
+            return  # SO_LINGER N > 0 waiting: the socket is closed, nothing more goes
         if self._dead is not None:
             # The connection died after EOF while no one was reading: this send() is
             # where a kernel socket reports it (EPIPE, ECONNRESET, ETIMEDOUT).
@@ -335,12 +338,10 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
 
     def _on_send_space(self) -> None:
         self._maybe_resume_protocol()
-        if self._closing and not self._conn_lost and not self._tcb.linger and \
-                self.get_write_buffer_size() == 0:
-            # close() with a full buffer: connection_lost once it has "gone into the
-            # socket", as asyncio's _write_ready() does.
-            self._conn_lost += 1
-            self._loop.call_soon(self._call_connection_lost, None)
+        if self._closing and not self._sock_closed and self.get_write_buffer_size() == 0:
+            # close() with a full buffer: the socket closes once it has all, as
+            # asyncio's _write_ready() does.
+            self._close_socket()
         elif self._tcb.notsent_lowat and not self._recheck and (
                 self._protocol_paused or self._closing):
             # TCP_NOTSENT_LOWAT: room comes when data is sent, after the events of a
@@ -415,13 +416,20 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
         if self._closing:
             return
         self._closing = True
+        if self.get_write_buffer_size() == 0:
+            self._close_socket()
+        # else as asyncio's: the socket is closed once the transport's buffer has gone
+        # into it (_on_send_space); writes meanwhile still join the buffer.
+
+    def _close_socket(self) -> None:
+        """close(2) on the socket, then connection_lost (asyncio's order)."""
+        self._sock_closed = True
         tcb = self._tcb
         self._stack.call(tcb, tcb.close, self._stack.now(), _protocol_unread(self._protocol))
         if tcb.linger and tcb.state not in (State.CLOSED, State.TIME_WAIT, State.FIN_WAIT_2):
             return  # SO_LINGER N > 0: connection_lost waits for the ACK or the timeout
-        if self.get_write_buffer_size() == 0:
-            self._conn_lost += 1
-            self._loop.call_soon(self._call_connection_lost, None)
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, None)
 
     def abort(self) -> None:
         """asyncio's abort(): drop the transport's buffer and close the socket at once.
@@ -448,7 +456,8 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
         self._closing = True
         self._conn_lost += 1
         tcb = self._tcb
-        if tcb.state not in (State.CLOSED, State.TIME_WAIT):
+        if not self._sock_closed and tcb.state not in (State.CLOSED, State.TIME_WAIT):
+            self._sock_closed = True
             self._stack.call(tcb, tcb.close, self._stack.now(), _protocol_unread(self._protocol))
         self._loop.call_soon(self._call_connection_lost, exc)
 
@@ -500,9 +509,9 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
         if errno:
             self._error = _error(errno)
         if self._closing:
-            # Closed by us and now gone: connection_lost (with the error, as asyncio's
-            # _write_ready() would meet it while flushing its buffer).
-            self._force_close(self._error if self.get_write_buffer_size() else None)
+            # Closed by us and now gone: connection_lost, with the error if the buffer
+            # was still going out (asyncio's _write_ready() meets it in send()).
+            self._force_close(None if self._sock_closed else self._error)
             return
         # Buffered data is still handed over before the error, as a kernel socket
         # lets recv() return it first.
