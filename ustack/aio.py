@@ -207,6 +207,8 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
 
     # loop.sendfile(): asyncio's fallback (read, write, drain); no native path.
     _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # loop.start_tls() / StreamWriter.start_tls(): asyncio's sslproto over this transport.
+    _start_tls_compatible = True
 
     def __init__(self, stack: StackShell, tcb: Tcb, protocol: asyncio.BaseProtocol,
                  server: Server | None = None) -> None:
