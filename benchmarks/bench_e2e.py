@@ -100,7 +100,9 @@ class Lab:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.tag = secrets.token_hex(3)
+        # USTACK_BENCH_TAG names this run's namespaces (a test checks that exactly
+        # its own are gone, while other runs may come and go); else a random tag.
+        self.tag = os.environ.get("USTACK_BENCH_TAG") or secrets.token_hex(3)
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen] = []
         self.relay: subprocess.Popen | None = None

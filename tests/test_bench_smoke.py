@@ -10,6 +10,7 @@ in namespaces of its own), which must also leave no namespace behind.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_e2e  # noqa: E402
 
 
-def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def bench(*args: str, timeout: float = 120, env: dict | None = None
+          ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+                          text=True, timeout=timeout, cwd=REPO,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_segments_quick(tmp_path: Path) -> None:
@@ -42,17 +45,21 @@ def test_segments_quick(tmp_path: Path) -> None:
         assert r["value"] > 0 and r["byte_exact"] is True, r
 
 
+TAG = f"t{os.getpid():x}"  # this test run's namespaces only (USTACK_BENCH_TAG)
+
+
 def _our_namespaces() -> set[str]:
     p = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30)
     return {line.split()[0] for line in p.stdout.splitlines()
-            if line.startswith(bench_e2e.NS_PREFIX)}
+            if line.startswith(f"{bench_e2e.NS_PREFIX}{TAG}-")}
 
 
 @pytest.mark.tun
 def test_e2e_quick_over_tun(tmp_path: Path) -> None:
     before = _our_namespaces()
     out = tmp_path / "bench.json"
-    p = bench("--quick", "--tun", "e2e", "--json", str(out), timeout=180)
+    p = bench("--quick", "--tun", "e2e", "--json", str(out), timeout=180,
+              env={"USTACK_BENCH_TAG": TAG})
     assert p.returncode == 0, p.stderr
     assert _our_namespaces() <= before, "bench_e2e left a namespace behind"
     res = json.loads(out.read_text())["benchmarks"]["e2e"]
@@ -77,3 +84,23 @@ def test_e2e_quick_over_tun(tmp_path: Path) -> None:
             assert r["byte_exact"] is True, r
         if "errors" in r:
             assert r["errors"] == 0, r  # every request answered 200 with the right body
+
+
+@pytest.mark.tun
+def test_loss_quick_over_tun(tmp_path: Path) -> None:
+    """The loss rows (benchmarks/bench_loss.py): ustack under --impair and the kernel
+    behind the dropping relay, byte-exact, the RTO count reported, nothing left over."""
+    before = _our_namespaces()
+    out = tmp_path / "bench.json"
+    p = bench("--quick", "--tun", "loss", "--json", str(out), timeout=240,
+              env={"USTACK_BENCH_TAG": TAG})
+    assert p.returncode == 0, p.stderr
+    assert _our_namespaces() <= before, "bench_loss left a namespace behind"
+    res = json.loads(out.read_text())["benchmarks"]["loss"]
+    assert res["ok"], res
+    rows = {r["name"]: r for r in res["figures"]}
+    for name in ("download ustack loss 5%", "download kernel loss 5%"):
+        assert not rows[name].get("error") and rows[name]["value"] > 0, rows[name]
+        assert rows[name]["byte_exact"] is True, rows[name]
+    assert rows["download ustack loss 5%"]["counters"]["UstackImpairDropped"] > 0
+    assert isinstance(rows["download ustack/kernel loss 5%"]["rtos"], int)

@@ -130,6 +130,18 @@ class Config:
     cubic_hystart_low_window: int = 16  # segments
     cubic_hystart_ack_delta_us: int = 2000
     cubic_initial_ssthresh: int = 0  # segments, 0 = infinite; only with hystart=0
+    # Loss recovery (Linux's bits): 0x1 RACK loss detection, 0x2 a static reordering
+    # window, 0x4 no DUPTHRESH fallback; 0 = RFC 6675 dupthresh marking.
+    tcp_recovery: int = 1
+    # 3 (Linux's default) and 4 arm the tail loss probe (RFC 8985 7); 0-2 do not.
+    tcp_early_retrans: int = 3
+    # F-RTO (RFC 5682), Linux's SACK-enhanced variant for any nonzero value.
+    tcp_frto: int = 2
+    # Send D-SACK blocks for duplicate data (RFC 2883).
+    tcp_dsack: int = 1
+    # The initial reordering degree in segments, and its ceiling.
+    tcp_reordering: int = 3
+    tcp_max_reordering: int = 300
 
 
 _PARSERS = {
@@ -172,6 +184,12 @@ _PARSERS = {
     "cubic_hystart_low_window": _int_range(0, 1 << 20),
     "cubic_hystart_ack_delta_us": _int_range(0, 1_000_000),
     "cubic_initial_ssthresh": _int_range(0, 1 << 30),
+    "tcp_recovery": _int_range(0, 7),
+    "tcp_early_retrans": _int_range(0, 4),
+    "tcp_frto": _int_range(0, 2),
+    "tcp_dsack": _int_range(0, 1),
+    "tcp_reordering": _int_range(1, 300),
+    "tcp_max_reordering": _int_range(1, 1024),
 }
 
 KNOBS: tuple[str, ...] = tuple(f.name for f in fields(Config))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Order matters only for display: RFC 4022 MIB first, then the Linux extensions. Only
 # counters that something increments belong here (tests/test_control.py checks): Linux
-# MIBs for events ustack never has (TCPAbortOnMemory, TCPFullUndo, TCPOFODrop) would
+# MIBs for events ustack never has (TCPAbortOnMemory, TCPOFODrop) would
 # read 0 forever and suggest a check that is not made.
 NAMES: tuple[str, ...] = (
     "IpInReceives", "IpInHdrErrors", "IpInAddrErrors", "IpInUnknownProtos", "IpInDelivers",
@@ -33,6 +33,10 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPHystartDelayDetect", "TcpExtTCPHystartDelayCwnd",
     "IpExtInECT1Pkts", "IpExtInECT0Pkts", "IpExtInCEPkts", "TcpExtTCPDeliveredCE",
     "UstackTcpEcnOk", "UstackTcpEcnCwr",
+    "TcpExtTCPDSACKOldSent", "TcpExtTCPDSACKOfoSent", "TcpExtTCPDSACKOfoRecv",
+    "TcpExtTCPDSACKRecvSegs", "TcpExtTCPDSACKIgnoredDubious", "TcpExtTCPFullUndo",
+    "TcpExtTCPPartialUndo", "TcpExtTCPDSACKUndo", "TcpExtTCPLossUndo",
+    "TcpExtTCPSpuriousRTOs", "TcpExtTCPSACKReorder", "TcpExtTCPTSReorder",
     "UstackImpairDropped", "UstackImpairCorrupted", "UstackImpairDuplicated",
     "UstackImpairReordered", "UstackImpairCeMarked",
 )

@@ -91,6 +91,18 @@ class OfoQueue:
         self.size += added
         return added
 
+    def overlap(self, start: int, end: int) -> tuple[int, int] | None:
+        """The first part of [start, end) already held, if any (what a D-SACK reports,
+        RFC 2883 4.1.2)."""
+        for b in self.blocks:
+            if sq.le(end, b.start):
+                break
+            lo = start if sq.gt(start, b.start) else b.start
+            hi = end if sq.lt(end, b.end) else b.end
+            if sq.lt(lo, hi):
+                return lo, hi
+        return None
+
     def _touch(self, block: _Block, merged) -> None:
         recent = [b for b in self.recent if b is not block and all(b is not m for m in merged)]
         recent.insert(0, block)

@@ -163,8 +163,9 @@ class SendQueue:
             rec.xmits += 1
             rec.flags = (rec.flags & ~LOST) | RETRANSMITTED
 
-    def on_ack(self, una: int) -> None:
-        """Everything below `una` was acknowledged: drop its bytes and records."""
+    def on_ack(self, una: int) -> list[Sent]:
+        """Everything below `una` was acknowledged: drop its bytes and records, and
+        return the records dropped (RACK and PRR learn what was delivered from them)."""
         acked = (una - self.seq) & MASK
         if acked and acked < 0x80000000:
             queued = self._total - self._base
@@ -188,7 +189,29 @@ class SendQueue:
                 break
             k += 1
         if k:
+            gone = sent[:k]
             del sent[:k]
+            return gone
+        return []
+
+    def mark_records(self, start: int, end: int, flag: int) -> list[Sent]:
+        """Set `flag` on the records inside [start, end); the records newly marked."""
+        out = []
+        for rec in self._covering(start, end):
+            if not rec.flags & flag:
+                rec.flags |= flag
+                out.append(rec)
+        return out
+
+    def next_flagged(self, seq: int, flag: int, without: int = 0) -> Sent | None:
+        """The first record at or after `seq` with `flag` set and none of `without`."""
+        sent = self.sent
+        i = max(self._index(seq), 0)
+        for k in range(i, len(sent)):
+            rec = sent[k]
+            if rec.flags & flag and not rec.flags & without and sq.gt(rec.end, seq):
+                return rec
+        return None
 
     def mark(self, start: int, end: int, flag: int) -> int:
         """Set `flag` (SACKED or LOST) on every record wholly inside [start, end),

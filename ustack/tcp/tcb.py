@@ -70,7 +70,12 @@ _DELACK, _RTO, _PERSIST, _KEEPALIVE = Timer.DELACK, Timer.RTO, Timer.PERSIST, Ti
 _RECEIVING = frozenset((State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2))
 _ESTABLISHED = State.ESTABLISHED
 _ACK_PSH = ACK | PSH
-_OPEN = frozenset((State.ESTABLISHED, State.CLOSE_WAIT))  # where a loss probe may go out
+_OPEN = frozenset((State.ESTABLISHED, State.CLOSE_WAIT))  # where new data may go out
+# Where a loss probe may go out: wherever data or our FIN can be outstanding (Linux
+# tcp_schedule_loss_probe() has no state test beyond Fast Open).
+_PROBE = frozenset((State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING,
+                    State.LAST_ACK))
+_REDUCING = frozenset(("Recovery", "CWR"))  # recovery.py's states where PRR counts prr_out
 
 
 def no_socket_rst(seg: Segment, sport: int, dport: int) -> Segment:
@@ -143,7 +148,11 @@ class Tcb:
         self.rtt_time = 0.0
         # congestion control (cc/) and loss recovery (recovery.py) own their state
         self.cc = cc.create(cfg.tcp_congestion_control, ctx.adv_mss, cfg, ctx.stats)
-        self.recovery = Recovery(self, self.cc, self.timers, self.rtt, ctx.stats)
+        self.recovery = Recovery(self, self.cc, self.timers, self.rtt, ctx.stats,
+                                 cfg.tcp_recovery, cfg.tcp_early_retrans, cfg.tcp_frto,
+                                 cfg.tcp_reordering, cfg.tcp_max_reordering)
+        # RFC 2883: a D-SACK block [start, end) for the next ACK, sent once.
+        self.dsack: tuple[int, int] | None = None
         # ECN (ecn.py): the state when negotiated, else None; whether our SYN asked
         self.ecn: ecn.Ecn | None = None
         self.ecn_asked = False
@@ -253,9 +262,15 @@ class Tcb:
                 field += 1
             seg.ack = self.rcv_nxt
             seg.wnd = field
-            if self.ofo.blocks and self.sack_ok and not flags & RST:
-                # RFC 2018 4: every ACK reports what we hold above the hole.
-                seg.sack = self.ofo.sack_blocks(3 if self.ts_ok else 4)
+            if (self.ofo.blocks or self.dsack) and self.sack_ok and not flags & RST:
+                # RFC 2018 4: every ACK reports what we hold above the hole; a D-SACK
+                # block goes first, once (RFC 2883 4).
+                limit = 3 if self.ts_ok else 4
+                if self.dsack is not None:
+                    seg.sack = (self.dsack,) + self.ofo.sack_blocks(limit - 1)
+                    self.dsack = None
+                else:
+                    seg.sack = self.ofo.sack_blocks(limit)
             self.rcv_adv = (self.rcv_nxt + (field << self.rcv_wscale)) & MASK
             self.rcv_wup = self.rcv_nxt
             self.ack_now = False
@@ -368,8 +383,9 @@ class Tcb:
             cutoff = maxw >> 1 if maxw > DEFAULT_MSS else maxw
             if mss > cutoff:
                 mss = max(cutoff, 68 - 20 - (TS_OPT_LEN if self.ts_ok else 0))
-        if self.ofo.blocks and self.sack_ok:
-            return mss - 4 - 8 * min(len(self.ofo), 3 if self.ts_ok else 4)
+        if (self.ofo.blocks or self.dsack) and self.sack_ok:
+            n = len(self.ofo) + (self.dsack is not None)
+            return mss - 4 - 8 * min(n, 3 if self.ts_ok else 4)
         return mss
 
     @property
@@ -937,6 +953,11 @@ class Tcb:
                     return
                 # challenge ACK below
             elif seg.payload or flags & FIN:
+                if seg.payload and sq.lt(seg.seq, self.rcv_nxt):
+                    # Linux tcp_send_dupack(): a duplicate is D-SACKed (RFC 2883 4.1.1).
+                    end = (seg.seq + len(seg.payload)) & MASK
+                    self._dsack(seg.seq, end if sq.le(end, self.rcv_nxt) else self.rcv_nxt,
+                                "TcpExtTCPDSACKOldSent")
                 self._send_ack(now)  # data-bearing: never rate-limited (LS 114)
                 return
             else:
@@ -1055,8 +1076,10 @@ class Tcb:
             # tcp_enter_cwr(): ssthresh from the controller, as for a loss (CUBIC's
             # beta, W_max), never undone. Linux then lowers cwnd to it by PRR over
             # the next round (tcp_cwnd_reduction() in the CWR state); PRR is
-            # recovery.py's, and the lead wires it in: until then cwnd drops at once,
-            # RFC 3168 6.1.2's plain response.
+            # recovery.py's, but Linux also processes the ECE before the ACK's cwnd
+            # growth (tcp_fastretrans_alert() before tcp_cong_control()), which ustack's
+            # ACK path does the other way round: so cwnd drops at once, RFC 3168
+            # 6.1.2's plain response (a documented deviation).
             c = self.cc
             c.ssthresh = c.ssthresh_after_loss(flight)
             c.cwnd = c.ssthresh
@@ -1133,13 +1156,9 @@ class Tcb:
         recovering = rec.in_recovery
         newly_sacked = dsack = 0
         if seg.sack and self.sack_ok and acked >= 0:
-            newly_sacked, dsack = rec.on_sack(seg.sack, old_una, ack)
-            if newly_sacked:
-                # The send record learns it too (what RACK will key on); a D-SACK block
-                # reports a duplicate, not data held.
-                mark = self.sendq.mark
-                for left, right in seg.sack[1:] if dsack else seg.sack:
-                    mark(left, right, SACKED)
+            # The scoreboard and the send record (RACK's input) learn what the peer holds.
+            newly_sacked, dsack = rec.on_sack(seg.sack, old_una, ack, now)
+        tsecr = seg.ts[1] if self.ts_ok and seg.ts is not None else None
         if acked > 0:
             if self._rtt_sample_ack(seg, now):
                 # Karn: the backed-off RTO stays until a valid sample (RFC 6298 5, note
@@ -1151,24 +1170,31 @@ class Tcb:
             self.bytes_acked += acked
             q = self.sendq
             before = len(q)
-            q.on_ack(ack)
+            removed = q.on_ack(ack)
             if len(q) != before:
                 self.events.append(_SEND_SPACE)
             self.retries = 0
-            rec.on_ack(acked, ack, flight, dsack, now)
+            rec.on_ack(acked, ack, flight, dsack, now, removed, tsecr, newly_sacked)
             if self.snd_una == self.snd_max:
                 self.timers.clear(Timer.RTO)
                 self.timers.clear(Timer.LOSS)
-                self.busy_time += now - self.busy_since
+                if self.busy_since:  # not for the handshake: _emit() sent the SYN
+                    self.busy_time += now - self.busy_since
+                    self.busy_since = 0.0
             else:
                 self.timers.set(Timer.RTO, now + self.rtt.current())  # RFC 6298 5.3
                 rec.arm_probe(now)
-        elif acked == 0 and self.snd_una != self.snd_max and (
-                newly_sacked > 0 if self.sack_ok else
-                not seg.payload and not seg.flags & FIN and wnd == self.snd_wnd):
-            # A duplicate ACK: RFC 5681 2's definition, or with SACK one that reports new
-            # data held above the hole (RFC 6675 2), which a data-bearing ACK also can.
-            rec.on_duplicate_ack(now)
+        elif acked == 0 and (self.snd_una != self.snd_max or dsack):
+            if self.sack_ok:
+                # Every ACK goes to recovery (Linux tcp_ack() -> tcp_fastretrans_alert()
+                # for a dubious one): a duplicate reports new data held above the hole
+                # (RFC 6675 2), which a data-bearing ACK also can; a D-SACK may undo.
+                rec.on_ack(0, ack, flight, dsack, now, None, tsecr, newly_sacked)
+                if self.snd_una != self.snd_max and not self.timers.is_set(Timer.RTO):
+                    self.timers.set(Timer.RTO, now + self.rtt.current())
+            elif not seg.payload and not seg.flags & FIN and wnd == self.snd_wnd:
+                # A duplicate ACK: RFC 5681 2's definition.
+                rec.on_duplicate_ack(now)
         if self.ecn is not None and acked >= 0 and old_una != self.snd_max:
             if rec.in_recovery and not recovering:
                 self.ecn.on_reduction(self.snd_max)  # loss recovery cut cwnd: CWR too
@@ -1232,15 +1258,20 @@ class Tcb:
             flags |= FIN
         if not payload and not flags & FIN:
             return 0
-        self._emit(self._make(flags, seq, now, payload))
+        seg = self._make(flags, seq, now, payload)
+        self._emit(seg)
         stats = self.ctx.stats
         stats["TcpRetransSegs"] += 1
-        if self.recovery.in_recovery:
+        rec = self.recovery
+        if rec.in_recovery:
             stats["TcpExtTCPFastRetrans"] += 1
+        elif rec.ca_state == "Loss":
+            stats["TcpExtTCPSlowStartRetrans"] += 1
         self.rtt_seq = None  # Karn (RFC 6298 3): no sample from a retransmitted segment
         self.last_send = now
         k = len(payload) + (1 if flags & FIN else 0)
         self.sendq.on_transmit(seq, (seq + k) & MASK, now)
+        rec.on_sent(k, True, seg.ts[0] if seg.ts else None)
         self.retrans_segs += 1
         if payload:
             self.data_segs_out += 1
@@ -1284,6 +1315,8 @@ class Tcb:
         if data:
             d = sq.diff(start, rcv_nxt)
             if d < 0:  # trim the part we already have
+                # RFC 2883 4 (Linux tcp_dsack_set()): report the duplicate, once.
+                self._dsack(start, (start + min(-d, len(data))) & MASK, "TcpExtTCPDSACKOldSent")
                 data = data[-d:]
                 start = rcv_nxt
                 if not data:
@@ -1304,8 +1337,13 @@ class Tcb:
             # Out of order: queue it (merged, so a duplicate costs nothing and the queue
             # stays within the window) and ACK at once, with SACK blocks, so the sender
             # sees the hole (RFC 5681 4.2, RFC 2018 4).
-            if data and self.ofo.add(start, data):
-                self.ctx.stats["TcpExtTCPOFOQueue"] += 1
+            if data:
+                held = self.ofo.overlap(start, (start + len(data)) & MASK)
+                if held is not None:
+                    # Out-of-order data we already hold (Linux tcp_data_queue_ofo()).
+                    self._dsack(held[0], held[1], "TcpExtTCPDSACKOfoSent")
+                if self.ofo.add(start, data):
+                    self.ctx.stats["TcpExtTCPOFOQueue"] += 1
             self.rcv_ooopack += 1
             if fin:
                 self.ofo_fin = (start + len(data)) & MASK
@@ -1336,6 +1374,13 @@ class Tcb:
             if fin and (start + len(data)) & MASK != self.rcv_nxt:
                 return
             self._fin_received(seg, now)
+
+    def _dsack(self, start: int, end: int, counter: str) -> None:
+        """Queue a D-SACK block for the next ACK (RFC 2883; Linux tcp_dsack_set(): the
+        first duplicate reported wins until the block is sent)."""
+        if self.sack_ok and self.ctx.config.tcp_dsack and self.dsack is None and start != end:
+            self.dsack = (start, end)
+            self.ctx.stats[counter] += 1
 
     def _drain_ofo(self) -> None:
         """Move the queued data that now continues RCV.NXT to the receive buffer."""
@@ -1385,8 +1430,8 @@ class Tcb:
         return sq.diff(self.sendq.end, self.snd_nxt)
 
     def open_for_probe(self) -> bool:
-        """A loss probe may go out only where new data may (RFC 8985 7.2)."""
-        return self.state in _OPEN
+        """A loss probe may go out while data or our FIN is unacknowledged."""
+        return self.state in _PROBE
 
     def send_new(self, n: int, now: float) -> None:
         """Send `n` new bytes from SND.NXT (a loss probe's new data, RFC 8985 7.3)."""
@@ -1394,13 +1439,13 @@ class Tcb:
                        self.sendq.data(self.snd_nxt, n), now)
 
     def _on_loss_timer(self, now: float) -> None:
-        if self.recorder is None:
-            self.recovery.on_probe_timeout(now)
-            return
+        # The reordering timer or the loss probe (recovery.py); what RACK marked lost
+        # leaves now.
         probes = self.ctx.stats["TcpExtTCPLossProbes"]
-        self.recovery.on_probe_timeout(now)
-        if self.ctx.stats["TcpExtTCPLossProbes"] != probes:
+        self.recovery.on_loss_timer(now)
+        if self.recorder is not None and self.ctx.stats["TcpExtTCPLossProbes"] != probes:
             self.recorder.on_event(self, "tlp", now)
+        self.output(now)
 
     def output_soon(self) -> None:
         """Ask for output() at the end of the batch: when every segment that arrived
@@ -1427,9 +1472,10 @@ class Tcb:
                 self.ctx.config.tcp_slow_start_after_idle:
             self.cc.on_idle_restart()  # RFC 5681 4.1 / RFC 7661
         rec = self.recovery
-        sack_recovery = rec.in_recovery and self.sack_ok
-        if sack_recovery:
-            sent, flight = rec.sack_retransmit(now, rec.pipe(), lost_only=True)
+        if self.sack_ok and rec.any_lost and not rec.frto_new:
+            # What RACK (or the DupThresh rule) marked lost goes first (Linux
+            # tcp_xmit_recovery() -> tcp_xmit_retransmit_queue()), then new data.
+            sent, flight = rec.retransmit_lost(now)
         else:
             flight = rec.flight()
         cwnd = self.cc.cwnd
@@ -1500,11 +1546,6 @@ class Tcb:
             break
         if sent and not rec.in_recovery:
             rec.arm_probe(now)
-        if sack_recovery and rec.in_recovery:
-            # RFC 6675 NextSeg() rule 3: no new data to send, the window has room: resend
-            # un-SACKed data below the highest SACK that is not yet deemed lost.
-            more, flight = rec.sack_retransmit(now, flight, lost_only=False)
-            sent = sent or more
         if not sent and self.ack_now:
             self._send_ack(now)
 
@@ -1536,9 +1577,13 @@ class Tcb:
             self.ctx.stats["TcpExtTCPSlowStartRetrans"] += 1
             self.retrans_segs += 1
             self.bytes_retrans += len(payload)
-        elif self.rtt_seq is None and n:
-            self.rtt_seq = seq
-            self.rtt_time = now
+            self.recovery.on_sent(n, True, seg.ts[0] if seg.ts else None)
+        else:
+            if self.rtt_seq is None and n:
+                self.rtt_seq = seq
+                self.rtt_time = now
+            if self.recovery.ca_state in _REDUCING:
+                self.recovery.on_sent(n, False, None)  # PRR's prr_out
         if not retrans and payload and self.ecn is not None:
             # New data: ECT(0), and CWR once after a reduction (RFC 3168 6.1.2, Linux
             # tcp_ecn_send()); never on retransmissions, pure ACKs or SYNs (6.1.5).
@@ -1667,8 +1712,9 @@ class Tcb:
             return
         # RFC 5681 3.1 equation 4 and RFC 6298 5.4-5.6: collapse cwnd, back off, go back N;
         # ssthresh once per loss episode (Linux tcp_enter_loss()).
-        self.cc.on_rto(sq.diff(self.snd_max, self.snd_una), first=self.retries == 1)
-        self.recovery.on_rto()
+        # The Loss state (Linux tcp_enter_loss()): cwnd, ssthresh once per window, undo
+        # and F-RTO bookkeeping, in recovery.py.
+        self.recovery.on_rto(now)
         if self.ecn is not None:
             self.ecn.on_reduction(self.snd_max)  # tcp_enter_loss() queues CWR too
         if self.recorder is not None:

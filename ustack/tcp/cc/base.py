@@ -117,3 +117,9 @@ class CongestionControl:
 
     def __repr__(self) -> str:
         return f"<{self.name} cwnd={self.cwnd} ssthresh={self.ssthresh}>"
+
+    def undo(self, prior_cwnd: int, prior_ssthresh: int) -> None:
+        """The reduction was spurious (D-SACK, Eifel, F-RTO): Linux
+        tcp_undo_cwnd_reduction() with Reno's and CUBIC's .undo_cwnd."""
+        self.cwnd = max(self.cwnd, prior_cwnd)
+        self.ssthresh = max(self.ssthresh, prior_ssthresh)
