@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import ssl
 import subprocess
 from pathlib import Path
@@ -26,6 +27,13 @@ def _file(tmp: Path) -> Path:
 
 
 TMP = Path(os.environ.get("TMPDIR", "/tmp")) / f"ustack-dropin-{os.getpid()}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cleanup():
+    """The payload and the certificates are the module's; gone after it."""
+    yield
+    shutil.rmtree(TMP, ignore_errors=True)
 
 
 @case(Deviation("no_fallback", None, "RuntimeError",
