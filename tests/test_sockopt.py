@@ -12,7 +12,7 @@ import pytest
 from drill import Drill, drill_leftovers  # noqa: F401  (autouse: nothing left unexpected)
 
 from ustack.config import Config, ConfigError, apply_settings
-from ustack.sockopt import getsockopt, notsent_room, setsockopt
+from ustack.sockopt import getsockopt, listener_setsockopt, notsent_room, setsockopt
 from ustack.tcp.events import ConnectionClosed
 from ustack.tcp.state import State
 
@@ -36,7 +36,7 @@ def test_maxseg_clamps_the_mss_announced_and_the_segments_sent():
     peer offered 1460."""
     d = Drill()
     lst = d.listen(80)
-    lst.inherit = lambda tcb: setsockopt(tcb, TCP, S.TCP_MAXSEG, 1000)
+    listener_setsockopt(lst, d.ctx, [(TCP, S.TCP_MAXSEG, 1000)])
     d.script("""
         +0 < S 0:0(0) win 65535 <mss 1460,sackOK,TS val 100 ecr 0,nop,wscale 7>
         +0 > S. 0:0(0) ack 1 <mss 1000,sackOK,TS val * ecr 100,nop,wscale *>
@@ -214,7 +214,7 @@ def test_so_rcvbuf_doubles_bounds_and_shows_in_the_syn_ack():
     and scale (tcp_select_initial_window())."""
     d = Drill()
     lst = d.listen(80)
-    lst.inherit = lambda tcb: setsockopt(tcb, SOL, S.SO_RCVBUF, 4096)
+    listener_setsockopt(lst, d.ctx, [(SOL, S.SO_RCVBUF, 4096)])
     d.script("""
         +0 < S 0:0(0) win 65535 <mss 1460,sackOK,TS val 100 ecr 0,nop,wscale 7>
         +0 > S. 0:0(0) ack 1 win 8192 <mss 1460,sackOK,TS val * ecr 100,nop,wscale 0>
@@ -295,8 +295,8 @@ def test_linger_and_keepalive_options():
     for name, bad in ((S.TCP_KEEPIDLE, 0), (S.TCP_KEEPINTVL, 40000), (S.TCP_KEEPCNT, 128)):
         with pytest.raises(OSError):
             setsockopt(tcb, TCP, name, bad)
-    setsockopt(tcb, TCP, S.TCP_KEEPIDLE, 5)
-    setsockopt(tcb, SOL, S.SO_KEEPALIVE, 1)
+    opt(d, TCP, S.TCP_KEEPIDLE, 5)  # through the table: the timer is rescheduled
+    opt(d, SOL, S.SO_KEEPALIVE, 1)
     assert (getsockopt(tcb, SOL, S.SO_KEEPALIVE), getsockopt(tcb, TCP, S.TCP_KEEPIDLE)) == (1, 5)
     d.script("""
         +5 > . 0:0(0) ack 1
