@@ -406,7 +406,7 @@ async def _serve(args: argparse.Namespace, config: Config, *, device=None,
             status = PeerStatus(stack, worker, [part_path(base, k)
                                                 for k in range(args.workers)])
             status.start()
-        servers, names = await _start_services(stack, args, status)
+        servers, names = await _start_services(stack, args, status, recordings)
         ids = getattr(args, "ids", None)
         if ids is not None:
             if control is not None and args.group is not None:
@@ -569,9 +569,10 @@ async def _start_observability(stack, args: argparse.Namespace, name: str,
     return captures, control, recordings
 
 
-async def _start_services(stack, args: argparse.Namespace, status=None
+async def _start_services(stack, args: argparse.Namespace, status=None, recordings=None
                           ) -> tuple[list[asyncio.AbstractServer], list[str]]:
     from .apps.dashboard import Dashboard, Web
+    from .apps.dashboard.plots import Plots
     from .apps.discard import start_discard
     from .apps.echo import start_echo
     from .apps.hold import start_hold
@@ -586,7 +587,8 @@ async def _start_services(stack, args: argparse.Namespace, status=None
         servers.append(await start_http(stack.start_server, host, args.http,
                                         root=args.root,
                                         status=status.snapshot if status else stack.status,
-                                        dashboard=Web(dashboard).respond,
+                                        dashboard=Web(dashboard, plot=Plots(recordings)
+                                                      if recordings else None).respond,
                                         limits=http_limits(args), stats=stack.stats))
         names.append(f"http {args.http}")
     if args.echo:

@@ -80,10 +80,13 @@ class FanoutServer:
         self._inode: int | None = None
         self._tasks: set[asyncio.Task] = set()
         self._turn = itertools.cycle(range(len(workers)))
+        self.group: int | None = None  # as ControlServer.share_with_group()
 
-    # The same socket rules as a single daemon's (mode 0600, peer uid checked).
+    # The same socket rules as a single daemon's (mode 0600, peer uid checked, the
+    # group's members too after share_with_group()).
     _bind = ControlServer._bind
-    _peer_allowed = staticmethod(ControlServer._peer_allowed)
+    _peer_allowed = ControlServer._peer_allowed
+    share_with_group = ControlServer.share_with_group
     _send = staticmethod(ControlServer._send)
 
     async def start(self) -> None:
