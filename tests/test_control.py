@@ -755,7 +755,7 @@ async def test_connect_reset_by_peer_exits_1(env):
     e = await env()
 
     async def rude(reader, writer):
-        writer.transport.abort()  # RST at once
+        writer.transport.reset()  # RST at once (SO_LINGER {1, 0} and abort())
 
     await e.peer.start_server(rude, PEER, 9003)
     proc = await asyncio.create_subprocess_exec(

@@ -38,6 +38,21 @@ def _choice(*names: str):
 CONGESTION_CONTROLS = ("reno", "cubic")
 
 
+def _mem_triple(text: str) -> tuple[int, int, int]:
+    parts = text.replace(",", " ").split()
+    if len(parts) == 1:  # backward compatible: the default only
+        default = int(parts[0], 0)
+        if not 4096 <= default <= 1 << 30:
+            raise ValueError("must be in [4096, 1073741824]")
+        return (4096, default, max(default, 4194304))
+    if len(parts) != 3:
+        raise ValueError('must be "min default max" (or one integer: the default)')
+    lo, default, hi = (int(p, 0) for p in parts)
+    if not 4096 <= lo <= default <= hi <= 1 << 30:
+        raise ValueError("need 4096 <= min <= default <= max <= 1073741824")
+    return (lo, default, hi)
+
+
 def _port_range(text: str) -> tuple[int, int]:
     parts = text.replace(",", " ").split()
     if len(parts) != 2:
@@ -107,10 +122,21 @@ class Config:
     # 1: a handshake ACK finding the accept queue full gets a RST; 0: dropped, retried.
     tcp_abort_on_overflow: int = 0
     somaxconn: int = 4096
-    # Receive buffer per connection in bytes; the advertised window follows what the
-    # application has not read yet.
-    tcp_rmem: int = 262144
-    tcp_wmem: int = 262144
+    # Socket buffers per connection in bytes as Linux's triples "min default max"; the
+    # advertised window follows what the application has not read yet. A connection
+    # starts with the default; ustack does not autotune, so max only bounds what the
+    # triple may say (SO_RCVBUF/SO_SNDBUF are bounded by rmem_max/wmem_max, as in
+    # Linux sock_setsockopt()). A single integer (`--set tcp_rmem=N`, as before the
+    # triples) sets the default. Linux's defaults are 4096 131072 6291456 and
+    # 4096 16384 4194304; ustack keeps its 256 KiB defaults.
+    tcp_rmem: tuple[int, int, int] = (4096, 262144, 6291456)
+    tcp_wmem: tuple[int, int, int] = (4096, 262144, 4194304)
+    # net.core.rmem_max / wmem_max: the bound of SO_RCVBUF / SO_SNDBUF (before doubling).
+    rmem_max: int = 212992
+    wmem_max: int = 212992
+    # 1: cwnd restarts from the initial window after an idle RTO (RFC 5681 4.1,
+    # Linux tcp_cwnd_restart()); 0: keep it, as Linux does with the knob at 0.
+    tcp_slow_start_after_idle: int = 1
     # cubic (RFC 9438 with HyStart, Linux's default) or reno (RFC 5681).
     tcp_congestion_control: str = "cubic"
     # ECN (RFC 3168, tcp/ecn.py): 0 off, 1 ask in our SYNs and accept, 2 accept when
@@ -169,8 +195,11 @@ _PARSERS = {
     "somaxconn": _int_range(1, 1 << 20),
     "tcp_syncookies": _int_range(0, 2),
     "tcp_abort_on_overflow": _int_range(0, 1),
-    "tcp_rmem": _int_range(4096, 1 << 30),
-    "tcp_wmem": _int_range(4096, 1 << 30),
+    "tcp_rmem": _mem_triple,
+    "tcp_wmem": _mem_triple,
+    "rmem_max": _int_range(2304, 1 << 30),
+    "wmem_max": _int_range(4608, 1 << 30),
+    "tcp_slow_start_after_idle": _int_range(0, 1),
     "tcp_congestion_control": _choice(*CONGESTION_CONTROLS),
     "tcp_ecn": _int_range(0, 2),
     "tcp_ecn_fallback": _int_range(0, 1),
@@ -199,7 +228,7 @@ def apply_settings(config: Config, settings: list[str]) -> Config:
     """Apply `KEY=VALUE` strings in order (the last one for a key wins)."""
     for item in settings:
         key, sep, value = item.partition("=")
-        key = key.strip().removeprefix("net.ipv4.")
+        key = key.strip().removeprefix("net.ipv4.").removeprefix("net.core.")
         if key.startswith("tcp_cubic."):
             key = "cubic_" + key[len("tcp_cubic."):]  # the module's parameters
         if not sep or key not in _PARSERS:

@@ -552,8 +552,9 @@ class ControlServer:
                                       "error": exc.strerror or str(exc)})
             return
         tcb = transport.get_extra_info("ustack_tcb")
-        if nodelay:
-            transport.set_nodelay(True)
+        # Nagle unless --nodelay: asyncio's transports (and so ustack's) start with
+        # TCP_NODELAY on; `ustack connect` keeps its own default.
+        transport.set_nodelay(bool(nodelay))
         if linger is not None:
             transport.set_linger(True, int(linger))
         await self._send(writer, {"ok": True, "local": _ep(tcb.local), "peer": _ep(tcb.remote)})

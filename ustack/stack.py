@@ -438,10 +438,12 @@ class StackShell:
         self._kick()
 
     def connect(self, host: str, port: int, owner: ConnectionOwner | None = None,
-                local_port: int | None = None) -> Tcb:
-        """An active open from this stack's address (SYN sent at the next flush)."""
+                local_port: int | None = None,
+                prepare: Callable[[Tcb], None] | None = None) -> Tcb:
+        """An active open from this stack's address (SYN sent at the next flush);
+        `prepare(tcb)` runs before the SYN is made (socket options set before connect)."""
         tcb = self.table.connect(self.address, host, port, self.loop.time(), owner=owner,
-                                 lport=local_port)
+                                 lport=local_port, prepare=prepare)
         self._kick()
         return tcb
 
@@ -451,7 +453,8 @@ class StackShell:
         for tcb in self.table.connections():
             owner = tcb.owner
             if owner is not None:
-                owner.abort()
+                # A reset, whatever abort() means to the owner (aio: kernel-like close).
+                getattr(owner, "reset", owner.abort)()
             else:
                 self.call(tcb, tcb.abort, self.loop.time())
 

@@ -78,6 +78,13 @@ class Listener:
         # When a cookie was last sent (Linux tcp_synq_overflow()); cookie ACKs are
         # examined only within SYNCOOKIE_VALID of it. None: never.
         self.last_overflow: float | None = None
+        # The listener's socket options for each child before its SYN-ACK (Linux clones
+        # the listening socket, sk_clone_lock()); set by the asyncio layer.
+        self.inherit: Callable[[Tcb], None] | None = None
+        # What of them a SYN-ACK says before there is a child: TCP_MAXSEG and
+        # SO_RCVBUF (0: the defaults).
+        self.user_mss = 0
+        self.rcvbuf = 0
 
 
 class TcpTable:
@@ -245,7 +252,7 @@ class TcpTable:
             tsopt = ((tsval + self.ctx.ts_offset(key)) & MASK, ts[0])
         self._send_stateless(key, synack(self.ctx, key, iss, seg.seq, mss=True,
                                          wscale=ws is not None, sack=sack, ts=tsopt,
-                                         ecn=ecn_ok))
+                                         ecn=ecn_ok, user_mss=lst.user_mss, rmem=lst.rcvbuf))
 
     def _cookie_ack(self, lst: Listener, key: bytes, seg: Segment, now: float) -> bool:
         """An ACK to a listener that may return a cookie (Linux cookie_v4_check(),
@@ -294,6 +301,8 @@ class TcpTable:
         tcb = self._new_tcb(key)
         tcb.listener = lst
         self.est[key] = tcb
+        if lst.inherit is not None:
+            lst.inherit(tcb)  # the listener's socket options (Linux clones the listener)
         tcb.open_from_request(now, **req)
         tcb.handle_segment(seg, now)
         if tcb.state == State.SYN_RECEIVED:
@@ -306,10 +315,13 @@ class TcpTable:
     # ------------------------------------------------------------------ request records
 
     def _send_synack(self, key: bytes, r: ReqRecord, now: float) -> None:
+        lst = self._listener_for(key)
         ts = ((ms32(now) + self.ctx.ts_offset(key)) & MASK, r.ts_recent) if r.ts_ok else None
         self._send_stateless(key, synack(self.ctx, key, r.iss, r.irs, mss=True,
                                          wscale=r.snd_wscale != NO_WSCALE,
-                                         sack=r.sack_ok, ts=ts, ecn=r.ecn_ok))
+                                         sack=r.sack_ok, ts=ts, ecn=r.ecn_ok,
+                                         user_mss=lst.user_mss if lst else 0,
+                                         rmem=lst.rcvbuf if lst else 0))
 
     def _req_oow_limited(self, key: bytes, r: ReqRecord, now: float) -> tuple[bool, ReqRecord]:
         """tcp_oow_rate_limited() on the request's last_oow_ack_time."""
@@ -580,7 +592,8 @@ class TcpTable:
             lst.ip == b"\0\0\0\0" or lst.ip == key[4:8])
 
     def connect(self, local_ip: str, remote_ip: str, rport: int, now: float,
-                owner: object = None, lport: int | None = None) -> Tcb:
+                owner: object = None, lport: int | None = None,
+                prepare: Callable[[Tcb], None] | None = None) -> Tcb:
         """An active open, from an ephemeral port unless `lport` is given (LS 70-83)."""
         lip, rip = ip_to_bytes(local_ip), ip_to_bytes(remote_ip)
         if lport is None:
@@ -608,6 +621,8 @@ class TcpTable:
             tcb.ts_recent = rec.ts_recent
             tcb.ts_recent_stamp = now - ((sec32(now) - rec.ts_recent_stamp) & 0xFFFFFFFF)
         self.est[key] = tcb
+        if prepare is not None:
+            prepare(tcb)  # socket options set before connect(2): the SYN carries them
         tcb.open_active(now, iss=iss)
         self._after(tcb, now)
         return tcb

@@ -80,32 +80,35 @@ def timeout_ms(num_timeout: int) -> int:
     return min(TIMEOUT_INIT_MS << min(num_timeout, 16), RTO_MAX_MS)
 
 
-def rcv_wscale(ctx: Context) -> int:
+def rcv_wscale(ctx: Context, rmem: int = 0) -> int:
     """The shift we offer (Tcb._choose_wscale(), tcp_select_initial_window()): the same
-    function of the receive buffer, so a cookie's child recomputes what was offered."""
+    function of the receive buffer, so a cookie's child recomputes what was offered.
+    `rmem`: the listener's SO_RCVBUF, 0 for tcp_rmem's default."""
     shift = 0
-    while (65535 << shift) < ctx.config.tcp_rmem and shift < 14:
+    while (65535 << shift) < (rmem or ctx.config.tcp_rmem[1]) and shift < 14:
         shift += 1
     return shift
 
 
-def synack_window(ctx: Context) -> int:
-    return min(ctx.config.tcp_rmem, 65535)
+def synack_window(ctx: Context, rmem: int = 0) -> int:
+    return min(rmem or ctx.config.tcp_rmem[1], 65535)
 
 
 def synack(ctx: Context, key: bytes, iss: int, irs: int, *, mss: bool, wscale: bool,
-           sack: bool, ts: tuple[int, int] | None, ecn: bool = False) -> Segment:
+           sack: bool, ts: tuple[int, int] | None, ecn: bool = False, user_mss: int = 0,
+           rmem: int = 0) -> Segment:
     """The SYN-ACK of a request or a cookie (Linux tcp_make_synack()): our MSS, and the
     options the SYN offered and the knobs allow; `ts` is (TSval, TSecr) or None; ECE
     when the SYN's ECN setup was accepted (RFC 3168 6.1.1, tcp_ecn_make_synack())."""
     seg = Segment((key[10] << 8) | key[11], (key[8] << 8) | key[9], iss, (irs + 1) & MASK,
-                  SYN | ACK | ECE if ecn else SYN | ACK, synack_window(ctx))
+                  SYN | ACK | ECE if ecn else SYN | ACK, synack_window(ctx, rmem))
     if mss:
-        seg.mss = ctx.adv_mss
+        # The listener's TCP_MAXSEG clamps it (tcp_make_synack(): tcp_mss_clamp()).
+        seg.mss = user_mss if user_mss and user_mss < ctx.adv_mss else ctx.adv_mss
     seg.sack_perm = sack
     seg.ts = ts
     if wscale:
-        seg.wscale = rcv_wscale(ctx)
+        seg.wscale = rcv_wscale(ctx, rmem)
     return seg
 
 

@@ -119,13 +119,13 @@ class Tcb:
         self.snd_wscale = 0  # shift applied to the peer's window field
         self.sendq = SendQueue()  # unacknowledged bytes and what was sent when
         self.fin_queued = False  # the application shut down its sending side
-        self.snd_cap = cfg.tcp_wmem
+        self.snd_cap = cfg.tcp_wmem[1]  # the triple's default (config.py)
         # receive sequence space
         self.irs = 0
         self.rcv_nxt = 0
         self.rcv_wup = 0  # rcv_nxt when we last sent a window (Linux rcv_wup)
         self.rcv_adv = 0  # right edge we advertised; never moves left (RFC 9293 3.8.6)
-        self.rcv_cap = cfg.tcp_rmem
+        self.rcv_cap = cfg.tcp_rmem[1]
         self.rcv_wscale = 0
         self.rcvbuf = RecvQueue()
         self.ofo = OfoQueue()  # out-of-order data above rcv_nxt, merged blocks
@@ -181,6 +181,16 @@ class Tcb:
         self.keepidle = cfg.tcp_keepalive_time
         self.keepintvl = cfg.tcp_keepalive_intvl
         self.keepcnt = cfg.tcp_keepalive_probes
+        # More socket options (ustack/sockopt.py is their entry point, by Linux's names)
+        self.cork = False  # TCP_CORK: hold partial segments (TCP_NAGLE_CORK)
+        self.more = False  # MSG_MORE on the last send(): its partial tail waits too
+        self.more_una = 0  # SND.UNA at that send(): an ACK beyond it ends the wait
+        self.user_timeout = 0.0  # TCP_USER_TIMEOUT in seconds; 0 is off (RFC 5482)
+        self.user_mss = 0  # TCP_MAXSEG (Linux tp->rx_opt.user_mss); 0 is off
+        self.notsent_lowat = 0  # TCP_NOTSENT_LOWAT; 0 is off (Linux: sysctl, UINT_MAX)
+        self.ut_start: float | None = None  # when the user-timeout clock started (RTO)
+        self.probe_start: float | None = None  # the first zero-window probe (persist)
+        self.error_reported = False  # SO_ERROR read `error` (sock_error() clears sk_err)
         self.probes_out = 0
         self.last_rcv = 0.0
         self.error = 0
@@ -398,9 +408,15 @@ class Tcb:
         """Bytes received and not yet read by the application (ss's Recv-Q)."""
         return len(self.rcvbuf)
 
+    def adv_mss(self) -> int:
+        """The MSS option we announce: the device's, clamped by TCP_MAXSEG (Linux
+        tcp_advertise_mss(), tcp_openreq_init()'s user_mss)."""
+        um = self.user_mss
+        return um if um and um < self.ctx.adv_mss else self.ctx.adv_mss
+
     def _syn_options(self, seg: Segment, now: float, peer: Segment | None) -> None:
         cfg = self.ctx.config
-        seg.mss = self.ctx.adv_mss
+        seg.mss = self.adv_mss()
         if cfg.tcp_sack and (peer is None or peer.sack_perm):
             seg.sack_perm = True
         if cfg.tcp_timestamps and (peer is None or peer.ts is not None):
@@ -429,7 +445,8 @@ class Tcb:
             self.ts_recent = syn.ts[0]
             self.ts_recent_stamp = self.last_rcv
         self.sack_ok = bool(cfg.tcp_sack and syn.sack_perm)
-        self.mss = min(self.peer_mss, self.ctx.adv_mss) - (TS_OPT_LEN if self.ts_ok else 0)
+        # TCP_MAXSEG clamps what we send too (mss_clamp = user_mss, tcp_sync_mss()).
+        self.mss = min(self.peer_mss, self.adv_mss()) - (TS_OPT_LEN if self.ts_ok else 0)
         self.cc.set_mss(self.mss)
 
     # ------------------------------------------------------------------ opens
@@ -519,7 +536,7 @@ class Tcb:
             self.ts_recent = ts_recent
             self.ts_recent_stamp = now
         self.sack_ok = sack
-        self.mss = min(self.peer_mss, self.ctx.adv_mss) - (TS_OPT_LEN if self.ts_ok else 0)
+        self.mss = min(self.peer_mss, self.adv_mss()) - (TS_OPT_LEN if self.ts_ok else 0)  # TCP_MAXSEG
         self.cc.set_mss(self.mss)
         self.rcv_adv = (self.rcv_nxt + min(self.rcv_cap, 65535)) & MASK
         self.retries = retrans
@@ -536,7 +553,7 @@ class Tcb:
         seg = Segment(self.local[1], self.remote[1], self.iss, self.rcv_nxt,
                       SYN | ACK | ECE if self.ecn is not None else SYN | ACK, wnd)
         self.rcv_adv = (self.rcv_nxt + wnd) & MASK
-        seg.mss = self.ctx.adv_mss
+        seg.mss = self.adv_mss()
         if self.sack_ok:
             seg.sack_perm = True
         if self.ts_ok:
@@ -549,13 +566,19 @@ class Tcb:
 
     # ------------------------------------------------------------------ user calls
 
-    def send(self, data: bytes, now: float) -> int:
-        """Queue data (RFC 9293 3.10.2 SEND). Returns bytes accepted; raises on a closed side."""
+    def send(self, data: bytes, now: float, more: bool = False) -> int:
+        """Queue data (RFC 9293 3.10.2 SEND). Returns bytes accepted; raises on a closed side.
+
+        `more`: Linux's MSG_MORE, tcp_push() with TCP_NAGLE_CORK for this write: a partial
+        last segment waits for the next send() without it (or a full MSS, the FIN, or an
+        ACK of data in flight, after which Nagle's own rule decides)."""
         if not self.state.can_send and self.state not in (State.SYN_SENT, State.SYN_RECEIVED):
             raise BrokenPipeError(E.EPIPE, "Broken pipe")
         if self.fin_queued:
             raise BrokenPipeError(E.EPIPE, "Broken pipe")
         self.sendq.append(data)
+        self.more = more
+        self.more_una = self.snd_una
         if self.state.synchronized:
             self.output_soon()
         return len(data)
@@ -749,6 +772,76 @@ class Tcb:
         if cnt is not None:
             self.keepcnt = cnt
         self._arm_keepalive(now)
+
+    def set_cork(self, on: bool, now: float) -> None:
+        """TCP_CORK: partial segments wait while on; off pushes them (Linux
+        do_tcp_setsockopt() TCP_CORK -> __tcp_sock_set_cork(): tcp_push_pending_frames())."""
+        self.cork = on
+        if not on:
+            self.output_soon()
+
+    def set_user_timeout(self, seconds: float, now: float) -> None:
+        """TCP_USER_TIMEOUT (RFC 5482 as Linux): how long sent data may stay
+        unacknowledged (retransmissions, zero-window probes) before ETIMEDOUT; with
+        keepalive on, it replaces the probe count. 0 is off."""
+        self.user_timeout = seconds
+
+    def set_maxseg(self, mss: int) -> None:
+        """TCP_MAXSEG: Linux stores user_mss at any time but it only matters before the
+        handshake (the MSS announced and mss_clamp); so here."""
+        self.user_mss = mss
+
+    def set_notsent_lowat(self, n: int) -> None:
+        """TCP_NOTSENT_LOWAT: the application may queue only this much not yet sent
+        (Linux tcp_stream_memory_free()); 0 is off."""
+        self.notsent_lowat = n
+        self.events.append(_SEND_SPACE)  # a raised mark may make room at once
+
+    def set_buffers(self, sndbuf: int | None = None, rcvbuf: int | None = None) -> None:
+        """SO_SNDBUF / SO_RCVBUF as sockopt.py computed them (doubled and bounded)."""
+        if sndbuf is not None:
+            self.snd_cap = sndbuf
+            self.events.append(_SEND_SPACE)
+        if rcvbuf is not None:
+            self.rcv_cap = rcvbuf
+            if self.state == State.CLOSED:
+                self._choose_wscale()  # before the SYN, as Linux's tcp_select_initial_window()
+
+    def set_quickack(self, on: bool, now: float) -> None:
+        """TCP_QUICKACK: on enters quick-ACK mode (Linux tcp_enter_quickack_mode()) and
+        sends a pending ACK now; off leaves it (the next ACKs may be delayed)."""
+        if on:
+            self.quickacks = QUICKACKS
+            if self.unacked_segs:
+                self.ack_now = True
+                self.output_soon()
+        else:
+            self.quickacks = 0
+
+    def set_congestion(self, name: str) -> None:
+        """TCP_CONGESTION: another controller from cc's registry for this connection
+        (Linux tcp_set_congestion_control(): its init() runs; cwnd and ssthresh carry on)."""
+        old = self.cc
+        new = cc.create(name, self.mss, self.ctx.config, self.ctx.stats)
+        new.cwnd, new.ssthresh = old.cwnd, old.ssthresh
+        self.cc = new
+        self.recovery.cc = new
+
+    def _user_timed_out(self, now: float) -> bool:
+        """RFC 5482 / Linux retransmits_timed_out() with user_timeout: true once the
+        clock started at the first retransmission (or probe) has run user_timeout."""
+        if not self.user_timeout:
+            return False
+        if self.ut_start is None:
+            self.ut_start = now
+        return now - self.ut_start >= self.user_timeout
+
+    def _clamp_to_user_timeout(self, at: float) -> float:
+        """Linux tcp_clamp_rto_to_user_timeout(): the next RTO or probe no later than
+        the user timeout's end, so the abort comes on time."""
+        if self.user_timeout and self.ut_start is not None:
+            return min(at, self.ut_start + self.user_timeout)
+        return at
 
     def _arm_keepalive(self, now: float) -> None:
         if self.keepalive and not self.orphan and self.state in (
@@ -1496,8 +1589,10 @@ class Tcb:
         if self.state in _NO_OUTPUT:
             return
         sent = False
+        # tcp_slow_start_after_idle (Linux tcp_cwnd_restart() from tcp_event_data_sent())
         if self.timers.at[_RTO] is None and self.snd_una == self.snd_max and \
-                now - self.last_send > self.rtt.current():
+                now - self.last_send > self.rtt.current() and \
+                self.ctx.config.tcp_slow_start_after_idle:
             self.cc.on_idle_restart()  # RFC 5681 4.1 / RFC 7661
         rec = self.recovery
         if self.sack_ok and rec.any_lost and not rec.frto_new:
@@ -1581,8 +1676,15 @@ class Tcb:
         """Nagle (RFC 896, RFC 9293 3.7.4) in Minshall's form as Linux has it
         (tcp_nagle_check(), tcp_minshall_check()): no second small segment while one is
         unacknowledged. Full-sized means self.mss, options subtracted."""
+        if self.fin_queued:
+            return False  # the FIN pushes (tcp_send_fin() with TCP_NAGLE_OFF)
+        if self.cork or self.more and self.snd_una == self.more_una:
+            # TCP_CORK / MSG_MORE: tcp_nagle_check() with TCP_NAGLE_CORK. MSG_MORE
+            # corks only that send()'s push (tcp_push()); an ACK's push
+            # (tcp_data_snd_check()) uses the socket's own Nagle setting.
+            return True
         sml = self.snd_sml
-        return not self.nodelay and not self.fin_queued and sml is not None and \
+        return not self.nodelay and sml is not None and \
             sq.gt(sml, self.snd_una) and sq.le(sml, self.snd_max)
 
     def _transmit(self, flags: int, payload: bytes, now: float, gso: int = 0) -> None:
@@ -1627,6 +1729,7 @@ class Tcb:
             self.timers.set(_RTO, now + self.rtt.current())
         if at[_PERSIST] is not None:
             self.timers.clear(_PERSIST)
+            self.probe_start = None  # the window opened: probing is over
         if self.snd_una == seq and n:
             # Nothing was in flight: Linux's CA_EVENT_TX_START (tcp_event_data_sent()).
             self.cc.on_tx_start(now, now - self.last_send)
@@ -1676,16 +1779,30 @@ class Tcb:
         stats = self.ctx.stats
         cfg = self.ctx.config
         st = self.state
+        if self.retries == 0 and self.user_timeout:
+            # The user-timeout clock starts at the head's first transmission (Linux
+            # retrans_stamp, retransmits_timed_out()).
+            sent = self.sendq.sent
+            self.ut_start = sent[0].time if sent else now - self.rtt.current()
         self.retries += 1
         stats["TcpExtTCPTimeouts"] += 1
         self.total_rto += 1
         if self.retries == 1:
             self.total_rto_recoveries += 1
+        if self.user_timeout:
+            # TCP_USER_TIMEOUT replaces the retry counts (tcp_write_timeout()).
+            if self._user_timed_out(now):
+                stats["TcpExtTCPAbortOnTimeout"] += 1
+                if st in (State.ESTABLISHED, State.CLOSE_WAIT):
+                    stats["TcpEstabResets"] += 1
+                self._terminate(E.ETIMEDOUT, Cause(Why.RTO_GIVE_UP))
+                return
         if st == State.SYN_SENT or st == State.SYN_RECEIVED:
             # Resend the SYN or SYN-ACK with backoff (RFC 6298 5.5) until Linux's
             # tcp_syn_retries / tcp_synack_retries run out.
             syn_sent = st == State.SYN_SENT
-            if self.retries > (cfg.tcp_syn_retries if syn_sent else cfg.tcp_synack_retries):
+            if not self.user_timeout and self.retries > (
+                    cfg.tcp_syn_retries if syn_sent else cfg.tcp_synack_retries):
                 stats["TcpAttemptFails"] += 1
                 self._terminate(E.ETIMEDOUT, Cause(Why.SYN_RETRIES if syn_sent
                                                   else Why.SYNACK_RETRIES))
@@ -1697,7 +1814,7 @@ class Tcb:
                 self._send_synack(now)
             self.rtt_seq = None
             stats["TcpRetransSegs"] += 1
-            self.timers.set(Timer.RTO, now + self.rtt.current())
+            self.timers.set(Timer.RTO, self._clamp_to_user_timeout(now + self.rtt.current()))
             return
         if self.orphan and st in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
             # Linux tcp_out_of_resources(): an orphan whose RTO fires while there are
@@ -1709,7 +1826,7 @@ class Tcb:
             limit = cfg.tcp_orphan_retries or 8  # Linux tcp_orphan_retries(): 0 means 8
         else:
             limit = cfg.tcp_retries2
-        if self.retries > limit:
+        if self.retries > limit and not self.user_timeout:
             # Give up (LS 124, 125): state CLOSED, TCPAbortOnTimeout, and no RST on the
             # wire; a live application sees ETIMEDOUT. The issue says an orphan "is
             # reset"; ustack deliberately keeps Linux's silent death, as RFC 9293 3.8.3
@@ -1735,7 +1852,7 @@ class Tcb:
             self.sendq.clear_flag(SACKED)  # as recovery forgets its SACKs (RFC 2018 8)
         self.rtt.back_off()
         self.snd_nxt = (self.snd_una + self.retransmit_head(now)) & MASK
-        self.timers.set(Timer.RTO, now + self.rtt.current())
+        self.timers.set(Timer.RTO, self._clamp_to_user_timeout(now + self.rtt.current()))
 
     def _on_persist(self, now: float) -> None:
         """Zero-window probe (RFC 9293 3.8.6.1), Linux style: an ACK with seq SND.UNA-1."""
@@ -1747,14 +1864,23 @@ class Tcb:
             self.output(now, force=True)
             return
         self.probes_out += 1
-        if self.probes_out > self.ctx.config.tcp_retries2:
+        # TCP_USER_TIMEOUT, when set, bounds probing instead of the count, from the first
+        # probe on even if the peer answers them (tcp_probe_timer(), icsk_probes_tstamp,
+        # cleared only when the window opens: tcp_ack_probe()).
+        if self.probe_start is None:
+            self.probe_start = now
+        if (now - self.probe_start >= self.user_timeout if self.user_timeout
+                else self.probes_out > self.ctx.config.tcp_retries2):
             self.ctx.stats["TcpExtTCPAbortOnTimeout"] += 1
             self._terminate(E.ETIMEDOUT, Cause(Why.ZWP_GIVE_UP))
             return
         self.ctx.stats["TcpExtTCPWinProbe"] += 1
         self._emit(self._make(ACK, (self.snd_una - 1) & MASK, now))
         self.rtt.back_off()
-        self.timers.set(Timer.PERSIST, now + self.rtt.current())
+        at = now + self.rtt.current()
+        if self.user_timeout:
+            at = min(at, self.probe_start + self.user_timeout)
+        self.timers.set(Timer.PERSIST, at)
 
     def _on_keepalive(self, now: float) -> None:
         """Keepalive (RFC 9293 3.8.4, LS 130-133)."""
@@ -1768,7 +1894,10 @@ class Tcb:
         if self.probes_out == 0 and idle < self.keepidle:
             self.timers.set(Timer.KEEPALIVE, self.last_rcv + self.keepidle)
             return
-        if self.probes_out >= self.keepcnt:
+        # TCP_USER_TIMEOUT replaces the probe count once a probe is out (Linux
+        # tcp_keepalive_timer(): user_timeout && elapsed >= it && probes_out > 0).
+        ut = self.user_timeout
+        if (idle >= ut and self.probes_out > 0) if ut else self.probes_out >= self.keepcnt:
             self.ctx.stats["TcpExtTCPAbortOnTimeout"] += 1
             if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
                 self.ctx.stats["TcpEstabResets"] += 1
