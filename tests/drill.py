@@ -497,9 +497,11 @@ class Conn:
 
     @property
     def state(self) -> State:
-        """The state of this connection, TIME_WAIT records included."""
+        """The state of this connection, request and TIME_WAIT records included."""
         if self.key in self.table.est:
             return self.table.est[self.key].state
+        if self.key in self.table.reqs:
+            return State.SYN_RECEIVED
         if self.key in self.table.tw:
             return State.TIME_WAIT
         return State.CLOSED

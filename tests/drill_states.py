@@ -37,7 +37,7 @@ def drill_in(state: State, *settings: str, orphan: bool = True, **kw) -> Drill:
         d.listen(80)
         d.inject("S 0:0(0) win 65535")
         d.expect("S. 0:0(0) ack 1")
-        d.tcb = d.table.est[d.key]
+        d.tcb = d.table.est.get(d.key)  # None: a request record (reqsock.py)
         d.rel_snd, d.rel_rcv = 1, 1
     elif state == State.ESTABLISHED:
         _passive(d)

@@ -314,6 +314,43 @@ async def test_ss_says_how_many_time_wait_entries_it_left_out(env, monkeypatch):
     assert "not listed" not in err  # nothing about TIME-WAIT was asked for
 
 
+async def test_ss_shows_request_records_as_syn_recv(env, monkeypatch):
+    """A half-open connection is a request record (reqsock.py), not a TCB; ss lists it
+    as Linux's ss does: SYN-RECV, timer:(on,TIME,N) with N the SYN-ACK retransmissions,
+    and says how many it left out beyond table.REQ_ROWS."""
+    import ustack.table
+
+    e = await env()
+
+    async def never(reader, writer):
+        writer.close()
+
+    await e.stack.start_server(never, STACK, 8000)
+    e.link.drop = lambda side, frame: side == 1  # SYN-ACKs lost: the handshake stays half-open
+    tries = [asyncio.ensure_future(e.peer.open_connection(STACK, 8000)) for _ in range(3)]
+    try:
+        await until(lambda: len(e.stack.table.reqs) == 3)
+        assert not any(t.state == State.SYN_RECEIVED for t in e.stack.table.est.values())
+        rc, out, err = await e.tool("ss", "-o", "--state", "syn-recv")
+        lines = out.splitlines()
+        assert rc == 0 and len(lines) == 4, (out, err)
+        assert all(ln.startswith("SYN-RECV") and f"{STACK}:8000" in ln for ln in lines[1:])
+        assert all("timer:(on," in ln and ln.split()[-2].endswith(",0)") for ln in lines[1:])
+        rc, out, _ = await e.tool("ss", "--state", "syn-recv", "--json", "-o")
+        rows = json.loads(out)["connections"]
+        assert {r["timer_name"] for r in rows} == {"on"}
+        assert all(0 < r["timer_left"] <= 1.0 for r in rows)
+        monkeypatch.setattr(ustack.table, "REQ_ROWS", 1)
+        rc, out, err = await e.tool("ss", "--state", "syn-recv")
+        assert len(out.splitlines()) == 2 and "2 more SYN-RECV entries not listed" in err
+        rc, out, _ = await e.tool("ss")  # the default view leaves SYN-RECV out, as ss does
+        assert len(out.splitlines()) == 1
+    finally:
+        for t in tries:
+            t.cancel()
+        await asyncio.gather(*tries, return_exceptions=True)
+
+
 async def test_ss_retransmission_timer_counts_and_age(env):
     """ss -o: timer:(on,TIME,N) while a segment goes unacknowledged, N the retransmissions
     so far; the last column is the connection's age."""
@@ -487,29 +524,38 @@ def test_every_counter_is_incremented_somewhere():
     assert [n for n in NAMES if n not in used] == []
 
 
-async def test_listen_overflow_counts_and_logs(env, caplog, monkeypatch):
-    """A SYN to a listener whose backlog is full is dropped, counted (ListenOverflows,
-    ListenDrops) and logged once, at WARNING."""
+@pytest.mark.parametrize("cookies", [1, 0])
+async def test_syn_queue_overflow_counts_and_logs_once(env, caplog, monkeypatch, cookies):
+    """A SYN to a listener whose SYN queue is full (more than backlog requests,
+    LINUX-SPEC-2 241) takes the flood action: a cookie (tcp_syncookies=1,
+    TCPReqQFullDoCookies) or a drop (0: TCPReqQFullDrop and ListenDrops), and Linux's
+    line is logged once for the listener, at WARNING (item 243)."""
     from ustack import eventlog
     monkeypatch.setattr(eventlog, "_limiter", eventlog.RateLimiter())
     caplog.set_level(logging.WARNING, logger="ustack.events")
-    e = await env()
+    e = await env(f"tcp_syncookies={cookies}")
 
     async def never(reader, writer):
         writer.close()
 
     await e.stack.start_server(never, STACK, 8000, backlog=1)
     e.link.drop = lambda side, frame: side == 1  # SYN-ACKs lost: handshakes stay half-open
-    tries = [asyncio.ensure_future(e.peer.open_connection(STACK, 8000)) for _ in range(2)]
+    tries = [asyncio.ensure_future(e.peer.open_connection(STACK, 8000)) for _ in range(4)]
+    name = "TcpExtTCPReqQFullDoCookies" if cookies else "TcpExtTCPReqQFullDrop"
     try:
-        await until(lambda: e.stack.stats["TcpExtListenOverflows"] >= 1)
+        await until(lambda: e.stack.stats[name] >= 2)
         rep = await e.request({"op": "nstat", "client": "overflow"})
-        assert rep["counters"]["TcpExtListenOverflows"] >= 1
-        assert rep["counters"]["TcpExtListenDrops"] == rep["counters"]["TcpExtListenOverflows"]
+        c = rep["counters"]
+        assert len(e.stack.table.reqs) == 2  # backlog + 1 requests
+        if cookies:
+            assert c["TcpExtSyncookiesSent"] == c[name] and c["TcpExtListenDrops"] == 0
+        else:
+            assert c["TcpExtSyncookiesSent"] == 0 and c["TcpExtListenDrops"] == c[name]
         lines = [r for r in caplog.records if r.name == "ustack.events"]
-        assert lines and lines[0].levelno == logging.WARNING
-        assert lines[0].getMessage() == \
-            "listen queue of port 8000 overflowed (backlog 1): SYN dropped"
+        assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+        assert lines[0].getMessage() == (
+            f"TCP: request_sock_TCP: Possible SYN flooding on port {STACK}:8000. "
+            + ("Sending cookies." if cookies else "Dropping request."))
     finally:
         for t in tries:
             t.cancel()
@@ -709,7 +755,7 @@ async def test_connect_reset_by_peer_exits_1(env):
     e = await env()
 
     async def rude(reader, writer):
-        writer.transport.abort()  # RST at once
+        writer.transport.reset()  # RST at once (SO_LINGER {1, 0} and abort())
 
     await e.peer.start_server(rude, PEER, 9003)
     proc = await asyncio.create_subprocess_exec(

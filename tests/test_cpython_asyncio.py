@@ -62,7 +62,6 @@ test_events = load("test_events")
 test_utils = load("utils")
 
 UNIX = "needs an AF_UNIX socket: out of scope (ustack is TCP/IPv4)"
-TLS = "needs TLS: out of scope (asyncio's SSL layer over a ustack transport is not claimed)"
 BLOCKING = ("its peer is a blocking kernel socket (socket.socket().connect or accept in a "
             "thread); over a MemoryLink there is no kernel socket to reach ustack")
 
@@ -72,8 +71,6 @@ EXCLUDED: dict[str, str] = {
     "StreamTests.test_open_unix_connection_error": UNIX,
     "StreamTests.test_open_unix_connection_no_loop_ssl": UNIX,
     "StreamTests.test_start_unix_server": UNIX,
-    "StreamTests.test_open_connection_no_loop_ssl": TLS,
-    "StreamTests.test_start_tls": TLS,
     "StreamTests.test_drain_raises": BLOCKING,
 }
 # test_events: only the TCP transport/protocol cases of the event-loop mixin; the rest
@@ -94,8 +91,12 @@ EVENTS_CHOSEN = {
         "expects create_server(sock=kernel socket) to own the kernel's port; a ustack "
         "listener never sees the kernel's port table"),
     "test_server_close": BLOCKING,
-    "test_create_ssl_connection": TLS,
-    "test_create_server_ssl": TLS,
+    "test_create_ssl_connection": (
+        "asserts the TLS transport's peername is 127.0.0.1; the shim's server stack is "
+        "10.77.0.2 (TLS itself runs: test_open_connection_no_loop_ssl, test_start_tls)"),
+    "test_create_server_ssl": (
+        "asserts the server socket's host is 127.0.0.1; the shim's server stack is "
+        "10.77.0.2"),
     "test_create_unix_connection": UNIX,
     "test_create_unix_server": UNIX,
     "test_connect_accepted_socket": "wraps an accepted kernel socket (sock=): no TCP "
@@ -112,7 +113,8 @@ NETWORK = {f"StreamTests.{n}" for n in (
     "test_wait_closed_on_close", "test_wait_closed_on_close_with_unread_data",
     "test_async_writer_api", "test_async_writer_api_exception_after_close",
     "test_eof_feed_when_closing_writer", "test_unclosed_resource_warnings",
-    "test_loop_is_closed_resource_warnings", "test_unhandled_exceptions")} | {
+    "test_loop_is_closed_resource_warnings", "test_unhandled_exceptions",
+    "test_open_connection_no_loop_ssl", "test_start_tls")} | {
     f"{EVENTS_CLASS}.{n}" for n, why in EVENTS_CHOSEN.items() if why is None}
 
 
@@ -132,6 +134,7 @@ class Shim:
     def __init__(self) -> None:
         self.pairs: dict[asyncio.AbstractEventLoop, tuple[Stack, Stack]] = {}
         self.http_ports: set[int] = set()  # run_test_server()s waiting for a loop
+        self.tls_ports: set[int] = set()  # of those, the ones that speak TLS
         self.http_servers: dict[tuple[asyncio.AbstractEventLoop, int], object] = {}
         self.connections = 0  # through ustack: client connects and server accepts
         self.kernel = 0  # TCP calls the shim let through to the kernel
@@ -161,14 +164,15 @@ class Shim:
     # --- where a call goes
 
     def routed(self, host, kwds: dict) -> bool:
-        plain = not kwds.get("ssl") and kwds.get("family", 0) in (0, socket.AF_INET)
+        plain = kwds.get("family", 0) in (0, socket.AF_INET)
         return plain and (host in LOCAL_NAMES)
 
     async def _client_ready(self, loop, port: int) -> None:
         if port in self.http_ports and (loop, port) not in self.http_servers:
             _, server = self.pair(loop)
+            ssl = test_utils.simple_server_sslcontext() if port in self.tls_ports else None
             self.http_servers[(loop, port)] = await server.start_server(
-                self._counted(_wsgi_like), SERVER, port)
+                self._counted(_wsgi_like), SERVER, port, ssl=ssl)
 
     def _counted(self, cb):
         def counted(*args):
@@ -191,9 +195,9 @@ class Shim:
         loop = asyncio.get_running_loop()
         await self._client_ready(loop, port)
         client, _ = self.pair(loop)
-        local_port = kwds.get("local_addr", (None, None))[1]
+        local_port = kwds.pop("local_addr", (None, None))[1]
         reader, writer = await client.open_connection(SERVER, port, limit=limit,
-                                                      local_port=local_port)
+                                                      local_port=local_port, **_tls(kwds))
         self.connections += 1
         return reader, writer
 
@@ -203,7 +207,8 @@ class Shim:
             self.kernel += 1
             return await self.orig_start_server(cb, None, None, limit=limit, **kwds)
         _, server = self.pair(asyncio.get_running_loop())
-        return await server.start_server(self._counted(cb), host, port or 0, limit=limit)
+        return await server.start_server(self._counted(cb), host, port or 0, limit=limit,
+                                         **_tls(kwds))
 
     async def create_connection(self, loop, factory, host=None, port=None, **kwds):
         if not self.routed(host, kwds) or kwds.get("sock") is not None:
@@ -213,7 +218,8 @@ class Shim:
         client, _ = self.pair(loop)
         local_addr = kwds.get("local_addr")
         result = await client.create_connection(
-            factory, SERVER, port, local_port=local_addr[1] if local_addr else None)
+            factory, SERVER, port, local_port=local_addr[1] if local_addr else None,
+            **_tls(kwds))
         self.connections += 1
         return result
 
@@ -224,11 +230,11 @@ class Shim:
             return await self.orig_create_server(loop, factory, None, None, **kwds)
         _, server = self.pair(loop)
         return await server.create_server(self._counted_factory(factory), host, port or 0,
-                                          backlog=kwds.get("backlog", 100))
+                                          backlog=kwds.get("backlog", 100), **_tls(kwds))
 
     def _listen_address(self, host, port, kwds: dict):
         sock = kwds.get("sock")
-        if sock is not None and sock.family == socket.AF_INET and not kwds.get("ssl"):
+        if sock is not None and sock.family == socket.AF_INET:
             # A listening kernel socket handed over: listen on its port instead. It stays
             # open (the test may still ask it its name) and is closed after the test.
             self.kernel_socks.append(sock)
@@ -240,20 +246,28 @@ class Shim:
 
     @contextlib.contextmanager
     def run_test_server(self, *, host="127.0.0.1", port=0, use_ssl=False):
-        assert not use_ssl, "TLS tests are excluded"
         if not port:
             port = self._next_port
             self._next_port += 1
         self.http_ports.add(port)
+        if use_ssl:  # asyncio's own TLS over the ustack transport (aio.py's ssl=)
+            self.tls_ports.add(port)
         httpd = type("Httpd", (), {"address": ("127.0.0.1", port)})()
         try:
             yield httpd
         finally:
             self.http_ports.discard(port)
+            self.tls_ports.discard(port)
             for (loop, p), server in list(self.http_servers.items()):
                 if p == port:
                     server.close()
                     del self.http_servers[(loop, p)]
+
+
+def _tls(kwds: dict) -> dict:
+    """The TLS keywords of a call, for ustack's entry points (aio.py runs sslproto)."""
+    return {k: v for k, v in kwds.items() if k in (
+        "ssl", "server_hostname", "ssl_handshake_timeout", "ssl_shutdown_timeout")}
 
 
 SERVER_HEADER = (f"WSGIServer/0.2 {platform.python_implementation()}/"

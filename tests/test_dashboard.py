@@ -221,9 +221,8 @@ async def test_close_wait_older_than_the_threshold_is_flagged(env):
     assert flagged["age"] >= 0.2
     row = e.status("state=CLOSE-WAIT")["table"]["rows"][0]
     assert row["state"] == "CLOSE-WAIT" and row["state_age"] >= 0.2
-    # The peer's reset ends it; the flag goes with it. (abort() closes as asyncio's
-    # socket transport does, with a FIN here; reset() sends the RST.)
-    writer.transport.reset()
+    # The peer's reset ends it; the flag goes with it.
+    writer.transport.reset()  # a RST (abort() closes as asyncio's: FIN)
     await until(lambda: states(e)["CLOSE-WAIT"] == 0)
     assert e.status()["leaks"] == {**leaks, "count": 0, "close_wait": 0, "flagged": []}
 
@@ -415,3 +414,43 @@ def test_serve_options_hold_and_close_wait_warn(capsys):
 def test_filter_grammar_is_the_ss_one():
     # The table's filter is ustack/ssfilter.py: the same words as ss, trace and ladder.
     assert str(flt.parse("host 10.77.0.1 port 80")) == "host 10.77.0.1 port 80"
+
+
+async def test_sender_plot_of_a_clicked_connection(env):
+    """/ustack/plot/ID.svg: the first request starts recording the connection (404 "not
+    recorded"), later ones draw `ustack plot`'s SVG of what was recorded since."""
+    from ustack.apps.dashboard.plots import MAX_WATCHED, Plots
+    from ustack.record import Recordings
+
+    e = await env()
+    recordings = Recordings(e.stack)
+    e.web = Web(e.dash, plot=Plots(recordings))
+    got = asyncio.Event()
+
+    async def source(reader, writer):  # the stack sends: its sender state is plotted
+        await reader.readline()
+        writer.write(b"x" * 200_000)
+        await writer.drain()
+        got.set()
+        await reader.read()
+        writer.close()
+    await e.stack.start_server(source, STACK, 7002)
+    reader, writer = await e.peer.open_connection(STACK, 7002)
+    local = writer.get_extra_info("sockname")
+    ident = f"{STACK}:7002-{local[0]}:{local[1]}"
+    assert e.get(f"/ustack/plot/{ident}.svg")[:3:2] == (404, b"not recorded\n")
+    assert len(recordings.sessions) == 1
+    writer.write(b"go\n")
+    assert len(await reader.readexactly(200_000)) == 200_000
+    await asyncio.wait_for(got.wait(), 10)
+    code, ctype, body = e.get(f"/ustack/plot/{ident}.svg")
+    assert code == 200 and ctype == "image/svg+xml", body[:200]
+    root = ET.fromstring(body)
+    assert root.tag == f"{SVG}svg"
+    assert len(recordings.sessions) == 1  # no second recording for the same connection
+    for port in range(MAX_WATCHED + 2):  # the hook's own recordings are bounded
+        e.get(f"/ustack/plot/{STACK}:7002-{PEER}:{50000 + port}.svg")
+    assert len(recordings.sessions) == MAX_WATCHED
+    recordings.close()
+    writer.close()
+

@@ -201,7 +201,42 @@ async def stream_close_with_data_in_reader(net, rec: Rec) -> None:
     server.close()
 
 
-CASES = [clean_close_by_client, _eof_case(None), _eof_case(False), _eof_case(True),
+@case()
+async def close_while_paused_writing(net, rec: Rec) -> None:
+    """close() with the transport's buffer above the high-water mark (pause_writing
+    called): resume_writing() comes before connection_lost(), once the buffer is out;
+    writes after close() are dropped."""
+    server, c, s = await protocol_pair(net, rec)
+    s.transport.pause_reading()
+    t = c.transport
+    total = 0
+
+    def paused() -> bool:
+        return rec.count("client", "pause_writing") > rec.count("client", "resume_writing")
+
+    for _ in range(20):  # write until the pause lasts: every buffer on the way full
+        while not paused() and total < 64 << 20:
+            t.write(b"p" * 65536)
+            total += 65536
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.2)
+        if paused():
+            break
+    rec["buffered_at_close"] = t.get_write_buffer_size() > 0
+    rec.log["client"] = [e for e in rec.log["client"] if e[0] not in (
+        "pause_writing", "resume_writing")] + [("pause_writing",)]  # the last pause only
+    t.close()
+    rec["lost_at_close"] = c.lost.done()
+    rec["writes_after_close"] = write_n(t, 2)
+    await asyncio.sleep(0.1)
+    rec["lost_before_peer_reads"] = c.lost.done()
+    s.transport.resume_reading()
+    await asyncio.wait_for(asyncio.gather(c.lost, s.lost), 30)
+    rec["peer_got_all"] = len(s.data) == total
+    server.close()
+
+
+CASES = [close_while_paused_writing, clean_close_by_client, _eof_case(None), _eof_case(False), _eof_case(True),
          peer_reset, reset_while_writing, local_abort, abort_with_linger_0,
          close_with_unread_data, close_after_peer_eof_then_reset, user_timeout_zero_window,
          stream_close_with_data_in_reader]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import ssl
 import subprocess
 from pathlib import Path
@@ -26,6 +27,13 @@ def _file(tmp: Path) -> Path:
 
 
 TMP = Path(os.environ.get("TMPDIR", "/tmp")) / f"ustack-dropin-{os.getpid()}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cleanup():
+    """The payload and the certificates are the module's; gone after it."""
+    yield
+    shutil.rmtree(TMP, ignore_errors=True)
 
 
 @case(Deviation("no_fallback", None, "RuntimeError",
@@ -112,7 +120,39 @@ async def tls_streams(net, rec: Rec) -> None:
     server.close()
 
 
-@pytest.mark.parametrize("spec", [sendfile_whole_and_ranges, tls_streams],
+# uvloop's loop.start_tls() takes only uvloop's own transports (TypeError for any other,
+# "is not supported by start_tls()"), so this case runs on asyncio's loop only.
+@case(uvloop=False)
+async def start_tls_upgrade(net, rec: Rec) -> None:
+    """A plain connection upgraded in place: StreamWriter.start_tls() on both ends
+    (loop.start_tls() over the transport)."""
+    cert, key = _certs()
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    cctx = ssl.create_default_context(cafile=str(cert))
+    server, (cr, cw), (sr, sw) = await stream_pair(net)
+    cw.write(b"STARTTLS\n")
+    rec["plain"] = await asyncio.wait_for(sr.readline(), 10)
+    sw.write(b"GO\n")
+    await sw.drain()
+    rec["go"] = await asyncio.wait_for(cr.readline(), 10)
+    up_server = asyncio.ensure_future(sw.start_tls(sctx))
+    await cw.start_tls(cctx, server_hostname="localhost")
+    await asyncio.wait_for(up_server, 10)
+    rec["client_tls"] = cw.get_extra_info("ssl_object") is not None
+    cw.write(b"secret\n")
+    rec["secret"] = await asyncio.wait_for(sr.readline(), 10)
+    sw.write(b"reply\n")
+    rec["reply"] = await asyncio.wait_for(cr.readline(), 10)
+    cw.close()
+    rec["client_wait_closed"] = await outcome(cw.wait_closed())
+    rec["server_eof"] = await asyncio.wait_for(sr.read(), 10)
+    sw.close()
+    rec["server_wait_closed"] = await outcome(sw.wait_closed())
+    server.close()
+
+
+@pytest.mark.parametrize("spec", [sendfile_whole_and_ranges, tls_streams, start_tls_upgrade],
                          ids=lambda s: s.fn.__name__)
 async def test_sendfile_tls(inside_netns, spec) -> None:
     await check(spec)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from dropin import Rec, case, check, outcome, raises
+from dropin import Deviation, Rec, case, check, outcome, raises
 
 pytestmark = pytest.mark.netns
 
@@ -148,7 +148,19 @@ async def listen_socket_options(net, rec: Rec) -> None:
     server.close()
 
 
-CASES = [lifecycle, start_serving_false, serve_forever_and_cancel, close_ends_serve_forever,
+@case(Deviation("families", [2, 10], [2],
+                "ustack is IPv4 only: host=None listens on the stack's address, where "
+                "asyncio binds every interface of both families (0.0.0.0 and ::)"))
+async def no_host(net, rec: Rec) -> None:
+    server = await net.server_api().start_server(noop, port=0)
+    rec["no_host_no_port"] = await outcome(net.server_api().start_server(noop))
+    rec["families"] = sorted(s.family for s in server.sockets)
+    port = next(s for s in server.sockets if s.family == 2).getsockname()[1]
+    rec["connect"] = await connect_outcome(net, port)
+    server.close()
+
+
+CASES = [no_host, lifecycle, start_serving_false, serve_forever_and_cancel, close_ends_serve_forever,
          async_with, close_keeps_connections, protocol_factory_error, listen_socket_options]
 
 

@@ -7,7 +7,7 @@ import hashlib
 import os
 
 import pytest
-from dropin import Rec, case, check, outcome, stream_pair
+from dropin import Deviation, Rec, case, check, outcome, stream_pair
 
 pytestmark = pytest.mark.netns
 
@@ -191,7 +191,27 @@ async def writer_transport_use(net, rec: Rec) -> None:
     server.close()
 
 
-CASES = [reads, incomplete_at_eof, limits, drain_and_backpressure, close_during_drain,
+@case(Deviation("client_closing_before_close", False, True,
+                "once both FINs are through (and ours is acknowledged) ustack ends the "
+                "transport (connection_lost) without waiting for close(); asyncio's stays "
+                "open until close(). `ustack connect` relies on it; close() works the same "
+                "afterwards"))
+async def both_fins_then_close(net, rec: Rec) -> None:
+    server, (cr, cw), (sr, sw) = await stream_pair(net)
+    cw.write_eof()
+    rec["server_reads_eof"] = await caught(sr.read())
+    sw.close()
+    await sw.wait_closed()
+    rec["client_reads_eof"] = await caught(cr.read())
+    await asyncio.sleep(0.1)  # the last ACK of the close handshake
+    rec["client_closing_before_close"] = cw.is_closing()
+    cw.close()
+    rec["client_closing"] = cw.is_closing()
+    rec["wait_closed"] = await outcome(cw.wait_closed())
+    server.close()
+
+
+CASES = [both_fins_then_close, reads, incomplete_at_eof, limits, drain_and_backpressure, close_during_drain,
          reset_seen_by_streams, writer_transport_use]
 
 

@@ -121,24 +121,22 @@ def test_issue_2_knob_defaults_and_time_wait_of_2_msl():
 
 
 def test_accept_backlog_drops_syns_beyond_it_and_counts():
-    """A bounded accept backlog: with `backlog` connections half-open or waiting for
-    accept(), a further SYN is dropped without an answer (Linux: no RST, the client
-    retries) and counted as TcpExtListenOverflows/ListenDrops; an accept() makes room."""
+    """A bounded accept backlog (Linux sk_acceptq_is_full(): more than `backlog`
+    waiting, LINUX-SPEC-2 242): with backlog+1 connections waiting for accept(), a
+    further SYN is dropped without an answer (the client retries), counted as
+    TcpExtListenOverflows/ListenDrops, cookies or not; an accept() makes room."""
     d = Drill()
-    d.listen(80, backlog=2)
+    d.listen(80, backlog=1)
     a, b, c = (d.peer(port) for port in (40001, 40002, 40003))
     for p in (a, b):
         p.inject("S 0:0(0) win 65535")
         p.expect("S. 0:0(0) ack 1")
+        p.inject(". 1:1(0) ack 1")
+    assert len(d.table.listeners[80].accept_queue) == 2
     c.inject("S 0:0(0) win 65535")
     d.expect_nothing()
     assert d.stats["TcpExtListenOverflows"] == 1
     assert d.stats["TcpExtListenDrops"] == 1
-    # Completing both handshakes fills the accept queue: still full.
-    for p in (a, b):
-        p.inject(". 1:1(0) ack 1")
-        p.expect_nothing()
-    assert len(d.table.listeners[80].accept_queue) == 2
     c.inject("S 0:0(0) win 65535")  # the client's retransmitted SYN
     d.expect_nothing()
     assert d.stats["TcpExtListenOverflows"] == 2

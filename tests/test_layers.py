@@ -32,7 +32,8 @@ LAYERS: dict[str, int] = {
     "ustack.table": 3, "ustack.timerq": 3, "ustack.eventlog": 3,
     "ustack.stack": 4, "ustack.io": 4, "ustack.impair": 4, "ustack.pcap": 4,
     "ustack.aio": 5, "ustack": 5,  # the package itself exports aio.Stack (lazily)
-    "ustack.apps": 6, "ustack.control": 6,
+    "ustack.apps": 6, "ustack.control": 6, "ustack.fanout": 6,
+    "ustack.workers": 7,  # serve --workers: the supervisor, below the command line
     "ustack.tools": 7,
     # The dashboard draws its ladders with the ladder tool's code (build, render_svg):
     # a view above the tools, started by the cli; http.py gets it as a callable.

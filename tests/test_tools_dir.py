@@ -75,7 +75,7 @@ def test_bench_quick_json(tmp_path):
     assert doc["uvloop"] and doc["dpkt"]
     assert len(doc["git"]["commit"]) == 40
     assert set(doc["benchmarks"]) == {"demux", "wire", "timewait", "goodput", "segments",
-                                      "dashboard"}
+                                      "dashboard", "syn", "fuzz"}
     expect = {"demux": {"random_1k", "random_big", "in_order_big", "ratio_random"},
               "wire": {"slice", "parse", "dpkt", "cksum", "build", "dpkt/parse"},
               "timewait": {"bytes_per_record", "random_1k", "random_big", "est_big",
@@ -83,7 +83,10 @@ def test_bench_quick_json(tmp_path):
               "goodput": {"memory_loss0", "memory_loss0.01"},
               "segments": {"data_1448 segments/s", "pure_ack segments/s",
                            "data_1448 per segment, receive() only"},
-              "dashboard": {"poll_big", "poll_filter_big", "sample", "tw_record_bytes"}}
+              "dashboard": {"poll_big", "poll_filter_big", "sample", "tw_record_bytes"},
+              "syn": {"bytes_per_request_record", "cookie_syns_table", "cookie_syns_wire",
+                      "record_syns_table", "cookie_peak_bytes"},
+              "fuzz": {"fuzz atheris", "fuzz hypothesis"}}
     for name, res in doc["benchmarks"].items():
         assert res["ok"], res
         figs = {r["name"]: r for r in res["figures"]}

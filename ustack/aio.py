@@ -2,24 +2,34 @@
 
 Existing asyncio code runs unchanged: `open_connection`/`start_server` return real
 `asyncio.StreamReader`/`StreamWriter` pairs, `create_connection`/`create_server` take a
-protocol factory. `Stack` is the shell (`ustack.stack.StackShell`) plus these four
-methods. The transport implements the shell's `ConnectionOwner` interface
-(`core_events`) and the server its `ListenerOwner` (`accept_ready`); the shell never
-imports this module. The transport turns core events into protocol callbacks and user
-calls into core calls; it reads a few TCB views (state, addresses, queue lengths) and
-changes the connection only through the TCB's methods.
+protocol factory, with every keyword of Python 3.11-3.13's asyncio (honoured, or refused
+with asyncio's own error; see the functions). `Stack` is the shell
+(`ustack.stack.StackShell`) plus these four methods. The transport implements the
+shell's `ConnectionOwner` interface (`core_events`) and the server its `ListenerOwner`
+(`accept_ready`); the shell never imports this module. The transport turns core events
+into protocol callbacks and user calls into core calls; it reads a few TCB views (state,
+addresses, queue lengths) and changes the connection only through the TCB's methods.
 
-Socket options, as methods on the transport (`writer.transport.set_linger(...)`):
+The contract is asyncio's socket transport's and Server's, held to the kernel's by the
+differential suite (tests/test_dropin_*.py; the README's "Drop-in for asyncio" lists the
+deviations): writes after the connection is lost are dropped and logged from the fifth
+on, `abort()` closes as the kernel's close() does (FIN; RST with unread data or
+SO_LINGER {1, 0}; `reset()` always resets), `close()` with a full transport buffer ends
+the transport once it is out, TCP_NODELAY is on (as base_events._set_nodelay() sets
+it), BufferedProtocol is served, `loop.sendfile()` takes asyncio's fallback, and
+`ssl=` runs asyncio's own TLS (sslproto) over the connection.
+
+Socket options: `get_extra_info('socket')` is a `TransportSocket` whose
+getsockopt/setsockopt take Linux's numbers (ustack/sockopt.py has them all); a
+listening socket's options (`server.sockets[0].setsockopt`) are its connections' from
+their SYN-ACK on; `sockopts=[(level, optname, value)]` sets options before the SYN;
+`transport.write(data, more=True)` is MSG_MORE. Older methods stay:
   set_linger(onoff, seconds)   SO_LINGER: off, {1, 0} abort with RST, {1, N} wait_closed()
                                waits up to N s for everything to be acknowledged, then RST
                                (deliberately unlike Linux, whose orphan runs on, LS 29)
   set_keepalive(on, idle=, interval=, count=)   SO_KEEPALIVE + TCP_KEEPIDLE/INTVL/CNT
-  set_nodelay(on)              TCP_NODELAY (Nagle off)
-
-`get_extra_info()` answers what asyncio's socket transports answer for TCP: `peername`,
-`sockname`, and `socket`, which is None (there is no kernel socket to hand out; asyncio
-code that reaches for it to set options must use the methods above instead). `ustack_tcb`
-gives the core's TCB, for tests and tools.
+  set_nodelay(on)              TCP_NODELAY
+`get_extra_info('ustack_tcb')` gives the core's TCB, for tests and tools.
 
 "Unread" data decides between FIN and RST on close (RFC 9293 3.10.4, RFC 2525 2.17): the
 bytes still in the core's receive buffer, plus the bytes this transport handed to the
@@ -48,7 +58,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from . import sockopt
-from .stack import StackShell
+from .stack import GONE, StackShell
 from .tcp.events import (
     Connected,
     ConnectionClosed,
@@ -115,11 +125,13 @@ class TransportSocket:
 
     def __init__(self, stack: StackShell, tcb: Tcb | None = None,
                  name: tuple[str, int] | None = None,
-                 options: list[tuple[int, int, sockopt.Value]] | None = None) -> None:
+                 options: list[tuple[int, int, sockopt.Value]] | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
         self._stack = stack
         self._tcb = tcb
         self._name = name
         self._options = options  # a listener's: applied to each child (Listener.inherit)
+        self._on_change = on_change
 
     def __repr__(self) -> str:
         s = f"<ustack.TransportSocket fd=-1, family={self.family!s}, type={self.type!s}, " \
@@ -151,6 +163,8 @@ class TransportSocket:
             assert self._options is not None
             self._check_on_scratch(level, optname, value)
             self._options.append((level, optname, value))
+            if self._on_change is not None:
+                self._on_change()
             return
         self._stack.call(tcb, sockopt.setsockopt, tcb, level, optname, value,
                          self._stack.now())
@@ -197,6 +211,8 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
 
     # loop.sendfile(): asyncio's fallback (read, write, drain); no native path.
     _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # loop.start_tls() / StreamWriter.start_tls(): asyncio's sslproto over this transport.
+    _start_tls_compatible = True
 
     def __init__(self, stack: StackShell, tcb: Tcb, protocol: asyncio.BaseProtocol,
                  server: Server | None = None) -> None:
@@ -210,6 +226,7 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
         self._protocol: asyncio.BaseProtocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._closing = False  # close(), abort() or a fatal error
+        self._sock_closed = False  # the TCB's close() called (the kernel's close(2))
         self._conn_lost = 0  # asyncio's: connection_lost scheduled, then writes dropped
         self._lost = False  # connection_lost called
         self._paused = False  # pause_reading()
@@ -286,6 +303,8 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
+        if self._sock_closed:
+            return  # SO_LINGER N > 0 waiting: the socket is closed, nothing more goes
         if self._dead is not None:
             # The connection died after EOF while no one was reading: this send() is
             # where a kernel socket reports it (EPIPE, ECONNRESET, ETIMEDOUT).
@@ -325,12 +344,10 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
 
     def _on_send_space(self) -> None:
         self._maybe_resume_protocol()
-        if self._closing and not self._conn_lost and not self._tcb.linger and \
-                self.get_write_buffer_size() == 0:
-            # close() with a full buffer: connection_lost once it has "gone into the
-            # socket", as asyncio's _write_ready() does.
-            self._conn_lost += 1
-            self._loop.call_soon(self._call_connection_lost, None)
+        if self._closing and not self._sock_closed and self.get_write_buffer_size() == 0:
+            # close() with a full buffer: the socket closes once it has all, as
+            # asyncio's _write_ready() does.
+            self._close_socket()
         elif self._tcb.notsent_lowat and not self._recheck and (
                 self._protocol_paused or self._closing):
             # TCP_NOTSENT_LOWAT: room comes when data is sent, after the events of a
@@ -405,13 +422,20 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
         if self._closing:
             return
         self._closing = True
+        if self.get_write_buffer_size() == 0:
+            self._close_socket()
+        # else as asyncio's: the socket is closed once the transport's buffer has gone
+        # into it (_on_send_space); writes meanwhile still join the buffer.
+
+    def _close_socket(self) -> None:
+        """close(2) on the socket, then connection_lost (asyncio's order)."""
+        self._sock_closed = True
         tcb = self._tcb
         self._stack.call(tcb, tcb.close, self._stack.now(), _protocol_unread(self._protocol))
         if tcb.linger and tcb.state not in (State.CLOSED, State.TIME_WAIT, State.FIN_WAIT_2):
             return  # SO_LINGER N > 0: connection_lost waits for the ACK or the timeout
-        if self.get_write_buffer_size() == 0:
-            self._conn_lost += 1
-            self._loop.call_soon(self._call_connection_lost, None)
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, None)
 
     def abort(self) -> None:
         """asyncio's abort(): drop the transport's buffer and close the socket at once.
@@ -438,7 +462,8 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
         self._closing = True
         self._conn_lost += 1
         tcb = self._tcb
-        if tcb.state not in (State.CLOSED, State.TIME_WAIT):
+        if not self._sock_closed and tcb.state not in (State.CLOSED, State.TIME_WAIT):
+            self._sock_closed = True
             self._stack.call(tcb, tcb.close, self._stack.now(), _protocol_unread(self._protocol))
         self._loop.call_soon(self._call_connection_lost, exc)
 
@@ -449,9 +474,20 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
         try:
             self._protocol.connection_lost(exc)
         finally:
+            self._protocol = None  # type: ignore[assignment]  # as asyncio's
             server, self._server = self._server, None
             if server is not None:
                 server._detach()
+            self._release_if_done()
+
+    def _release_if_done(self) -> None:
+        """Once the protocol has heard the end and the TCB has left the table, break
+        the TCB's reference cycles (Tcb.release): left to the cyclic collector, whose
+        full passes come rarely at the daemon's gc threshold, 20,000 short connections
+        doubled the RSS for good (issue 13). Until both, events still matter: data and
+        EOF are read from a TIME_WAIT TCB after the FIN."""
+        if self._lost and self._tcb.state in GONE:
+            self._tcb.release()
 
     # --- events from the core (ConnectionOwner: delivered by the shell's _flush)
 
@@ -477,6 +513,8 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
                     self._loop.call_soon(self._call_connection_lost, None)
             elif t is ConnectionClosed:
                 self._on_closed(ev.errno)
+        if self._lost:
+            self._release_if_done()
 
     def _on_closed(self, errno: int) -> None:
         w = self._connect_waiter
@@ -490,9 +528,9 @@ class TcpTransport(transports._FlowControlMixin, asyncio.Transport):
         if errno:
             self._error = _error(errno)
         if self._closing:
-            # Closed by us and now gone: connection_lost (with the error, as asyncio's
-            # _write_ready() would meet it while flushing its buffer).
-            self._force_close(self._error if self.get_write_buffer_size() else None)
+            # Closed by us and now gone: connection_lost, with the error if the buffer
+            # was still going out (asyncio's _write_ready() meets it in send()).
+            self._force_close(None if self._sock_closed else self._error)
             return
         # Buffered data is still handed over before the error, as a kernel socket
         # lets recv() return it first.
@@ -541,13 +579,14 @@ class Server(asyncio.AbstractServer):
         names: list[tuple[str, int]] = []
         for host in hosts:
             lst = stack.listen(host, port, backlog, owner=self)  # bind(): the port now
-            lst.inherit = self._inherit
+            sockopt.listener_setsockopt(lst, stack.ctx, self._options)
             names.append((host, lst.port))
             self._listeners.append(lst)
             port = port or lst.port  # one port for every host, as asyncio's
         self._names = names
         self._sockets: list[TransportSocket] | None = [
-            TransportSocket(stack, name=n, options=self._options) for n in names]
+            TransportSocket(stack, name=n, options=self._options,
+                            on_change=self._options_changed) for n in names]
         self._serving = True
         if not start_serving:
             # Bound but not listening (asyncio calls listen() in _start_serving()): a
@@ -563,9 +602,9 @@ class Server(asyncio.AbstractServer):
     def __repr__(self) -> str:
         return f"<{self.__class__.__name__} sockets={self.sockets!r}>"
 
-    def _inherit(self, tcb: Tcb) -> None:
-        for level, optname, value in self._options:
-            sockopt.setsockopt(tcb, level, optname, value)
+    def _options_changed(self) -> None:
+        for lst in self._listeners:
+            sockopt.listener_setsockopt(lst, self._stack.ctx, self._options)
 
     def accept_ready(self) -> None:
         for lst in self._listeners:
@@ -658,7 +697,7 @@ class Server(asyncio.AbstractServer):
         listeners, self._listeners = self._listeners, []
         for old in listeners:
             lst = self._stack.listen(_ip(old.ip), old.port, self._backlog, owner=self)
-            lst.inherit = self._inherit
+            sockopt.listener_setsockopt(lst, self._stack.ctx, self._options)
             self._listeners.append(lst)
 
     async def start_serving(self) -> None:
@@ -746,6 +785,8 @@ async def create_server(stack: StackShell, protocol_factory: ProtocolFactory,
         raise TypeError("ssl argument must be an SSLContext or None")
     _check_ssl_args(ssl, None, ssl_handshake_timeout, ssl_shutdown_timeout)
     _no_sock(sock, host, port)
+    if host is None and port is None:
+        raise ValueError("Neither host/port nor sock were specified")
     _check_family(stack, family if family != socket.AF_UNSPEC else 0, 0)
     if isinstance(host, str) or host is None:
         hosts = [host or stack.address]

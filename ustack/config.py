@@ -63,6 +63,16 @@ def _port_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _triple(text: str) -> tuple[int, int, int]:
+    parts = text.replace(",", " ").split()
+    if len(parts) != 3:
+        raise ValueError('must be three page counts, e.g. "1000 2000 3000"')
+    lo, mid, hi = (int(x) for x in parts)
+    if not 1 <= lo <= mid <= hi:
+        raise ValueError("need 1 <= min <= pressure <= max")
+    return lo, mid, hi
+
+
 @dataclass(slots=True)
 class Config:
     # Maximum segment lifetime in seconds. TIME_WAIT lasts 2 * tcp_msl. Linux has no
@@ -92,11 +102,25 @@ class Config:
     # RFC 1337: 0 = a RST in TIME_WAIT kills it (Linux default), 1 = ignore it.
     tcp_rfc1337: int = 0
     tcp_max_tw_buckets: int = 262144
+    # Orphans (closed by the application, not yet gone) beyond which one is reset and
+    # counted as TcpExtTCPAbortOnMemory. Linux: half its established hash's buckets,
+    # which follow memory (131072 on a 24 GB host); an orphan TCB costs ustack ~10 KB
+    # of Python heap, so a fixed 8192 (~80 MB) here.
+    tcp_max_orphans: int = 8192
+    # Pages (4 KiB) all connections' queues may hold: min, pressure, max (LINUX-SPEC-2
+    # 394-397; ustack/tcp/mem.py). None: Linux's formula from the machine's memory,
+    # filled in by the shell (stack.py default_tcp_mem()).
+    tcp_mem: tuple[int, int, int] | None = None
     # 0 never, 1 always (with timestamps, after tcp_tw_reuse_delay), 2 loopback peers only.
     tcp_tw_reuse: int = 2
     tcp_tw_reuse_delay: int = 1000
     ip_local_port_range: tuple[int, int] = (32768, 60999)
+    # Without cookies only: the last quarter of it is kept for proven peers (none here).
     tcp_max_syn_backlog: int = 256
+    # SYN cookies when the SYN queue is full: 0 never (drop), 1 when full, 2 always.
+    tcp_syncookies: int = 1
+    # 1: a handshake ACK finding the accept queue full gets a RST; 0: dropped, retried.
+    tcp_abort_on_overflow: int = 0
     somaxconn: int = 4096
     # Socket buffers per connection in bytes as Linux's triples "min default max"; the
     # advertised window follows what the application has not read yet. A connection
@@ -162,11 +186,15 @@ _PARSERS = {
     "tcp_invalid_ratelimit": _int_range(0, 60000),
     "tcp_rfc1337": _int_range(0, 1),
     "tcp_max_tw_buckets": _int_range(0, 2**31 - 1),
+    "tcp_max_orphans": _int_range(0, 2**31 - 1),
+    "tcp_mem": _triple,
     "tcp_tw_reuse": _int_range(0, 2),
     "tcp_tw_reuse_delay": _int_range(1, 60000),
     "ip_local_port_range": _port_range,
     "tcp_max_syn_backlog": _int_range(1, 1 << 20),
     "somaxconn": _int_range(1, 1 << 20),
+    "tcp_syncookies": _int_range(0, 2),
+    "tcp_abort_on_overflow": _int_range(0, 1),
     "tcp_rmem": _mem_triple,
     "tcp_wmem": _mem_triple,
     "rmem_max": _int_range(2304, 1 << 30),

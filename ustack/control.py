@@ -44,6 +44,9 @@ TRACE_QUEUE = 10000  # events buffered per trace client before we start dropping
 NSTAT_CLIENTS = 64  # nstat histories kept (least recently used goes first)
 GAUGES = ("TcpCurrEstab",)  # reported as current values, never as differences
 PASSIVE_MAX = 1 << 20  # who-opened-it entries kept for the trace (oldest go first)
+# Control clients served at once; each holds a task, a reader and at most one reply or
+# TRACE_QUEUE events, so this bounds what slow or stuck clients can hold.
+MAX_CLIENTS = 64
 
 
 class RequestError(Exception):
@@ -122,6 +125,7 @@ class ControlServer:
         # so the trace can say who the client was when the record goes.
         self._passive: dict[tuple[str, str], bool] = {}
         self._nstat: dict[str, tuple[dict[str, int], float]] = {}
+        self.group: int | None = None  # share_with_group()
         self._ops: dict[str, Callable] = {
             "ping": self._op_ping, "status": self._op_status, "ss": self._op_ss,
             "nstat": self._op_nstat, "capture": self._op_capture,
@@ -194,10 +198,17 @@ class ControlServer:
         if self._own_recordings:
             self.recordings.close()
 
+    def share_with_group(self, gid: int) -> None:
+        """`ustack serve --group`: the socket becomes root:GROUP 0660 and members of the
+        group are let in, besides root and the daemon's own user (before privileges
+        are dropped, while we may still chown)."""
+        os.chown(self.path, 0, gid)
+        os.chmod(self.path, 0o660)
+        self.group = gid
+
     # ------------------------------------------------------------------ requests
 
-    @staticmethod
-    def _peer_allowed(writer: asyncio.StreamWriter) -> bool:
+    def _peer_allowed(self, writer: asyncio.StreamWriter) -> bool:
         sock = writer.get_extra_info("socket")
         if sock is None:
             return True
@@ -206,8 +217,11 @@ class ControlServer:
                                     struct.calcsize("3i"))
         except OSError:
             return False
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        return uid in (0, os.geteuid())
+        pid, uid, gid = struct.unpack("3i", creds)
+        if uid in (0, os.geteuid()):
+            return True
+        return self.group is not None and (gid == self.group
+                                           or self.group in _groups_of(pid))
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -216,6 +230,10 @@ class ControlServer:
         try:
             if not self._peer_allowed(writer):
                 await self._send(writer, {"ok": False, "error": "permission denied"})
+                return
+            if len(self._tasks) > MAX_CLIENTS:
+                await asyncio.wait_for(self._send(writer, {
+                    "ok": False, "error": f"too many control clients ({MAX_CLIENTS})"}), 5)
                 return
             while True:
                 try:
@@ -264,6 +282,8 @@ class ControlServer:
             pass  # the client went away
         except asyncio.CancelledError:
             pass  # the daemon is shutting down
+        except TimeoutError:
+            pass  # a refused client that does not read its refusal
         finally:
             if task is not None:
                 self._tasks.discard(task)
@@ -307,7 +327,8 @@ class ControlServer:
         if _field(req, "info", bool, False):
             self._add_info(rows, now)
         return {"now": time.time(), "address": self.stack.address, "connections": rows,
-                "time_wait": self.stack.time_wait_count}
+                "time_wait": self.stack.time_wait_count,
+                "syn_recv": self.stack.syn_recv_count}
 
     def _add_info(self, rows: list[dict], now: float) -> None:
         """`ss -i`: each connection's TCP_INFO (tcp/info.py), under Linux's field names."""
@@ -591,6 +612,18 @@ class ControlServer:
             transport.close()  # SO_LINGER {1, N}: close(), RST if not acked within N s
         else:
             transport.write_eof()  # shutdown(SHUT_WR): FIN, keep reading
+
+
+def _groups_of(pid: int) -> set[int]:
+    """The supplementary groups of process `pid` (SO_PEERCRED has only the primary)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
 
 
 async def _until_eof(reader: asyncio.StreamReader) -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .tcp.events import ListenOverflow, Notice, TimeWaitOverflow
+from .tcp.events import ListenOverflow, Notice, SynFlood, TimeWaitOverflow, TooManyOrphans
 from .tcp.state import State
 
 if TYPE_CHECKING:
@@ -103,15 +103,24 @@ def state_observer(tcb: Tcb, ev: StateChanged) -> None:
               os.strerror(err))
 
 
-def listen_overflow(port: int, backlog: int) -> None:
+def listen_overflow(port: int, backlog: int, what: str = "SYN") -> None:
     event(logging.WARNING, "listen-overflow",
-          "listen queue of port %d overflowed (backlog %d): SYN dropped", port, backlog)
+          "listen queue of port %d overflowed (backlog %d): %s dropped", port, backlog, what)
 
 
 def notice(n: Notice) -> None:
     """Log one notice the core queued (tcp/events.py), rate-limited per kind."""
     if type(n) is ListenOverflow:
-        listen_overflow(n.port, n.backlog)
+        listen_overflow(n.port, n.backlog, n.what)
     elif type(n) is TimeWaitOverflow:
         # The line older Linux wrote (LS 64), under the same rate limit as the others.
         event(logging.WARNING, "tw-overflow", "TCP: time wait bucket table overflow")
+    elif type(n) is SynFlood:
+        # Linux's line (tcp_syn_flood_action(), LINUX-SPEC-2 item 243), at WARNING
+        # rather than KERN_INFO so the default log level shows it.
+        event(logging.WARNING, "syn-flood",
+              "TCP: request_sock_TCP: Possible SYN flooding on port %s:%d. %s.",
+              n.ip, n.port, "Sending cookies" if n.cookies else "Dropping request")
+    elif type(n) is TooManyOrphans:
+        # Linux tcp_check_oom(): net_info_ratelimited("too many orphaned sockets").
+        event(logging.WARNING, "orphans", "TCP: too many orphaned sockets")

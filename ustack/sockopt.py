@@ -22,6 +22,8 @@ import struct
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .table import Listener
+    from .tcp.context import Context
     from .tcp.tcb import Tcb
 
 # <asm-generic/socket.h>, <netinet/tcp.h> (Linux's values on every architecture ustack runs on)
@@ -164,8 +166,11 @@ def getsockopt(tcb: Tcb, level: int, optname: int, buflen: int = 0,
     """Read one option, as Linux's getsockopt(2) answers it."""
     if level == SOL_SOCKET:
         if optname == SO_ERROR:
-            # sock_error(): the pending error, cleared by reading it.
-            err, tcb.error = tcb.error, 0
+            # sock_error(): the pending error, cleared by reading it (tcb.error stays as
+            # the record of how the connection ended, for the log and the tools).
+            err = 0 if tcb.error_reported else tcb.error
+            if err:
+                tcb.error_reported = True
             return _answer(err, buflen)
         if optname == SO_LINGER:
             lg = tcb.linger
@@ -221,6 +226,28 @@ def getsockopt(tcb: Tcb, level: int, optname: int, buflen: int = 0,
     return _answer(v, buflen)
 
 
+def listener_setsockopt(lst: Listener, ctx: Context,
+                        options: list[tuple[int, int, Value]]) -> None:
+    """Options set on a listening socket: every connection it makes gets them before its
+    handshake completes (Linux clones the listener, sk_clone_lock()), and its SYN-ACK
+    says what they change of it (TCP_MAXSEG, SO_RCVBUF: tcp_make_synack()). Checked on
+    a scratch TCB first, so a bad one fails here."""
+    from .tcp.tcb import Tcb
+    scratch = Tcb(ctx, b"\0" * 12, ("0.0.0.0", 0), ("0.0.0.0", 0))
+    default_rcv = scratch.rcv_cap
+    for level, optname, value in options:
+        setsockopt(scratch, level, optname, value)
+    opts = list(options)
+
+    def inherit(tcb: Tcb) -> None:
+        for level, optname, value in opts:
+            setsockopt(tcb, level, optname, value)
+
+    lst.inherit = inherit if opts else None
+    lst.user_mss = scratch.user_mss
+    lst.rcvbuf = scratch.rcv_cap if scratch.rcv_cap != default_rcv else 0
+
+
 def notsent_room(tcb: Tcb) -> int:
     """How much more the application may queue before the socket is "full": the send
     buffer's room, and with TCP_NOTSENT_LOWAT no more unsent than the mark
@@ -232,4 +259,4 @@ def notsent_room(tcb: Tcb) -> int:
     return cap
 
 
-__all__ = ["getsockopt", "notsent_room", "setsockopt"]
+__all__ = ["getsockopt", "listener_setsockopt", "notsent_room", "setsockopt"]

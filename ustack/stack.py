@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -20,8 +21,10 @@ from .config import Config
 from .impair import Impairment
 from .stats import Stats
 from .table import Listener, TcpTable
+from .tcp import mem as tcp_mem
 from .tcp.context import Context
 from .tcp.events import Cause, StateChanged
+from .tcp.state import State
 from .tcp.tcb import Tcb
 from .wire import vnet
 from .wire.checksum import mod_ffff, ones_sum
@@ -34,6 +37,9 @@ from .wire.ip import (
     ip_to_bytes,
 )
 from .wire.tcp import (
+    ACK,
+    RST,
+    SYN,
     OptionError,
     ParseError,
     build_tcp_ipv4,
@@ -42,7 +48,21 @@ from .wire.tcp import (
     tcp_checksum_filled,
 )
 
+# A TCB in these states has left the table (table.py _on_state): no segment reaches it.
+GONE = frozenset((State.CLOSED, State.TIME_WAIT))
+
 log = logging.getLogger("ustack")
+
+
+def default_tcp_mem() -> tuple[int, int, int]:
+    """Linux tcp_init_mem(): L = max(128, buffer pages / 16), {3/4 L, L, 3/2 L}; the
+    machine's physical pages stand in for nr_free_buffer_pages()."""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4096
+    except (ValueError, OSError, AttributeError):
+        pages = 1 << 20
+    low = max(128, pages // 16)
+    return (low * 3 // 4, low, low * 3 // 2)
 T = TypeVar("T")
 
 
@@ -88,6 +108,8 @@ class StackShell:
         self.loop = loop or asyncio.get_event_loop()
         self.ctx = Context(config, stats, secret=secret)
         self.config = self.ctx.config
+        if self.config.tcp_mem is None:
+            self.config.tcp_mem = default_tcp_mem()
         self.stats = self.ctx.stats
         self.table = TcpTable(self.ctx, self._on_tcb_event)
         self.device: Device | None = None
@@ -103,6 +125,9 @@ class StackShell:
         self._ident = 0
         self._closed = False
         self._tso = False  # TCP frames go out with partial checksums, maybe super-sized
+        # `ustack serve --max-connections`: TCBs (any state but TIME_WAIT) beyond which
+        # a SYN for a new connection is dropped; 0 is no limit.
+        self.max_connections = 0
 
     # ------------------------------------------------------------------ device side
 
@@ -233,6 +258,14 @@ class StackShell:
                 stats["IpExtInECT1Pkts"] += n
         # One per segment as it came in: a super-segment is one (LINUX-SPEC-2 item 211).
         stats["TcpInSegs"] += 1
+        if (self.max_connections and seg.flags & (SYN | ACK | RST) == SYN
+                and len(self.table.est) >= self.max_connections
+                and key not in self.table.est):
+            # A new connection over the daemon's limit: dropped as a full listen queue
+            # drops it (the peer retransmits its SYN), counted apart as well.
+            stats["UstackMaxConnDrops"] += 1
+            stats["TcpExtListenDrops"] += 1
+            return
         self.table.input(key, seg, self.loop.time())
 
     def _icmp_input(self, frame: bytes, ihl: int, total: int) -> None:
@@ -309,6 +342,11 @@ class StackShell:
     def _flush(self) -> None:
         self._flush_scheduled = False
         table = self.table
+        mem = self.ctx.mem
+        now = self.loop.time()
+        if mem.due(now):  # tcp_mem: the queues' sum, at most every 100 ms (tcp/mem.py)
+            mem.sample(tcp_mem.usage(table.est.values()), self.config.tcp_mem, now,
+                       self.stats)
         for _ in range(64):  # event delivery may cause more events; bounded, never a hang
             if not self._pending:
                 if not self.ctx.output_due:
@@ -330,6 +368,10 @@ class StackShell:
                         owner.core_events(events)
                     except Exception:  # an application bug must not kill the stack
                         log.exception("error delivering events to %r", owner)
+                elif tcb.state in GONE:
+                    # No owner will ever read it: break its cycles now (Tcb.release;
+                    # an owned TCB is released by its transport, ustack/aio.py).
+                    tcb.release()
         notices = self.ctx.notices
         while notices:
             eventlog.notice(notices.popleft())
@@ -434,6 +476,11 @@ class StackShell:
     def off_time_wait_gone(self, hook: Callable[[bytes, Cause], None]) -> None:
         if hook in self.table.tw.gone_hooks:
             self.table.tw.gone_hooks.remove(hook)
+
+    @property
+    def syn_recv_count(self) -> int:
+        """Request records (half-open connections, reqsock.py), listed or not."""
+        return len(self.table.reqs)
 
     def status(self) -> dict:
         return {"address": self.address, "connections": self.rows(),

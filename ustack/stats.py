@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Order matters only for display: RFC 4022 MIB first, then the Linux extensions. Only
 # counters that something increments belong here (tests/test_control.py checks): Linux
-# MIBs for events ustack never has (TCPAbortOnMemory, TCPOFODrop) would
+# MIBs for events ustack never has would
 # read 0 forever and suggest a check that is not made.
 NAMES: tuple[str, ...] = (
     "IpInReceives", "IpInHdrErrors", "IpInAddrErrors", "IpInUnknownProtos", "IpInDelivers",
@@ -22,13 +22,15 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPChallengeACK", "TcpExtTCPSYNChallenge",
     "TcpExtTCPACKSkippedChallenge", "TcpExtTCPACKSkippedTimeWait", "TcpExtTCPACKSkippedSeq",
     "TcpExtTCPACKSkippedPAWS", "TcpExtTCPACKSkippedSynRecv", "TcpExtListenOverflows", "TcpExtListenDrops",
+    "TcpExtSyncookiesSent", "TcpExtSyncookiesRecv", "TcpExtSyncookiesFailed",
+    "TcpExtTCPReqQFullDoCookies", "TcpExtTCPReqQFullDrop",
     "TcpExtEmbryonicRsts", "TcpExtTCPTimeouts", "TcpExtTCPKeepAlive", "TcpExtTCPFastRetrans",
     "TcpExtTCPSlowStartRetrans", "TcpExtTCPLostRetransmit",
     "TcpExtTCPOFOQueue", "TcpExtTCPDupAcks", "TcpExtDelayedACKs", "TcpExtTCPHPHits",
     "TcpExtTCPHPAcks",
     "TcpExtTCPZeroWindowDrop", "TcpExtTCPWinProbe", "TcpExtTCPSackRecovery",
     "TcpExtTCPRenoRecovery", "TcpExtTCPDSACKRecv", "TcpExtTCPBadOptions",
-    "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery",
+    "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery", "TcpExtTCPAbortOnMemory",
     "TcpExtTCPHystartTrainDetect", "TcpExtTCPHystartTrainCwnd",
     "TcpExtTCPHystartDelayDetect", "TcpExtTCPHystartDelayCwnd",
     "IpExtInECT1Pkts", "IpExtInECT0Pkts", "IpExtInCEPkts", "TcpExtTCPDeliveredCE",
@@ -39,6 +41,15 @@ NAMES: tuple[str, ...] = (
     "TcpExtTCPSpuriousRTOs", "TcpExtTCPSACKReorder", "TcpExtTCPTSReorder",
     "UstackImpairDropped", "UstackImpairCorrupted", "UstackImpairDuplicated",
     "UstackImpairReordered", "UstackImpairCeMarked",
+    "TcpExtPruneCalled", "TcpExtOfoPruned", "TcpExtTCPOFODrop",
+    "TcpExtTCPMemoryPressures", "TcpExtTCPMemoryPressuresChrono", "TcpExtRcvPruned",
+    "TcpExtTCPRcvQDrop",
+    # The HTTP server's defences (ustack/apps/http.py COUNTERS).
+    "UstackHttpHeaderTimeouts", "UstackHttpKeepaliveTimeouts", "UstackHttpBodyTimeouts",
+    "UstackHttpSendTimeouts", "UstackHttpUriTooLong", "UstackHttpHeaderTooLarge",
+    "UstackHttpBodyTooLarge",
+    "UstackMaxConnDrops",  # SYNs dropped over `ustack serve --max-connections`
+    "UstackPcapDropped",  # frames a capture dropped, its disk being behind (pcap.py)
 )
 
 

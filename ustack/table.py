@@ -18,11 +18,16 @@ import itertools
 from collections.abc import Callable
 from typing import TypeVar
 
+from . import seq as sq
+from .tcp import ecn, paws, syncookie
 from .tcp.context import Context
-from .tcp.events import ListenOverflow, StateChanged
+from .tcp.events import ListenOverflow, StateChanged, SynFlood
+from .tcp.reqsock import F_ACKED, NO_WSCALE, ReqRecord, RequestTable, ack_for, synack, synack_window
+from .tcp.reqsock import timeout_ms as req_timeout_ms
 from .tcp.state import State
-from .tcp.tcb import Tcb, no_socket_rst
-from .tcp.timewait import TW_ACK, TW_SYN, TimeWaitTable, TwRecord, sec32
+from .tcp.tcb import DEFAULT_MSS, MIN_SND_MSS, Tcb, no_socket_rst
+from .tcp.timers import Timer
+from .tcp.timewait import TW_ACK, TW_SYN, TimeWaitTable, TwRecord, ms32, sec32
 from .timerq import TimerQueue
 from .wire.ip import ip_to_bytes, ip_to_str
 from .wire.tcp import ACK, RST, SYN, Segment
@@ -33,9 +38,20 @@ PERTURB_SIZE = 1 << 16  # Linux INET_TABLE_PERTURB_SIZE
 
 # TIME_WAIT rows listed by rows(); beyond it ss and the status page say how many more.
 TW_ROWS = 10000
+REQ_ROWS = 10000  # the same for SYN-RECV request records
+MASK = 0xFFFFFFFF
 # TCBs the timer heap never holds: gone, or handed over to a TIME_WAIT record. A set,
 # not two State comparisons: _after() runs for every segment.
 _UNTIMED = frozenset((State.CLOSED, State.TIME_WAIT))
+
+
+def _in_window(seq: int, end: int, s_win: int, e_win: int) -> bool:
+    """Linux tcp_in_window() (tcp_minisocks.c), for request records."""
+    if seq == s_win:
+        return True
+    if sq.gt(end, s_win) and sq.lt(seq, e_win):
+        return True
+    return seq == e_win and seq == end
 
 
 def make_key(remote_ip: bytes, local_ip: bytes, rport: int, lport: int) -> bytes:
@@ -51,12 +67,24 @@ class Listener:
         self.port = port
         self.backlog = backlog
         self.owner = owner
+        # The SYN queue's length (Linux inet_csk_reqsk_queue_len()): request records,
+        # plus children of them that an ACK did not get out of SYN_RECEIVED.
         self.half_open = 0
+        self.young = 0  # requests whose timer never fired (Linux queue->young)
         self.accept_queue: list[Tcb] = []
         self.closed = False
+        # Linux queue->synflood_warned: the flood line is logged once per listener.
+        self.synflood_warned = False
+        # When a cookie was last sent (Linux tcp_synq_overflow()); cookie ACKs are
+        # examined only within SYNCOOKIE_VALID of it. None: never.
+        self.last_overflow: float | None = None
         # The listener's socket options for each child before its SYN-ACK (Linux clones
         # the listening socket, sk_clone_lock()); set by the asyncio layer.
         self.inherit: Callable[[Tcb], None] | None = None
+        # What of them a SYN-ACK says before there is a child: TCP_MAXSEG and
+        # SO_RCVBUF (0: the defaults).
+        self.user_mss = 0
+        self.rcvbuf = 0
 
 
 class TcpTable:
@@ -64,6 +92,8 @@ class TcpTable:
         self.ctx = ctx
         self.est: dict[bytes, Tcb] = {}
         self.tw = TimeWaitTable(ctx)
+        self.reqs = RequestTable(ctx)
+        self._cookie_keys: syncookie.CookieKeys | None = None
         self.listeners: dict[int, Listener] = {}
         self.tx: list[Tx] = []
         self.timers = TimerQueue()
@@ -81,6 +111,9 @@ class TcpTable:
             tcb.handle_segment(seg, now)
             self._after(tcb, now)
             return
+        if key in self.reqs.records:
+            self._request_input(key, seg, now)
+            return
         if key in self.tw.records:
             verdict, arg = self.tw.process(key, seg, now)
             if verdict == TW_ACK:
@@ -94,7 +127,7 @@ class TcpTable:
                     # connect() takes over a TIME_WAIT tuple (__inet_check_established()),
                     # never for a SYN accepted from TIME_WAIT (tcp_v4_rcv() TCP_TW_SYN).
                     self.tw.remove(key)
-                    self._passive_open(listener, key, seg, now, iss=arg)
+                    self._conn_request(listener, key, seg, now, iss=arg)
                 else:
                     # Client-side TIME_WAIT has no listener: answer as TIME_WAIT (LS 60).
                     rec = self.tw.get(key)
@@ -118,28 +151,323 @@ class TcpTable:
         if flags & RST:
             return
         if flags & ACK:
+            # An ACK may return a SYN cookie (Linux tcp_v4_do_rcv() ->
+            # tcp_v4_cookie_check()); if not, the listener resets it (LINUX-SPEC-2 250).
+            if (not flags & SYN and self.ctx.config.tcp_syncookies
+                    and self._cookie_ack(lst, key, seg, now)):
+                return
             self._reset_unknown(key, seg)
             return
         if not flags & SYN:
             return
-        self._passive_open(lst, key, seg, now)
+        self._conn_request(lst, key, seg, now)
 
-    def _passive_open(self, lst: Listener, key: bytes, seg: Segment, now: float,
+    # ------------------------------------------------------------------ SYN queue
+
+    def _conn_request(self, lst: Listener, key: bytes, seg: Segment, now: float,
                       iss: int | None = None) -> None:
+        """A SYN to a listener (Linux tcp_conn_request(), LINUX-SPEC-2 items 240-242,
+        248): a request record and a SYN-ACK, or a SYN cookie, or a counted drop. A SYN
+        from TIME_WAIT (`iss` given) bypasses the queue limit and the cookie decision."""
         stats = self.ctx.stats
-        if lst.closed or lst.half_open + len(lst.accept_queue) >= lst.backlog:
+        cfg = self.ctx.config
+        if lst.closed:
+            return
+        want_cookie = False
+        # inet_csk_reqsk_queue_is_full(): qlen > backlog, so backlog+1 requests fit.
+        if iss is None and (cfg.tcp_syncookies == 2 or lst.half_open > lst.backlog):
+            want_cookie = self._syn_flood_action(lst)
+            if not want_cookie:
+                stats["TcpExtListenDrops"] += 1
+                return
+        if len(lst.accept_queue) > lst.backlog:  # sk_acceptq_is_full(), even with cookies
             stats["TcpExtListenOverflows"] += 1
             stats["TcpExtListenDrops"] += 1
             self.ctx.notices.append(ListenOverflow(lst.port, lst.backlog))
             return
+        # The options the SYN offers and the knobs allow (tcp_parse_options(), estab=0).
+        ts = seg.ts if cfg.tcp_timestamps else None
+        sack = bool(cfg.tcp_sack and seg.sack_perm)
+        ws = min(seg.wscale, 14) if cfg.tcp_window_scaling and seg.wscale is not None else None
+        ecn_ok = ecn.accept_syn(cfg.tcp_ecn, seg.flags, seg.ecn)  # tcp_ecn_create_request()
+        if want_cookie:
+            self._send_cookie(lst, key, seg, now, ts, sack, ws, ecn_ok)
+            return
+        max_syn = cfg.tcp_max_syn_backlog
+        if not cfg.tcp_syncookies and max_syn - lst.half_open < max_syn >> 2:
+            # tcp_conn_request(): without cookies, the last quarter of
+            # tcp_max_syn_backlog is kept for proven peers; ustack has no metrics
+            # cache (tcp_peer_is_proven()), so no peer is proven.
+            stats["TcpExtListenDrops"] += 1
+            return
+        if iss is None:
+            iss = self.ctx.isn(key, now)
+        rec = self.reqs.insert(key, irs=seg.seq, iss=iss, ts_recent=ts[0] if ts else 0,
+                               snd_wnd=seg.wnd, peer_mss=max(seg.mss, MIN_SND_MSS)
+                               if seg.mss else DEFAULT_MSS,
+                               snd_wscale=ws, sack=sack, ts=ts is not None, now=now,
+                               ecn=ecn_ok)
+        lst.half_open += 1
+        lst.young += 1
+        self._send_synack(key, rec, now)
+
+    def _syn_flood_action(self, lst: Listener) -> bool:
+        """Linux tcp_syn_flood_action(): cookies or a drop, counted; the first time per
+        listener (unless tcp_syncookies=2) one line for the log."""
+        cfg = self.ctx.config
+        cookies = bool(cfg.tcp_syncookies)
+        self.ctx.stats["TcpExtTCPReqQFullDoCookies" if cookies else "TcpExtTCPReqQFullDrop"] += 1
+        if not lst.synflood_warned and cfg.tcp_syncookies != 2:
+            lst.synflood_warned = True
+            self.ctx.notices.append(SynFlood(ip_to_str(lst.ip), lst.port, cookies))
+        return cookies
+
+    def cookie_keys(self) -> syncookie.CookieKeys:
+        """The cookie hash keys of ctx.secret (derived again if the secret changes)."""
+        keys = self._cookie_keys
+        if keys is None or keys.secret is not self.ctx.secret:
+            keys = self._cookie_keys = syncookie.CookieKeys(self.ctx.secret)
+        return keys
+
+    def _send_cookie(self, lst: Listener, key: bytes, seg: Segment, now: float,
+                     ts: tuple[int, int] | None, sack: bool, ws: int | None,
+                     ecn_ok: bool) -> None:
+        """The SYN-ACK of a cookie; nothing is kept (cookie_v4_init_sequence(),
+        tcp_conn_request() with want_cookie). Without timestamps the SYN's options are
+        cleared (tcp_clear_options()): the SYN-ACK offers only the MSS (item 248)."""
+        stats = self.ctx.stats
+        if ts is None:
+            sack, ws, ecn_ok = False, None, False  # nowhere to keep them
+        # tcp_synq_overflow(): the stamp moves at most once a second.
+        last = lst.last_overflow
+        if last is None or not last <= now < last + 1.0:
+            lst.last_overflow = now
+        stats["TcpExtSyncookiesSent"] += 1
+        mss = seg.mss if seg.mss else DEFAULT_MSS
+        iss = syncookie.init_sequence(self.cookie_keys(), key, seg.seq,
+                                      syncookie.mss_index(mss), now)
+        tsopt = None
+        if ts is not None:
+            tsval = syncookie.init_timestamp(int(now * 1000) & MASK, ws, sack, ecn_ok)
+            tsopt = ((tsval + self.ctx.ts_offset(key)) & MASK, ts[0])
+        self._send_stateless(key, synack(self.ctx, key, iss, seg.seq, mss=True,
+                                         wscale=ws is not None, sack=sack, ts=tsopt,
+                                         ecn=ecn_ok, user_mss=lst.user_mss, rmem=lst.rcvbuf))
+
+    def _cookie_ack(self, lst: Listener, key: bytes, seg: Segment, now: float) -> bool:
+        """An ACK to a listener that may return a cookie (Linux cookie_v4_check(),
+        cookie_tcp_check(), items 246-249). True when it was taken (a child made, or
+        dropped for a full accept queue); False: the listener resets it."""
+        stats = self.ctx.stats
+        cfg = self.ctx.config
+        last = lst.last_overflow
+        # tcp_synq_no_recent_overflow(): no cookie sent lately, not examined as one.
+        if last is None or not last - 1.0 <= now <= last + syncookie.SYNCOOKIE_VALID:
+            return False
+        mss = syncookie.check(self.cookie_keys(), key, seg.seq, seg.ack, now)
+        if not mss:
+            stats["TcpExtSyncookiesFailed"] += 1
+            return False
+        stats["TcpExtSyncookiesRecv"] += 1
+        ts = seg.ts if cfg.tcp_timestamps else None
+        ws: int | None = None
+        sack = ecn_ok = False
+        if ts is not None:
+            tsecr = ts[1]
+            if tsecr:
+                tsecr = (tsecr - self.ctx.ts_offset(key)) & MASK
+            ok, ws, sack, ecn_bit = syncookie.timestamp_decode(
+                tsecr, timestamps=bool(cfg.tcp_timestamps), sack_on=bool(cfg.tcp_sack),
+                ws_on=bool(cfg.tcp_window_scaling))
+            if not ok:
+                return False
+            ecn_ok = ecn_bit and bool(cfg.tcp_ecn)  # cookie_ecn_ok()
+        if len(lst.accept_queue) > lst.backlog:
+            # tcp_v4_syn_recv_sock() fails: dropped, no RST, nothing remembered (249).
+            stats["TcpExtListenOverflows"] += 1
+            stats["TcpExtListenDrops"] += 1
+            self.ctx.notices.append(ListenOverflow(lst.port, lst.backlog, "ACK"))
+            return True
+        lst.half_open += 1
+        self._child(lst, key, seg, now, iss=(seg.ack - 1) & MASK, irs=(seg.seq - 1) & MASK,
+                    peer_mss=mss, snd_wscale=ws, sack=sack, ts_recent=ts[0] if ts else None,
+                    snd_wnd=seg.wnd, retrans=0, synack_at=None, ecn_ok=ecn_ok)
+        return True
+
+    def _child(self, lst: Listener, key: bytes, seg: Segment, now: float, **req) -> Tcb:
+        """The full TCB for a completed handshake (tcp_v4_syn_recv_sock()), in
+        SYN_RECEIVED; the completing ACK then takes it to ESTABLISHED through the
+        ordinary input path (tcp_child_process()), data and FIN included."""
         tcb = self._new_tcb(key)
         tcb.listener = lst
-        lst.half_open += 1
         self.est[key] = tcb
         if lst.inherit is not None:
-            lst.inherit(tcb)
-        tcb.open_passive(seg, now, iss=iss)
+            lst.inherit(tcb)  # the listener's socket options (Linux clones the listener)
+        tcb.open_from_request(now, **req)
+        tcb.handle_segment(seg, now)
+        if tcb.state == State.SYN_RECEIVED:
+            # The checks above mirror the TCB's, so this should not happen; if the ACK
+            # did not take, the TCB's own SYN-ACK timer makes sure it ends.
+            tcb.timers.set(Timer.RTO, now + tcb.rtt.current())
         self._after(tcb, now)
+        return tcb
+
+    # ------------------------------------------------------------------ request records
+
+    def _send_synack(self, key: bytes, r: ReqRecord, now: float) -> None:
+        lst = self._listener_for(key)
+        ts = ((ms32(now) + self.ctx.ts_offset(key)) & MASK, r.ts_recent) if r.ts_ok else None
+        self._send_stateless(key, synack(self.ctx, key, r.iss, r.irs, mss=True,
+                                         wscale=r.snd_wscale != NO_WSCALE,
+                                         sack=r.sack_ok, ts=ts, ecn=r.ecn_ok,
+                                         user_mss=lst.user_mss if lst else 0,
+                                         rmem=lst.rcvbuf if lst else 0))
+
+    def _req_oow_limited(self, key: bytes, r: ReqRecord, now: float) -> tuple[bool, ReqRecord]:
+        """tcp_oow_rate_limited() on the request's last_oow_ack_time."""
+        t = ms32(now)
+        if r.last_oow and 0 <= sq.diff(t, r.last_oow) < self.ctx.config.tcp_invalid_ratelimit:
+            self.ctx.stats["TcpExtTCPACKSkippedSynRecv"] += 1
+            return True, r
+        return False, r._replace(last_oow=t or 1)
+
+    def _drop_request(self, key: bytes, lst: Listener | None) -> None:
+        r = self.reqs.get(key)
+        if r is not None:
+            self.reqs.remove(key)
+            if lst is not None:
+                lst.half_open = max(lst.half_open - 1, 0)
+                if r.num_timeout == 0:
+                    lst.young = max(lst.young - 1, 0)
+
+    def _request_input(self, key: bytes, seg: Segment, now: float) -> None:
+        """A segment for a request record (Linux tcp_check_req(), item 251)."""
+        r = self.reqs.get(key)
+        assert r is not None
+        lst = self._listener_for(key)
+        stats = self.ctx.stats
+        if lst is None:
+            self._drop_request(key, None)
+            self._reset_unknown(key, seg)
+            return
+        flags = seg.flags
+        flg = flags & (RST | SYN | ACK)
+        paws_reject = r.ts_ok and seg.ts is not None and paws.reject_minisock(
+            r.ts_recent, seg.ts[0], req_timeout_ms(r.num_timeout) / 1000, bool(flags & RST))
+        if seg.seq == r.irs and flg == SYN and not paws_reject:
+            # A retransmitted SYN: the SYN-ACK again, the timer restarted.
+            limited, r = self._req_oow_limited(key, r, now)
+            if not limited:
+                r = self.reqs.restart(key, r._replace(num_retrans=min(r.num_retrans + 1, 255)),
+                                      now)
+                stats["TcpRetransSegs"] += 1
+                self._send_synack(key, r, now)
+            self.reqs.put(key, r)
+            return
+        if flags & ACK and seg.ack != (r.iss + 1) & MASK:
+            self._reset_unknown(key, seg)  # back to the listener: R seq=SEG.ACK (250)
+            return
+        rcv_nxt = (r.irs + 1) & MASK
+        end = (seg.seq + seg.seg_len) & MASK
+        if paws_reject or not _in_window(seg.seq, end, rcv_nxt,
+                                         (rcv_nxt + synack_window(self.ctx)) & MASK):
+            if not flags & RST:
+                limited, r = self._req_oow_limited(key, r, now)
+                if not limited:
+                    self._send_stateless(key, ack_for(self.ctx, key, r, now))
+                self.reqs.put(key, r)
+            if paws_reject:
+                stats["TcpExtPAWSEstab"] += 1
+            return
+        if seg.seq == r.irs:
+            flg &= ~SYN  # the SYN is left of the window; only the rest counts
+        if flg & RST:
+            if seg.seq != rcv_nxt:
+                # RFC 5961 3.2 for an in-window, inexact RST: a challenge ACK.
+                limited, r = self._req_oow_limited(key, r, now)
+                self.reqs.put(key, r)
+                if not limited and self.ctx.challenge_ack_allowed(now):
+                    stats["TcpExtTCPChallengeACK"] += 1
+                    self._send_stateless(key, ack_for(self.ctx, key, r, now))
+                return
+            stats["TcpAttemptFails"] += 1
+            stats["TcpExtEmbryonicRsts"] += 1
+            self._drop_request(key, lst)
+            return
+        if flg & SYN:
+            # Another ISN in the window: embryonic reset, the request goes.
+            stats["TcpAttemptFails"] += 1
+            stats["TcpExtEmbryonicRsts"] += 1
+            self._reset_unknown(key, seg)
+            self._drop_request(key, lst)
+            return
+        if not flg & ACK:
+            return
+        if len(lst.accept_queue) > lst.backlog:
+            # tcp_check_req() listen_overflow (item 242).
+            stats["TcpExtListenOverflows"] += 1
+            stats["TcpExtListenDrops"] += 1
+            self.ctx.notices.append(ListenOverflow(lst.port, lst.backlog, "ACK"))
+            if self.ctx.config.tcp_abort_on_overflow:
+                stats["TcpExtEmbryonicRsts"] += 1
+                self._reset_unknown(key, seg)
+                self._drop_request(key, lst)
+            else:
+                # The ACK is dropped and the request marked acked and kept, so the
+                # client's retransmission (or our next SYN-ACK's ACK) may succeed.
+                self.reqs.put(key, r._replace(flags=r.flags | F_ACKED))
+            return
+        # The request becomes the child; half_open keeps counting it until the ACK takes
+        # it out of SYN_RECEIVED (_on_state()).
+        self.reqs.remove(key)
+        if r.num_timeout == 0:
+            lst.young = max(lst.young - 1, 0)
+        self._child(lst, key, seg, now, iss=r.iss, irs=r.irs, peer_mss=r.peer_mss,
+                    snd_wscale=None if r.snd_wscale == NO_WSCALE else r.snd_wscale,
+                    sack=r.sack_ok, ts_recent=r.ts_recent if r.ts_ok else None,
+                    snd_wnd=r.snd_wnd, retrans=r.num_retrans,
+                    synack_at=None if r.num_retrans else now - r.age(now),
+                    ecn_ok=r.ecn_ok)
+
+    def _request_timers(self, now: float) -> None:
+        """SYN-ACK retransmission (Linux reqsk_timer_handler(), item 251): every expiry
+        counts TCPTimeouts; after tcp_synack_retries timeouts the request is dropped
+        silently."""
+        stats = self.ctx.stats
+        retries = self.ctx.config.tcp_synack_retries
+        reqs = self.reqs
+        for key in reqs.due(now):
+            r = reqs.get(key)
+            if r is None:
+                continue
+            lst = self._listener_for(key)
+            stats["TcpExtTCPTimeouts"] += 1
+            if lst is None or r.num_timeout >= self._synack_retries(lst, retries):
+                stats["TcpAttemptFails"] += 1
+                self._drop_request(key, lst)
+                continue
+            stats["TcpRetransSegs"] += 1
+            self._send_synack(key, r, now)
+            if r.num_timeout == 0:
+                lst.young = max(lst.young - 1, 0)
+            reqs.fired(key, r, now, resent=True)
+
+    @staticmethod
+    def _synack_retries(lst: Listener, retries: int) -> int:
+        """reqsk_timer_handler()'s pruning: with the SYN queue more than half full
+        (2 qlen > max(8, backlog)), the retry limit drops (down to 2) while the requests
+        that timed out already outweigh the young ones, so old ones leave room for new."""
+        qlen = lst.half_open
+        if (qlen << 1) > max(8, lst.backlog):
+            young = lst.young << 1
+            while retries > 2:
+                if qlen < young:
+                    break
+                retries -= 1
+                young <<= 1
+        return retries
+
+    # ------------------------------------------------------------------ helpers
 
     def _new_tcb(self, key: bytes) -> Tcb:
         local = (ip_to_str(key[4:8]), (key[10] << 8) | key[11])
@@ -206,8 +534,11 @@ class TcpTable:
             port = self._free_port()
         if port in self.listeners:
             raise OSError(E.EADDRINUSE, "Address already in use")
-        backlog = max(1, min(backlog, self.ctx.config.somaxconn,
-                             self.ctx.config.tcp_max_syn_backlog))
+        # __sys_listen(): min(backlog, somaxconn), a negative one meaning somaxconn. It
+        # bounds the SYN queue and the accept queue, each at backlog+1 (LINUX-SPEC-2
+        # 241, 242, 398); tcp_max_syn_backlog only matters without cookies.
+        somaxconn = self.ctx.config.somaxconn
+        backlog = somaxconn if backlog < 0 else min(backlog, somaxconn)
         lst = Listener(ip_to_bytes(ip or "0.0.0.0"), port, backlog, owner)
         self.listeners[port] = lst
         return lst
@@ -246,10 +577,19 @@ class TcpTable:
         for tcb in list(lst.accept_queue):
             self.call(tcb, now, tcb.abort, now)
         lst.accept_queue.clear()
+        # Request records go silently, as half-open TCBs do.
+        for key in [k for k in self.reqs.records if self._owned_by(k, lst)]:
+            self._drop_request(key, lst)
+        lst.young = 0
         if lst.half_open:
             for tcb in [t for t in self.est.values()
                         if t.listener is lst and t.state == State.SYN_RECEIVED]:
                 self.call(tcb, now, tcb.drop, "listener closed")
+
+    @staticmethod
+    def _owned_by(key: bytes, lst: Listener) -> bool:
+        return ((key[10] << 8) | key[11]) == lst.port and (
+            lst.ip == b"\0\0\0\0" or lst.ip == key[4:8])
 
     def connect(self, local_ip: str, remote_ip: str, rport: int, now: float,
                 owner: object = None, lport: int | None = None,
@@ -362,13 +702,9 @@ class TcpTable:
     # ------------------------------------------------------------------ time
 
     def next_deadline(self) -> float | None:
-        a = self.timers.next_deadline()
-        b = self.tw.next_expiry()
-        if a is None:
-            return b
-        if b is None:
-            return a
-        return min(a, b)
+        times = [t for t in (self.timers.next_deadline(), self.tw.next_expiry(),
+                             self.reqs.next_expiry()) if t is not None]
+        return min(times) if times else None
 
     def handle_timers(self, now: float) -> None:
         for tcb in self.timers.pop_due(now):
@@ -377,6 +713,8 @@ class TcpTable:
             tcb.handle_timer(now)
             self._after(tcb, now)
         self.tw.expire(now)
+        if self.reqs.rounds:
+            self._request_timers(now)
 
     # ------------------------------------------------------------------ views
 
@@ -398,6 +736,18 @@ class TcpTable:
                 "recv_q": tcb.recv_queue, "send_q": tcb.send_queue,
                 "timer": f"{t[0]},{t[1]:.3f}s,{t[2]}" if t else "",
                 "age": round(now - tcb.created, 3),
+            })
+        reqs = self.reqs
+        for key in itertools.islice(reqs.records, REQ_ROWS):
+            r = reqs.get(key)
+            # As Linux's ss shows a request sock: SYN-RECV, timer:(on,left,retrans).
+            out.append({
+                "state": "SYN-RECV",
+                "local": f"{ip_to_str(key[4:8])}:{(key[10] << 8) | key[11]}",
+                "peer": f"{ip_to_str(key[0:4])}:{(key[8] << 8) | key[9]}",
+                "recv_q": 0, "send_q": 0,
+                "timer": f"on,{r.remaining(now):.3f}s,{r.num_retrans}",
+                "age": round(r.age(now), 3),
             })
         for key in itertools.islice(self.tw.records, TW_ROWS if tw_limit is None else tw_limit):
             r = self.tw.get(key)

@@ -140,6 +140,67 @@ class UstackNet:
         self.server.close()
 
 
+class _TunNet:
+    """ustack on a TUN device in the test's namespace, the kernel as the peer on the
+    other side of it (10.77.0.1): where the wire matters, the kernel's TCP sees what
+    ustack sent. The test's thread must be inside the namespace (`inside_netns`)."""
+
+    kernel_addr, stack_addr = "10.77.0.1", "10.77.0.2"
+
+    def __init__(self, knobs: tuple[str, ...] = ()) -> None:
+        from ustack.io.tun import TunDevice
+        self.loop = asyncio.get_running_loop()
+        self.device = TunDevice("udrop0", f"{self.kernel_addr}/24")
+        self.stack = Stack(self.stack_addr, config=apply_settings(Config(), list(knobs)),
+                           loop=self.loop)
+        self.stack.attach(self.device)
+        self.device.start(self.loop, self.stack.receive)
+
+    def close(self) -> None:
+        self.stack.close()
+        self.device.close()
+
+
+class TunClientNet(_TunNet):
+    """ustack connects, the kernel listens."""
+
+    name = "tun-client"
+    host = _TunNet.kernel_addr
+    client_host = _TunNet.stack_addr
+
+    async def start_server(self, cb, port: int = 0, **kw):
+        return await asyncio.start_server(cb, self.host, port, **kw)
+
+    async def open_connection(self, port: int, **kw):
+        return await self.stack.open_connection(self.host, port, **kw)
+
+    async def create_server(self, factory, port: int = 0, **kw):
+        return await self.loop.create_server(factory, self.host, port, **kw)
+
+    async def create_connection(self, factory, port: int, **kw):
+        return await self.stack.create_connection(factory, self.host, port, **kw)
+
+
+class TunServerNet(_TunNet):
+    """ustack listens, the kernel connects."""
+
+    name = "tun-server"
+    host = _TunNet.stack_addr
+    client_host = _TunNet.kernel_addr
+
+    async def start_server(self, cb, port: int = 0, **kw):
+        return await self.stack.start_server(cb, self.host, port, **kw)
+
+    async def open_connection(self, port: int, **kw):
+        return await asyncio.open_connection(self.host, port, **kw)
+
+    async def create_server(self, factory, port: int = 0, **kw):
+        return await self.stack.create_server(factory, self.host, port, **kw)
+
+    async def create_connection(self, factory, port: int, **kw):
+        return await self.loop.create_connection(factory, self.host, port, **kw)
+
+
 Case = Callable[[Any, Rec], Awaitable[None]]
 
 
@@ -250,6 +311,14 @@ async def check(spec: Spec) -> dict:
                 if ours.get(k) != on_uv.get(k)}
         assert not diff, f"ustack on uvloop differs from ustack on asyncio's loop: {diff}"
     return kernel
+
+
+async def check_tun(spec: Spec) -> None:
+    """The case with ustack on one end of a TUN device and the kernel on the other,
+    both ways round, against the kernel on both ends."""
+    kernel = await run(spec, KernelNet)
+    for net_cls in (TunClientNet, TunServerNet):
+        compare(spec, kernel, await run(spec, net_cls))
 
 
 async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:

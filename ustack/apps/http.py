@@ -14,6 +14,16 @@ keep-alive`) the connection stays open for the next request until the client clo
 Each response leaves in one write: head and body together for small files, head and the
 first 256 KiB for large ones. Two small writes in a row would put the second behind Nagle,
 waiting for the client's delayed ACK (40 ms). File lookups are cached (`FileCache`).
+
+Defences, as nginx has them (`HttpLimits`, each a `ustack serve --http-...` option): the
+request head must arrive within `header_timeout` (client_header_timeout), an idle
+keep-alive connection is closed after `keepalive_timeout`, a request line beyond
+`max_request_line` is answered 414 and a header line or head beyond its limit 431 (RFC
+6585; nginx says 400 "Request Header Or Cookie Too Large" for the same), a body beyond
+`max_body` is refused with 413 before it is read (client_max_body_size), each body read
+and each response write must progress within `body_timeout` / `send_timeout`
+(client_body_timeout, send_timeout). A slowloris connection trickling its head byte by
+byte thus lives at most `header_timeout`, costing a StreamReader and a task meanwhile.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ from urllib.parse import unquote, urlsplit
 
 import h11
 
+from .limits import HttpLimits
+
 log = logging.getLogger(__name__)
 
 CHUNK = 65536  # request body reads
@@ -49,6 +61,10 @@ ALLOWED = (b"GET", b"HEAD")
 OCTET_STREAM = "application/octet-stream"
 HTML = "text/html; charset=utf-8"
 EMPTY: dict = {"connections": [], "stats": {}}
+# What the defences count (in the stack's Stats, so `ustack nstat` shows them).
+COUNTERS = ("UstackHttpHeaderTimeouts", "UstackHttpKeepaliveTimeouts",
+            "UstackHttpBodyTimeouts", "UstackHttpSendTimeouts", "UstackHttpUriTooLong",
+            "UstackHttpHeaderTooLarge", "UstackHttpBodyTooLarge")
 
 StartServer = Callable[..., Awaitable[Any]]
 Status = Callable[[], dict]
@@ -56,6 +72,16 @@ Status = Callable[[], dict]
 # root=...) -> (status, content type, body), or None for a path it does not own.
 Router = Callable[..., tuple[int, str, bytes] | None]
 NO_STORE = [("Cache-Control", "no-store")]
+Counters = Any  # a ustack.stats.Stats, or any dict with the Ustack* names below
+
+
+class _Refused(Exception):
+    """A request we answer with `status` and close; `counter` is what it counts."""
+
+    def __init__(self, status: int, counter: str) -> None:
+        super().__init__(status)
+        self.status = status
+        self.counter = counter
 
 
 async def start_http(
@@ -66,16 +92,21 @@ async def start_http(
     root: pathlib.Path | None = None,
     status: Status | None = None,
     dashboard: Router | None = None,
+    limits: HttpLimits | None = None,
+    stats: Counters | None = None,
 ) -> Any:
     """Serve files under `root` (or the built-in status page when None); returns the server.
 
     `dashboard`: the dashboard's router; it answers /ustack/..., and `/` too when there
-    is no root (the old status page is then gone from `/`; /status.json stays)."""
+    is no root (the old status page is then gone from `/`; /status.json stays).
+    `stats` (the stack's counters) gets the Ustack* counts of timeouts and refusals."""
     # Resolve once so the containment check compares real paths with a real root.
     cache = FileCache(root.resolve(strict=True)) if root is not None else None
+    lim = limits or HttpLimits()
+    counters = stats if stats is not None else dict.fromkeys(COUNTERS, 0)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _Session(reader, writer, cache, status, dashboard).run()
+        await _Session(reader, writer, cache, status, dashboard, lim, counters).run()
 
     return await start_server(handle, host, port)
 
@@ -312,13 +343,15 @@ td,th{{border:1px solid #999;padding:2px 6px;text-align:left}}</style></head>
 
 
 async def _read_line(reader: asyncio.StreamReader) -> bytes:
-    """Up to and including the next LF, so we never read past the end of a request head."""
+    """Up to and including the next LF, so we never read past the end of a request head.
+
+    A line longer than the reader's limit (64 KiB) comes back in pieces without its LF;
+    the caller's line limit (at most that) refuses it."""
     try:
         return await reader.readuntil(b"\n")
     except asyncio.IncompleteReadError as exc:
         return exc.partial  # EOF: the next call returns b"", which h11 takes as close
     except asyncio.LimitOverrunError as exc:
-        # A very long line: take what was scanned; h11 enforces its own size limit.
         return await reader.read(max(1, exc.consumed))
 
 
@@ -348,21 +381,45 @@ class _Session:
         cache: FileCache | None,
         status: Status | None,
         dashboard: Router | None = None,
+        limits: HttpLimits | None = None,
+        stats: Counters | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.cache = cache
         self.status = status
         self.dashboard = dashboard
-        self.conn = h11.Connection(h11.SERVER)
+        self.limits = limits = limits or HttpLimits()
+        self.stats = stats if stats is not None else dict.fromkeys(COUNTERS, 0)
+        self.conn = self._new_conn()
         self.body_left = 0
+        self.body_read = 0  # body bytes of the current request, against max_body
         self.keep_alive_10 = False  # the current request is HTTP/1.0 asking keep-alive
+        self.requests = 0
+        # Head accounting for the request being read: bytes so far, and the length of
+        # the line under way (the first line is the request line).
+        self.head_bytes = 0
+        self.line_bytes = 0
+        self.in_request_line = True
+        self.in_head = True
+
+    def _new_conn(self) -> h11.Connection:
+        # h11's own cap (16 KiB by default) must not fire before ours do.
+        size = max(self.limits.max_head, self.limits.max_request_line) + 1024
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=size)
 
     async def run(self) -> None:
         peer = self.writer.get_extra_info("peername")
         try:
             while await self._cycle():
-                pass
+                self.requests += 1
+        except _Refused as exc:
+            self.stats[exc.counter] += 1
+            log.debug("http %s: refused with %d (%s)", peer, exc.status, exc.counter)
+            with contextlib.suppress(ConnectionError, OSError, h11.LocalProtocolError,
+                                     TimeoutError):
+                await self._send_error(exc.status)
+                await self._linger()
         except h11.RemoteProtocolError as exc:
             log.debug("http %s: bad request: %s", peer, exc)
             with contextlib.suppress(ConnectionError, OSError, h11.LocalProtocolError):
@@ -381,18 +438,81 @@ class _Session:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 if isinstance(event, h11.Request):
+                    self.in_head = False
                     self.body_left = _declared_length(event)
+                    if self.body_left > self.limits.max_body:
+                        # client_max_body_size: refused on the header, before reading.
+                        raise _Refused(413, "UstackHttpBodyTooLarge")
+                elif isinstance(event, h11.Data):
+                    self.body_read += len(event.data)
+                    if self.body_read > self.limits.max_body:
+                        raise _Refused(413, "UstackHttpBodyTooLarge")  # chunked
                 return event
-            if self.body_left > 0:
-                data = await self.reader.read(min(self.body_left, CHUNK))
-                self.body_left -= len(data)
-            else:
+            if self.in_head:
                 data = await _read_line(self.reader)
+                self._count_head(data)
+            else:
+                data = await self._read_body()
             self.conn.receive_data(data)
+
+    def _count_head(self, data: bytes) -> None:
+        """Hold the head to large_client_header_buffers' limits as it arrives."""
+        lim = self.limits
+        self.head_bytes += len(data)
+        self.line_bytes += len(data)
+        if self.in_request_line and self.line_bytes > lim.max_request_line:
+            raise _Refused(414, "UstackHttpUriTooLong")
+        if not self.in_request_line and self.line_bytes > lim.max_header_line:
+            raise _Refused(431, "UstackHttpHeaderTooLarge")
+        if self.head_bytes > lim.max_head:
+            raise _Refused(431, "UstackHttpHeaderTooLarge")
+        if data.endswith(b"\n"):
+            # Blank lines before the request line are allowed (RFC 9112 2.2).
+            if self.in_request_line and data.strip():
+                self.in_request_line = False
+            self.line_bytes = 0
+
+    async def _read_body(self) -> bytes:
+        """The next piece of the body, within client_body_timeout of asking."""
+        try:
+            async with asyncio.timeout(self.limits.body_timeout):
+                if self.body_left > 0:
+                    data = await self.reader.read(min(self.body_left, CHUNK))
+                    self.body_left -= len(data)
+                    return data
+                return await _read_line(self.reader)  # chunked framing
+        except TimeoutError:
+            raise _Refused(408, "UstackHttpBodyTimeouts") from None
+
+    async def _read_request(self) -> Any:
+        """The next request head (or ConnectionClosed), within the timeouts.
+
+        As nginx: the first request's head must arrive within client_header_timeout of
+        the accept; between requests the connection may idle for keepalive_timeout, and
+        the head's clock starts with its first byte."""
+        self.head_bytes = self.line_bytes = self.body_read = 0
+        self.in_request_line = self.in_head = True
+        lim = self.limits
+        if self.requests:
+            data, closed = self.conn.trailing_data
+            if not (data or closed):  # else pipelined: the next request is already here
+                try:
+                    async with asyncio.timeout(lim.keepalive_timeout):
+                        first = await self.reader.read(1)
+                except TimeoutError:
+                    self.stats["UstackHttpKeepaliveTimeouts"] += 1
+                    return h11.ConnectionClosed()  # nginx closes silently, so do we
+                self._count_head(first)
+                self.conn.receive_data(first)
+        try:
+            async with asyncio.timeout(lim.header_timeout):
+                return await self._next_event()
+        except TimeoutError:
+            raise _Refused(408, "UstackHttpHeaderTimeouts") from None
 
     async def _cycle(self) -> bool:
         """Serve one request; True if the connection stays open for another."""
-        request = await self._next_event()
+        request = await self._read_request()
         if not isinstance(request, h11.Request):
             return False  # ConnectionClosed: the client closed while idle
         self.keep_alive_10 = wants_http10_keep_alive(request)
@@ -408,7 +528,7 @@ class _Session:
         if (self.keep_alive_10 and conn.our_state is h11.MUST_CLOSE
                 and conn.their_state is h11.MUST_CLOSE):
             data, closed = conn.trailing_data
-            self.conn = h11.Connection(h11.SERVER)
+            self.conn = self._new_conn()
             if data:  # receive_data(b"") would mean EOF to h11
                 self.conn.receive_data(data)
             if closed:
@@ -500,7 +620,18 @@ class _Session:
             parts += self._body(body)
         parts.append(self._end())
         self.writer.write(b"".join(parts))
-        await self.writer.drain()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """drain(), but a client that reads nothing for send_timeout loses the
+        connection (nginx's send_timeout): its unsent response is what it costs us."""
+        try:
+            async with asyncio.timeout(self.limits.send_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            self.stats["UstackHttpSendTimeouts"] += 1
+            self.writer.transport.abort()
+            raise ConnectionResetError("send_timeout") from None
 
     async def _send_file(self, cache: FileCache, path: str, file: CachedFile,
                          head: bool) -> bool:
@@ -533,11 +664,22 @@ class _Session:
                 if left == 0 and (end := self._end()):
                     parts.append(end)
                 self.writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
-                await self.writer.drain()
+                await self._drain()
                 parts = []
             if left:
                 self._end()
         return True
+
+    async def _linger(self) -> None:
+        """nginx's lingering close: FIN after the response, then drop what the client
+        still sends until its EOF, a quiet lingering_timeout, or lingering_time."""
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+        lim = self.limits
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(lim.lingering_time):
+                while await asyncio.wait_for(self.reader.read(CHUNK), lim.lingering_timeout):
+                    pass
 
     async def _send_error(self, status: int) -> None:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):

@@ -25,6 +25,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import struct
 from collections import deque
 from collections.abc import Callable
 
@@ -240,9 +241,11 @@ class TunDevice(FdDevice):
     `start()`, removed by `close()`."""
 
     def __init__(self, name: str = "ustack0", host_address: str = "10.77.0.1/24", *,
-                 mtu: int = 1500, queue_limit: int = 4096, offload: str = "off") -> None:
+                 mtu: int = 1500, queue_limit: int = 4096, offload: str = "off",
+                 multi_queue: bool = False) -> None:
         """`offload`: "on" (fail unless the kernel takes TUN_F_CSUM | TUN_F_TSO4),
-        "auto" (use them if it does) or "off" (no virtio-net header at all)."""
+        "auto" (use them if it does) or "off" (no virtio-net header at all).
+        `multi_queue`: IFF_MULTI_QUEUE, this fd is queue 0 (see MultiQueueTun)."""
         if offload not in OFFLOAD_CHOICES:
             raise TunError(f"offload must be one of {', '.join(OFFLOAD_CHOICES)}, not {offload!r}")
         if not MIN_MTU <= mtu <= MAX_MTU:
@@ -251,6 +254,8 @@ class TunDevice(FdDevice):
         flags = pytun.IFF_TUN | pytun.IFF_NO_PI
         if offload != "off":
             flags |= pytun.IFF_VNET_HDR
+        if multi_queue:
+            flags |= pytun.IFF_MULTI_QUEUE
         try:
             dev = pytun.TunTapDevice(name=name, flags=flags)
         except (OSError, pytun.Error) as exc:
@@ -298,3 +303,105 @@ class TunDevice(FdDevice):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------- multi-queue
+# LINUX-SPEC-2 items 212-216: every queue of an IFF_MULTI_QUEUE device is its own
+# open("/dev/net/tun") + TUNSETIFF with the same name and flags; queue index = attach
+# order; a packet for queue i is read from fd i only.
+TUNSETIFF = 0x400454CA
+IFF_MULTI_QUEUE = 0x0100
+
+
+class TunQueue(FdDevice):
+    """One queue of a multi-queue TUN device, as one worker's device: it reads and
+    writes this queue's fd only. Closing it closes the fd; the interface goes when the
+    last fd of every process is closed (the supervisor holds them all until the end)."""
+
+    def __init__(self, fd: int, index: int, *, name: str, mtu: int,
+                 host_address: ipaddress.IPv4Interface, queue_limit: int = 4096,
+                 vnet: bool = False, tso: bool = False) -> None:
+        super().__init__(fd, name=name, queue_limit=queue_limit, vnet=vnet, tso=tso)
+        self.index = index
+        self.mtu = mtu
+        self.host_address = host_address
+
+    def __repr__(self) -> str:
+        return f"<TunQueue {self.name}#{self.index}>"
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class MultiQueueTun:
+    """A TUN interface with `n` queues and a steering program (ustack.io.steering)
+    that sends every connection's packets to one queue; `queues[k]` is worker k's.
+    The supervisor opens it before forking and `close()`s it at the end."""
+
+    def __init__(self, name: str, host_address: str, n: int, *, port_range: tuple[int, int],
+                 mtu: int = 1500, queue_limit: int = 4096, offload: str = "off") -> None:
+        from . import steering
+
+        if not 2 <= n <= 256:  # MAX_TAP_QUEUES (item 214)
+            raise TunError(f"a multi-queue TUN device has 2 to 256 queues, not {n}")
+        first = TunDevice(name, host_address, mtu=mtu, queue_limit=queue_limit,
+                          offload=offload, multi_queue=True)
+        self.name = first.name
+        self.mtu = mtu
+        self.host_address = first.host_address
+        self.vnet, self.tso = first.vnet, first.tso
+        self._first = first
+        flags = pytun.IFF_TUN | pytun.IFF_NO_PI | IFF_MULTI_QUEUE
+        if first.vnet:
+            flags |= pytun.IFF_VNET_HDR
+        fds = [os.dup(first.fd)]  # queue 0, closable without closing pytun's fd
+        try:
+            for _ in range(n - 1):
+                fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
+                fds.append(fd)
+                # Same name, same flags: the kernel attaches the fd as the next queue.
+                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", self.name.encode(), flags))
+            try:
+                prog = steering.load(*port_range, n)
+            except (OSError, ValueError) as exc:
+                raise TunError(f"cannot load the steering program for {n} workers: {exc}"
+                               " (--workers needs bpf(2); use --workers 1)") from None
+            try:
+                fcntl.ioctl(first.fd, steering.TUNSETSTEERINGEBPF, struct.pack("i", prog))
+            except OSError as exc:
+                raise TunError(f"TUNSETSTEERINGEBPF on {self.name}: {exc.strerror}") from None
+            finally:
+                os.close(prog)  # the device holds its own reference
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            first.close()
+            raise
+        self.queues = [TunQueue(fd, k, name=self.name, mtu=mtu, host_address=self.host_address,
+                                queue_limit=queue_limit, vnet=self.vnet, tso=self.tso)
+                       for k, fd in enumerate(fds)]
+        for q in self.queues[:1]:
+            q.close = lambda: None  # fd 0 belongs to `first` (pytun), closed with it
+
+    def close(self) -> None:
+        """Close every queue's fd (the parent's references); the interface disappears
+        once the workers' references are gone too."""
+        for q in self.queues:
+            q.close()
+        self._first.close()
+
+    def keep_only(self, index: int) -> TunQueue:
+        """In worker `index` after fork(): drop this process's references to the other
+        queues (and to pytun's fd); the supervisor still holds them."""
+        for q in self.queues:
+            if q.index != index:
+                q.close()
+        # pytun's fd (queue 0's file too) stays: closing it under the pytun object
+        # would let a later fd reuse the number it closes at exit.
+        return self.queues[index]

@@ -9,11 +9,14 @@ from collections import deque
 
 from ..config import Config
 from ..stats import Stats
+from .events import TooManyOrphans
+from .mem import TcpMem
 
 
 class Context:
     __slots__ = ("config", "stats", "secret", "rng", "notices", "_challenge_second",
-                 "_challenge_left", "adv_mss", "gso_max", "output_due")
+                 "_challenge_left", "adv_mss", "gso_max", "output_due", "orphans",
+                 "mem")
 
     def __init__(self, config: Config | None = None, stats: Stats | None = None,
                  secret: bytes | None = None, seed: int | None = None) -> None:
@@ -30,6 +33,16 @@ class Context:
         # TCBs whose output waits for the end of the batch (Tcb.output_soon(),
         # TcpTable.transmit()), in the order they asked.
         self.output_due: list = []
+        self.orphans = 0  # TCBs the application closed that are not gone yet
+        self.mem = TcpMem()  # tcp_mem pressure, sampled by the shell (mem.py)
+
+    def too_many_orphans(self, shift: int) -> bool:
+        """Linux tcp_too_many_orphans(): (orphans << shift) > tcp_max_orphans; says so
+        in the log (rate-limited) as tcp_check_oom() does."""
+        if (self.orphans << shift) <= self.config.tcp_max_orphans:
+            return False
+        self.notices.append(TooManyOrphans())
+        return True
 
     def set_link(self, mtu: int, gso_max: int) -> None:
         """What the device below allows: `mtu` gives the MSS we advertise (Linux advmss,

@@ -32,6 +32,7 @@ class Why(Enum):
     LISTENER_CLOSED = "listener closed"  # LS 34
     TWO_MSL = "2MSL timeout"  # a TIME_WAIT record expired
     REUSED = "reused by a new connection"  # a TIME_WAIT record taken over
+    ORPHANS = "too many orphaned sockets"  # Linux tcp_check_oom(), LINUX-SPEC-2 400
 
 
 # Aborts that this end decided on (eventlog.py logs them as such).
@@ -106,10 +107,12 @@ class StateChanged:
 
 @dataclass(frozen=True, slots=True)
 class ListenOverflow:
-    """A notice for the operator: a SYN was dropped, the listen queue being full."""
+    """A notice for the operator: a SYN (or a handshake's ACK) was dropped, the listen
+    queue being full."""
 
     port: int
     backlog: int
+    what: str = "SYN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +121,24 @@ class TimeWaitOverflow:
     table, so it got none (LS 64)."""
 
 
+@dataclass(frozen=True, slots=True)
+class SynFlood:
+    """A notice: a listener's SYN queue overflowed for the first time (or tcp_syncookies
+    is 2), so it sends cookies or drops SYNs (Linux tcp_syn_flood_action(),
+    LINUX-SPEC-2 item 243). Once per listener."""
+
+    ip: str
+    port: int
+    cookies: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TooManyOrphans:
+    """A notice: an orphan was reset, tcp_max_orphans being exceeded (tcp_check_oom())."""
+
+
 # Notices are stack-wide, for the log; the core queues them on Context.notices and the
 # shell writes them (rate-limited) with eventlog.py. The core itself never logs.
-Notice = ListenOverflow | TimeWaitOverflow
+Notice = ListenOverflow | TimeWaitOverflow | SynFlood | TooManyOrphans
 
 Event = Connected | DataReceived | EofReceived | SendSpaceAvailable | ConnectionClosed | StateChanged

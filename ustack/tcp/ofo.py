@@ -126,3 +126,11 @@ class OfoQueue:
         """Up to `limit` (left, right) edges, the most recently changed block first
         (RFC 2018 4: the first block reports the segment that triggered the ACK)."""
         return tuple((b.start, b.end) for b in self.recent[:limit])
+
+    def drop_highest(self) -> int:
+        """Drop the block highest in sequence space, as Linux tcp_prune_ofo_queue()
+        does (reneging on what it SACKed); returns its bytes."""
+        b = self.blocks.pop()
+        self.recent = [r for r in self.recent if r is not b]
+        self.size -= len(b.data)
+        return len(b.data)

@@ -37,6 +37,7 @@ from .events import (
     StateChanged,
     Why,
 )
+from .mem import RMEM_MIN
 from .ofo import OfoQueue
 from .rcvq import RecvQueue
 from .recovery import Recovery
@@ -54,6 +55,7 @@ OUR_MSS = 1460  # the MSS we advertise on the default MTU of 1500 (ctx.adv_mss: 
 TS_OPT_LEN = 12
 DELACK = 0.040  # Linux TCP_DELACK_MIN, the issue's "at most 40 ms"
 QUICKACKS = 16  # Linux TCP_MAX_QUICKACKS: ACK every segment at the start
+OFO_MIN_BLOCKS = 64  # the out-of-order queue's block limit at least (Tcb._ofo_room)
 FIN_TIMEOUT_MAX = 120.0
 
 # State sets tested once or more per segment. A frozenset test is one hash lookup; a
@@ -172,6 +174,7 @@ class Tcb:
         self.last_oow_ack = -1e9  # per-socket rate limit of invalid-segment ACKs
         # user state
         self.orphan = False  # the application closed and went away (Linux SOCK_DEAD)
+        self.orphan_counted = False  # counted in ctx.orphans (Linux tcp_orphan_count)
         self.linger: float | None = None  # SO_LINGER seconds when on
         self.nodelay = False
         self.keepalive = False
@@ -181,11 +184,13 @@ class Tcb:
         # More socket options (ustack/sockopt.py is their entry point, by Linux's names)
         self.cork = False  # TCP_CORK: hold partial segments (TCP_NAGLE_CORK)
         self.more = False  # MSG_MORE on the last send(): its partial tail waits too
+        self.more_una = 0  # SND.UNA at that send(): an ACK beyond it ends the wait
         self.user_timeout = 0.0  # TCP_USER_TIMEOUT in seconds; 0 is off (RFC 5482)
         self.user_mss = 0  # TCP_MAXSEG (Linux tp->rx_opt.user_mss); 0 is off
         self.notsent_lowat = 0  # TCP_NOTSENT_LOWAT; 0 is off (Linux: sysctl, UINT_MAX)
         self.ut_start: float | None = None  # when the user-timeout clock started (RTO)
         self.probe_start: float | None = None  # the first zero-window probe (persist)
+        self.error_reported = False  # SO_ERROR read `error` (sock_error() clears sk_err)
         self.probes_out = 0
         self.last_rcv = 0.0
         self.error = 0
@@ -228,6 +233,9 @@ class Tcb:
         elif old in (State.ESTABLISHED, State.CLOSE_WAIT) and new not in (State.CLOSE_WAIT,):
             stats["TcpCurrEstab"] -= 1
         self.state = new
+        if self.orphan_counted and (new is State.CLOSED or new is State.TIME_WAIT):
+            self.orphan_counted = False  # inet_csk_destroy_sock(): no longer an orphan
+            self.ctx.orphans -= 1
         self.events.append(StateChanged(old, new, cause))
 
     def _ts_now(self, now: float) -> int:
@@ -243,6 +251,10 @@ class Tcb:
         adv = (self.rcv_adv - self.rcv_nxt) & MASK if sq.le(self.rcv_nxt, self.rcv_adv) else 0
         if free > adv and free - adv < min(self.rcv_cap // 2, self.ctx.adv_mss):
             free = adv
+        if self.ctx.mem.pressure and free > 4 * self.ctx.adv_mss:
+            # tcp_mem pressure: no window growth, clamped to 4 advmss as Linux's
+            # tcp_adjust_rcv_ssthresh() clamps rcv_ssthresh (LINUX-SPEC-2 item 395).
+            free = 4 * self.ctx.adv_mss
         if free < adv:
             free = adv  # never shrink the window (RFC 9293 3.8.6.2.1)
         return min(free, 65535 << self.rcv_wscale)
@@ -493,6 +505,51 @@ class Tcb:
         self._send_synack(now)
         self.timers.set(Timer.RTO, now + self.rtt.current())
 
+    def open_from_request(self, now: float, *, iss: int, irs: int,
+                          peer_mss: int, snd_wscale: int | None, sack: bool,
+                          ts_recent: int | None, snd_wnd: int, retrans: int,
+                          synack_at: float | None, ecn_ok: bool = False) -> None:
+        """LISTEN -> SYN_RECEIVED for a handshake that a request record (reqsock.py) or
+        a SYN cookie (syncookie.py) carried until its ACK `ack` (Linux
+        tcp_create_openreq_child()): the negotiated state comes from the request, not
+        from a SYN; nothing is sent. The caller then hands the ACK to handle_segment().
+        `synack_at` times the SYN-ACK for an RTT sample (None: retransmitted or a cookie,
+        no sample; Karn). `ts_recent` None: no timestamps."""
+        self.created = now
+        self.last_rcv = now
+        self.iss = iss
+        self.ts_offset = self.ctx.ts_offset(self.key)
+        self.irs = irs
+        self.rcv_nxt = self.rcv_wup = (irs + 1) & MASK
+        self.snd_una = iss
+        self.snd_nxt = self.snd_max = (iss + 1) & MASK
+        self.sendq.start_at(self.snd_nxt)
+        self.snd_wnd = snd_wnd  # the SYN's, never scaled (RFC 7323 2.2)
+        self.snd_wl1 = irs
+        self.snd_wl2 = iss
+        self._choose_wscale()
+        self.peer_mss = max(peer_mss, MIN_SND_MSS)
+        self.ws_ok = snd_wscale is not None
+        self.snd_wscale = snd_wscale or 0
+        if not self.ws_ok:
+            self.rcv_wscale = 0
+        self.ts_ok = ts_recent is not None
+        if self.ts_ok:
+            self.ts_recent = ts_recent
+            self.ts_recent_stamp = now
+        self.sack_ok = sack
+        self.mss = min(self.peer_mss, self.adv_mss()) - (TS_OPT_LEN if self.ts_ok else 0)  # TCP_MAXSEG
+        self.cc.set_mss(self.mss)
+        self.rcv_adv = (self.rcv_nxt + min(self.rcv_cap, 65535)) & MASK
+        self.retries = retrans
+        self.rtt_seq = iss if synack_at is not None else None
+        self.rtt_time = synack_at if synack_at is not None else now
+        if ecn_ok:
+            self._ecn_on()  # the SYN's ECN setup, accepted by the SYN-ACK's ECE
+        # The cause is the SYN as the request remembers it (options left out).
+        syn = Segment(self.remote[1], self.local[1], irs, 0, SYN, snd_wnd)
+        self._set_state(State.SYN_RECEIVED, Cause(Why.SEGMENT, syn))
+
     def _send_synack(self, now: float) -> None:
         wnd = min(self.rcv_cap, 65535)
         seg = Segment(self.local[1], self.remote[1], self.iss, self.rcv_nxt,
@@ -515,13 +572,15 @@ class Tcb:
         """Queue data (RFC 9293 3.10.2 SEND). Returns bytes accepted; raises on a closed side.
 
         `more`: Linux's MSG_MORE, tcp_push() with TCP_NAGLE_CORK for this write: a partial
-        last segment waits for the next send() without it (or a full MSS, or the FIN)."""
+        last segment waits for the next send() without it (or a full MSS, the FIN, or an
+        ACK of data in flight, after which Nagle's own rule decides)."""
         if not self.state.can_send and self.state not in (State.SYN_SENT, State.SYN_RECEIVED):
             raise BrokenPipeError(E.EPIPE, "Broken pipe")
         if self.fin_queued:
             raise BrokenPipeError(E.EPIPE, "Broken pipe")
         self.sendq.append(data)
         self.more = more
+        self.more_una = self.snd_una
         if self.state.synchronized:
             self.output_soon()
         return len(data)
@@ -559,6 +618,54 @@ class Tcb:
             return
         self.output_soon()
 
+    def _ofo_room(self, start: int) -> bool:
+        """The out-of-order queue is at its block limit: one block per KiB of receive
+        buffer (at least OFO_MIN_BLOCKS), as Linux's truesize accounting would stop a
+        peer that sends 1-byte segments with holes between them (each a block, and
+        each add a walk of them all) long before the window is full. Room is made as
+        Linux tcp_prune_ofo_queue() makes it, from the highest block down; a segment
+        above every block is dropped instead (tcp_data_queue_ofo(): TCPOFODrop)."""
+        stats = self.ctx.stats
+        stats["TcpExtPruneCalled"] += 1
+        if sq.ge(start, self.ofo.blocks[-1].end):
+            stats["TcpExtTCPOFODrop"] += 1
+            self.ack_now = self.ack_at_once = True
+            return False
+        self.ofo.drop_highest()
+        stats["TcpExtOfoPruned"] += 1
+        if self.ofo_fin is not None:
+            self.ofo_fin = None  # it was at the end of the highest block
+        return True
+
+    def _mem_room(self, n: int, ofo: bool) -> bool:
+        """Above tcp_mem[2] (mem.py): room only for a connection holding less than
+        tcp_rmem's minimum (LINUX-SPEC-2 item 402). Else, as tcp_prune_queue(): the
+        out-of-order queue goes (the peer sees its SACKs reneged), then the segment is
+        dropped (items 396-397: TCPOFODrop out of order, RcvPruned and TCPRcvQDrop in
+        order), and the ACK tells the peer where we are."""
+        if len(self.rcvbuf) + self.ofo.size + n <= RMEM_MIN:
+            return True
+        stats = self.ctx.stats
+        stats["TcpExtPruneCalled"] += 1
+        if self.ofo:
+            self.ofo.clear()
+            self.ofo_fin = None
+            stats["TcpExtOfoPruned"] += 1
+        if ofo:
+            stats["TcpExtTCPOFODrop"] += 1
+        else:
+            stats["TcpExtRcvPruned"] += 1
+            stats["TcpExtTCPRcvQDrop"] += 1
+        self.ack_now = self.ack_at_once = True
+        return False
+
+    def release(self) -> None:
+        """Break this TCB's reference cycles (owner <-> transport, recovery <-> us) once
+        it has left the table (CLOSED, or swapped for a TIME_WAIT record): refcounting
+        then frees it at once, instead of the cyclic collector's rare full pass."""
+        self.owner = None
+        self.recovery.conn = None  # type: ignore[assignment]
+
     def close(self, now: float, unread: int = 0) -> None:
         """close(2): the application is done with the connection (RFC 9293 3.10.4).
 
@@ -594,6 +701,18 @@ class Tcb:
             self.timers.set(Timer.LINGER, now + self.linger)
         if self.state == State.FIN_WAIT_2:
             self._arm_fin_wait_2(now)
+        if self.state is not State.CLOSED and self.state is not State.TIME_WAIT:
+            self.ctx.orphans += 1
+            self.orphan_counted = True
+            # Linux __tcp_close(): tcp_check_oom(sk, 0) once the socket is an orphan;
+            # over tcp_max_orphans it is reset (LINUX-SPEC-2 items 399-400a).
+            if self.ctx.too_many_orphans(0):
+                self._abort_on_memory(now)
+
+    def _abort_on_memory(self, now: float) -> None:
+        """Too many orphans: RST, CLOSED, TcpExtTCPAbortOnMemory (tcp_check_oom())."""
+        self.ctx.stats["TcpExtTCPAbortOnMemory"] += 1
+        self._abort(now, Why.ORPHANS, rst=True)
 
     def abort(self, now: float) -> None:
         """ABORT (RFC 9293 3.10.5): RST if synchronized, drop everything."""
@@ -687,7 +806,7 @@ class Tcb:
             self.events.append(_SEND_SPACE)
         if rcvbuf is not None:
             self.rcv_cap = rcvbuf
-            if self.state in (State.CLOSED, State.SYN_SENT) and not self.rcv_nxt:
+            if self.state == State.CLOSED:
                 self._choose_wscale()  # before the SYN, as Linux's tcp_select_initial_window()
 
     def set_quickack(self, on: bool, now: float) -> None:
@@ -705,7 +824,7 @@ class Tcb:
         """TCP_CONGESTION: another controller from cc's registry for this connection
         (Linux tcp_set_congestion_control(): its init() runs; cwnd and ssthresh carry on)."""
         old = self.cc
-        new = cc.create(name, self.mss)
+        new = cc.create(name, self.mss, self.ctx.config, self.ctx.stats)
         new.cwnd, new.ssthresh = old.cwnd, old.ssthresh
         self.cc = new
         self.recovery.cc = new
@@ -1331,10 +1450,18 @@ class Tcb:
             if len(data) > room:
                 data = data[:room]  # beyond the window: trimmed (RFC 9293 3.10.7.4)
                 fin = False
+        if data:
+            mem = self.ctx.mem
+            mem.recent += len(data)  # brings the next sample forward (mem.py)
+            if mem.over and not self._mem_room(len(data), start != rcv_nxt):
+                return
         if start != rcv_nxt:
             # Out of order: queue it (merged, so a duplicate costs nothing and the queue
             # stays within the window) and ACK at once, with SACK blocks, so the sender
             # sees the hole (RFC 5681 4.2, RFC 2018 4).
+            if data and len(self.ofo) >= max(OFO_MIN_BLOCKS, self.rcv_cap >> 10) \
+                    and not self._ofo_room(start):
+                return
             if data:
                 held = self.ofo.overlap(start, (start + len(data)) & MASK)
                 if held is not None:
@@ -1572,8 +1699,11 @@ class Tcb:
         unacknowledged. Full-sized means self.mss, options subtracted."""
         if self.fin_queued:
             return False  # the FIN pushes (tcp_send_fin() with TCP_NAGLE_OFF)
-        if self.cork or self.more:
-            return True  # TCP_CORK / MSG_MORE: tcp_nagle_check() with TCP_NAGLE_CORK
+        if self.cork or self.more and self.snd_una == self.more_una:
+            # TCP_CORK / MSG_MORE: tcp_nagle_check() with TCP_NAGLE_CORK. MSG_MORE
+            # corks only that send()'s push (tcp_push()); an ACK's push
+            # (tcp_data_snd_check()) uses the socket's own Nagle setting.
+            return True
         sml = self.snd_sml
         return not self.nodelay and sml is not None and \
             sq.gt(sml, self.snd_una) and sq.le(sml, self.snd_max)
@@ -1708,6 +1838,12 @@ class Tcb:
             self.timers.set(Timer.RTO, self._clamp_to_user_timeout(now + self.rtt.current()))
             return
         if self.orphan and st in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
+            # Linux tcp_out_of_resources(): an orphan whose RTO fires while there are
+            # too many is reset (item 400b; the shift for a long-idle one: limit / 2).
+            idle = now - self.last_send  # Linux: tcp_jiffies32 - tp->lsndtime
+            if self.ctx.too_many_orphans(1 if idle > 240.0 else 0):
+                self._abort_on_memory(now)
+                return
             limit = cfg.tcp_orphan_retries or 8  # Linux tcp_orphan_retries(): 0 means 8
         else:
             limit = cfg.tcp_retries2

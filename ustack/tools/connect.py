@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nodelay", action="store_true", help="TCP_NODELAY")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say on stderr when the connection opens and how it ended")
+    p.add_argument("--worker", metavar="K", type=int_arg("worker", 0), default=None,
+                   help="serve --workers N: open it from worker K (default: each in turn)")
     p.set_defaults(func=run)
 
 
@@ -78,14 +80,18 @@ def run(args: argparse.Namespace) -> int:
         return fail("connect", str(exc))
     out = sys.stdout.buffer
     try:
-        ctl.send({"op": "connect", "host": args.host, "port": args.port,
-                  "linger": args.linger, "nodelay": args.nodelay})
+        req = {"op": "connect", "host": args.host, "port": args.port,
+               "linger": args.linger, "nodelay": args.nodelay}
+        if args.worker is not None:
+            req["worker"] = args.worker
+        ctl.send(req)
         rep = ctl.reply()
         if not rep.get("ok"):
             return fail("connect", f"{args.host}:{args.port}: {rep.get('error')}")
         if args.verbose:
-            print(f"ustack connect: {rep['local']} -> {rep['peer']} open", file=sys.stderr,
-                  flush=True)
+            via = f" (worker {rep['worker']})" if "worker" in rep else ""
+            print(f"ustack connect: {rep['local']} -> {rep['peer']} open{via}",
+                  file=sys.stderr, flush=True)
         threading.Thread(target=_stdin_pump, args=(ctl.sock,), daemon=True).start()
         f = ctl.file
         while True:

@@ -239,6 +239,9 @@ def _peer(text: str) -> tuple[str, int]:
 
 def render(rows: list[dict], options: bool, threshold: float, info: bool = False) -> str:
     header = ["State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port"]
+    workers = any("worker" in r for r in rows)  # serve --workers N: which one owns it
+    if workers:
+        header.append("Worker")
     if options:
         header.append("Timer")
     header.append("Age")
@@ -246,6 +249,8 @@ def render(rows: list[dict], options: bool, threshold: float, info: bool = False
     notes = []
     for r in rows:
         line = [r["state"], str(r["recv_q"]), str(r["send_q"]), r["local"], r["peer"]]
+        if workers:
+            line.append(str(r.get("worker", "-")))
         if options:
             if r.get("timer_name"):
                 line.append(f"timer:({r['timer_name']},{ms_timer(r['timer_left'])},"
@@ -288,6 +293,11 @@ def run(args: argparse.Namespace) -> int:
     if missing > 0 and any(r["state"] == "TIME-WAIT" for r in rows):
         print(f"ustack ss: {missing} more TIME-WAIT entries not listed (the daemon lists "
               f"the {listed_tw} oldest)", file=sys.stderr)
+    listed_req = sum(1 for r in rep["connections"] if r["state"] == "SYN-RECV")
+    missing = rep.get("syn_recv", listed_req) - listed_req
+    if missing > 0 and any(r["state"] == "SYN-RECV" for r in rows):
+        print(f"ustack ss: {missing} more SYN-RECV entries not listed (the daemon lists "
+              f"{listed_req})", file=sys.stderr)
     if args.json:
         for row in rows:
             ti = row.get("tcp_info")

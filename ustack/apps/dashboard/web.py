@@ -13,8 +13,8 @@
         offset=N&limit=N                the table page (limit at most model.PAGE_MAX)
         since=T                         only ring samples newer than T (epoch seconds)
     /ustack/ladder/ID.svg          the live ladder of connection ID (LOCAL-PEER)
-    /ustack/plot/ID.svg            the sender plot: a hook, 404 "not recorded" until
-                                   the plot recorder is wired in (PLOT_HOOK)
+    /ustack/plot/ID.svg            the sender plot (`ustack plot`'s SVG, plots.py): 404
+                                   "not recorded" until a recording covers it
 
 Bad input (a filter that does not parse, a state that does not exist, an offset that is
 not a number) is a 400 with the reason, never a traceback.
