@@ -19,7 +19,7 @@ from ustack.tcp.events import ListenOverflow, SynFlood
 from ustack.tcp.state import State
 from ustack.tcp.timewait import ms32
 
-SYN_OPTS = "<mss 1460,sackOK,TS val * ecr *,nop,wscale 3>"  # tcp_rmem 262144: shift 3
+SYN_OPTS = "<mss 1460,sackOK,TS val * ecr *,nop,wscale 7>"  # tcp_rmem[2] 6 MB: shift 7
 
 
 def handshake(d: Drill, port: int | None = None, backlog: int = 128):
@@ -51,7 +51,7 @@ def test_syn_makes_a_record_and_the_ack_makes_the_tcb():
     tcb = d.accept()
     assert tcb.state == State.ESTABLISHED
     assert (tcb.ts_ok, tcb.sack_ok, tcb.ws_ok, tcb.snd_wscale, tcb.rcv_wscale) == \
-        (True, True, True, 7, 3)
+        (True, True, True, 7, 7)
     assert tcb.mss == 1460 - 12
     assert d.stats["TcpPassiveOpens"] == 1 and d.stats["TcpCurrEstab"] == 1
     # The SYN-ACK was timed (not retransmitted): the RTT sample is the 50 ms.

@@ -81,13 +81,16 @@ def timeout_ms(num_timeout: int) -> int:
 
 
 def rcv_wscale(ctx: Context, rmem: int = 0) -> int:
-    """The shift we offer (Tcb._choose_wscale(), tcp_select_initial_window()): the same
-    function of the receive buffer, so a cookie's child recomputes what was offered.
-    `rmem`: the listener's SO_RCVBUF, 0 for tcp_rmem's default."""
-    shift = 0
-    while (65535 << shift) < (rmem or ctx.config.tcp_rmem[1]) and shift < 14:
-        shift += 1
-    return shift
+    """The shift we offer (Tcb._choose_wscale() too, so a cookie's child recomputes what
+    was offered): Linux tcp_select_initial_window(), ilog2 of the largest buffer the
+    socket could grow to, max(tcp_rmem[2], rmem_max), less 15, at most 14 (RFC 7323
+    2.3); 7 with the defaults, as Linux's. `rmem`: a socket's SO_RCVBUF (it clamps the
+    window, tp->window_clamp), 0 for none."""
+    cfg = ctx.config
+    space = max(cfg.tcp_rmem[2], cfg.rmem_max)
+    if rmem:
+        space = min(space, rmem)
+    return min(max(space.bit_length() - 1 - 15, 0), 14)
 
 
 def synack_window(ctx: Context, rmem: int = 0) -> int:

@@ -24,7 +24,7 @@ import errno as E
 
 from .. import seq as sq
 from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, Segment
-from . import cc, ecn, paws
+from . import cc, ecn, paws, reqsock
 from .cc import IW_SEGMENTS  # noqa: F401  (re-exported: tests and benchmarks)
 from .context import Context
 from .events import (
@@ -425,12 +425,10 @@ class Tcb:
             seg.wscale = self.rcv_wscale
 
     def _choose_wscale(self) -> None:
-        # Linux tcp_select_initial_window(): the scale the largest buffer the socket
-        # could grow to needs (max(tcp_rmem[2], rmem_max), or SO_RCVBUF's when set),
-        # ilog2(space) - 15, at most 14 (RFC 7323 2.3). The defaults give 7, as Linux's.
-        cfg = self.ctx.config
-        space = max(cfg.tcp_rmem[2], cfg.rmem_max, self.rcv_cap)
-        self.rcv_wscale = min(max(space.bit_length() - 1 - 15, 0), 14)
+        # reqsock.rcv_wscale(): Linux tcp_select_initial_window(); a receive buffer
+        # other than tcp_rmem's default was set by SO_RCVBUF and clamps it.
+        rmem = self.rcv_cap if self.rcv_cap != self.ctx.config.tcp_rmem[1] else 0
+        self.rcv_wscale = reqsock.rcv_wscale(self.ctx, rmem)
 
     def _negotiate(self, syn: Segment, we_offered_ts: bool) -> None:
         """Apply the options of the peer's SYN or SYN-ACK (RFC 7323 2.2, 3.2; RFC 9293 3.7.1)."""
