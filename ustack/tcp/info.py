@@ -302,8 +302,8 @@ def tcp_info(tcb, now: float) -> TcpInfo:
     if tcb.ws_ok:
         opts |= TCPI_OPT_WSCALE
         info.snd_wscale, info.rcv_wscale = tcb.snd_wscale, tcb.rcv_wscale
-    if getattr(tcb, "ecn_ok", False):
-        opts |= TCPI_OPT_ECN
+    if tcb.ecn is not None:  # TCP_ECN_OK; TCP_ECN_SEEN once ECT or CE arrived
+        opts |= TCPI_OPT_ECN | (TCPI_OPT_ECN_SEEN if tcb.ecn.seen else 0)
     info.options = opts
     info.delivery_rate_app_limited = int(rec.app_limited)
     info.rto = _usec(rtt.current())  # icsk_rto, backed off as Linux doubles it
