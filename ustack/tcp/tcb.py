@@ -480,29 +480,6 @@ class Tcb:
         self.rtt_time = now
         self._emit(seg)
 
-    def open_passive(self, syn: Segment, now: float, iss: int | None = None) -> None:
-        """LISTEN -> SYN_RECEIVED: a child TCB for an acceptable SYN (RFC 9293 3.10.7.2)."""
-        self.created = now
-        self.last_rcv = now
-        self.iss = iss if iss is not None else self.ctx.isn(self.key, now)
-        self.ts_offset = self.ctx.ts_offset(self.key)
-        self.irs = syn.seq
-        self.rcv_nxt = (syn.seq + 1) & MASK
-        self.rcv_wup = self.rcv_nxt
-        self.snd_una = self.iss
-        self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
-        self.sendq.start_at(self.snd_nxt)
-        self.snd_wnd = syn.wnd  # never scaled in a SYN (RFC 7323 2.2)
-        self.snd_wl1 = syn.seq
-        self.snd_wl2 = self.iss
-        self._choose_wscale()
-        self._negotiate(syn, we_offered_ts=True)
-        if ecn.accept_syn(self.ctx.config.tcp_ecn, syn.flags, syn.ecn):
-            self._ecn_on()
-        self._set_state(State.SYN_RECEIVED, Cause(Why.SEGMENT, syn))
-        self._send_synack(now)
-        self.timers.set(Timer.RTO, now + self.rtt.current())
-
     def open_from_request(self, now: float, *, iss: int, irs: int,
                           peer_mss: int, snd_wscale: int | None, sack: bool,
                           ts_recent: int | None, snd_wnd: int, retrans: int,
