@@ -405,3 +405,17 @@ def test_msg_more_tail_goes_with_the_next_ack_under_nagle_rules():
     d.expect_nothing()
     d.inject(". 1:1(0) ack 1449 win 257")
     d.expect("P. 1449:1549(100) ack 1")
+
+
+def test_user_timeout_keeps_the_syn_retry_count():
+    """tcp_write_timeout(): in SYN-SENT the tcp_syn_retries count still ends the attempt
+    (TCP_USER_TIMEOUT may end it sooner, never later): with syn_retries 2 and a 600 s
+    user timeout, connect() fails ETIMEDOUT after the third SYN's timeout (7 s)."""
+    d = Drill("tcp_syn_retries=2")
+    d.connect()
+    d.take()
+    opt(d, TCP, S.TCP_USER_TIMEOUT, 600_000)
+    _unanswered(d, 8.0)
+    assert d.state == State.CLOSED
+    assert closed_with(d) == [errno.ETIMEDOUT]
+    assert d.stats["TcpAttemptFails"] == 1

@@ -1772,14 +1772,16 @@ class Tcb:
                 stats["TcpExtTCPAbortOnTimeout"] += 1
                 if st in (State.ESTABLISHED, State.CLOSE_WAIT):
                     stats["TcpEstabResets"] += 1
+                elif st == State.SYN_SENT or st == State.SYN_RECEIVED:
+                    stats["TcpAttemptFails"] += 1  # tcp_done() counts a handshake's end
                 self._terminate(E.ETIMEDOUT, Cause(Why.RTO_GIVE_UP))
                 return
         if st == State.SYN_SENT or st == State.SYN_RECEIVED:
             # Resend the SYN or SYN-ACK with backoff (RFC 6298 5.5) until Linux's
-            # tcp_syn_retries / tcp_synack_retries run out.
+            # tcp_syn_retries / tcp_synack_retries run out; TCP_USER_TIMEOUT may end it
+            # sooner, never later (tcp_write_timeout() keeps the count in SYN states).
             syn_sent = st == State.SYN_SENT
-            if not self.user_timeout and self.retries > (
-                    cfg.tcp_syn_retries if syn_sent else cfg.tcp_synack_retries):
+            if self.retries > (cfg.tcp_syn_retries if syn_sent else cfg.tcp_synack_retries):
                 stats["TcpAttemptFails"] += 1
                 self._terminate(E.ETIMEDOUT, Cause(Why.SYN_RETRIES if syn_sent
                                                   else Why.SYNACK_RETRIES))
