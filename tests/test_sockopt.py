@@ -419,3 +419,20 @@ def test_user_timeout_keeps_the_syn_retry_count():
     assert d.state == State.CLOSED
     assert closed_with(d) == [errno.ETIMEDOUT]
     assert d.stats["TcpAttemptFails"] == 1
+
+
+def test_tcp_info_after_the_tcb_was_released():
+    """getsockopt(TCP_INFO) on a socket whose connection is gone and whose TCB was
+    released (Tcb.release(), as the asyncio transport does after connection_lost):
+    Linux answers state CLOSE with empty queues; it must not raise."""
+    from ustack.tcp.info import unpack_tcp_info
+
+    d = Drill()
+    d.established_passive()
+    d.send(3000)
+    d.take()
+    d.inject("R. 1:1(0) ack 1")
+    assert d.state == State.CLOSED
+    d.tcb.release()
+    info = unpack_tcp_info(getsockopt(d.tcb, TCP, S.TCP_INFO, 0, d.w.now))
+    assert info.state == 7 and info.sacked == info.lost == info.retrans == 0  # TCP_CLOSE
