@@ -676,7 +676,8 @@ class Tcb:
             self.timers.set(Timer.LINGER, now + self.linger)
         if self.state == State.FIN_WAIT_2:
             self._arm_fin_wait_2(now)
-        if self.state is not State.CLOSED and self.state is not State.TIME_WAIT:
+        if (self.state is not State.CLOSED and self.state is not State.TIME_WAIT
+                and not self.orphan_counted):  # a second close() is no second orphan
             self.ctx.orphans += 1
             self.orphan_counted = True
             # Linux __tcp_close(): tcp_check_oom(sk, 0) once the socket is an orphan;
