@@ -436,3 +436,20 @@ def test_tcp_info_after_the_tcb_was_released():
     d.tcb.release()
     info = unpack_tcp_info(getsockopt(d.tcb, TCP, S.TCP_INFO, 0, d.w.now))
     assert info.state == 7 and info.sacked == info.lost == info.retrans == 0  # TCP_CLOSE
+
+
+def test_a_request_checks_and_acks_with_the_listeners_so_rcvbuf_window():
+    """A request of a listener with SO_RCVBUF 4096 offered win 8192, scale 0: a segment
+    beyond that window is out of window (tcp_check_req() -> tcp_in_window()), answered
+    with an ACK announcing the same window (tcp_v4_reqsk_send_ack(): rsk_rcv_wnd >>
+    rcv_wscale); the request stays."""
+    d = Drill()
+    lst = d.listen(80)
+    listener_setsockopt(lst, d.ctx, [(SOL, S.SO_RCVBUF, 4096)])
+    d.script("""
+        +0 < S 0:0(0) win 65535 <mss 1460,sackOK,TS val 100 ecr 0,nop,wscale 7>
+        +0 > S. 0:0(0) ack 1 win 8192 <mss 1460,sackOK,TS val * ecr 100,nop,wscale 0>
+        +0.01 < . 9001:9101(100) ack 1 win 1000
+        +0 > . 1:1(0) ack 1 win 8192
+    """)
+    assert d.key in d.table.reqs and d.key not in d.table.est
