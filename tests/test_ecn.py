@@ -250,3 +250,18 @@ def test_impair_ce_marks_only_ect_frames():
         half.push(frame(NOT_ECT), 0.0)
     marks = sum(f[1] & 3 == CE for f in half.pop_due(0.0))
     assert 150 < marks < 250
+
+
+def test_tcp_info_reports_ecn_and_ecn_seen():
+    """Linux tcp_get_info(): TCPI_OPT_ECN when ECN was negotiated, TCPI_OPT_ECN_SEEN
+    once an ECT or CE segment arrived (ss -i prints `ecn`, `ecnseen`)."""
+    from ustack.tcp.info import TCPI_OPT_ECN, TCPI_OPT_ECN_SEEN, tcp_info
+
+    d = passive()
+    opts = tcp_info(d.tcb, d.now).options
+    assert opts & TCPI_OPT_ECN and not opts & TCPI_OPT_ECN_SEEN
+    d.inject(". 1:101(100) ack 1", ecn=ECT0)
+    d.take()
+    assert tcp_info(d.tcb, d.now).options & TCPI_OPT_ECN_SEEN
+    plain = passive(syn="S 0:0(0) win 65535", synack="S. 0:0(0) ack 1")
+    assert not tcp_info(plain.tcb, plain.now).options & (TCPI_OPT_ECN | TCPI_OPT_ECN_SEEN)

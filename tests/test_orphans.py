@@ -72,3 +72,17 @@ def test_log_line_is_linuxs(caplog):
     with caplog.at_level(logging.WARNING, logger="ustack.events"):
         eventlog.notice(TooManyOrphans())
     assert "TCP: too many orphaned sockets" in caplog.text
+
+
+def test_a_second_close_counts_the_orphan_once():
+    """close() again on a closing connection (FIN_WAIT_1) makes no second orphan: the
+    count would never come down (Linux: one socket, one close, one orphan)."""
+    d = Drill()
+    d.established_passive()
+    d.close()
+    d.expect("F. 1:1(0) ack 1")
+    d.close()
+    assert d.ctx.orphans == 1
+    d.inject("F. 1:1(0) ack 2")
+    d.expect(". 2:2(0) ack 2")
+    assert d.state == State.TIME_WAIT and d.ctx.orphans == 0

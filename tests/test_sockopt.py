@@ -405,3 +405,51 @@ def test_msg_more_tail_goes_with_the_next_ack_under_nagle_rules():
     d.expect_nothing()
     d.inject(". 1:1(0) ack 1449 win 257")
     d.expect("P. 1449:1549(100) ack 1")
+
+
+def test_user_timeout_keeps_the_syn_retry_count():
+    """tcp_write_timeout(): in SYN-SENT the tcp_syn_retries count still ends the attempt
+    (TCP_USER_TIMEOUT may end it sooner, never later): with syn_retries 2 and a 600 s
+    user timeout, connect() fails ETIMEDOUT after the third SYN's timeout (7 s)."""
+    d = Drill("tcp_syn_retries=2")
+    d.connect()
+    d.take()
+    opt(d, TCP, S.TCP_USER_TIMEOUT, 600_000)
+    _unanswered(d, 8.0)
+    assert d.state == State.CLOSED
+    assert closed_with(d) == [errno.ETIMEDOUT]
+    assert d.stats["TcpAttemptFails"] == 1
+
+
+def test_tcp_info_after_the_tcb_was_released():
+    """getsockopt(TCP_INFO) on a socket whose connection is gone and whose TCB was
+    released (Tcb.release(), as the asyncio transport does after connection_lost):
+    Linux answers state CLOSE with empty queues; it must not raise."""
+    from ustack.tcp.info import unpack_tcp_info
+
+    d = Drill()
+    d.established_passive()
+    d.send(3000)
+    d.take()
+    d.inject("R. 1:1(0) ack 1")
+    assert d.state == State.CLOSED
+    d.tcb.release()
+    info = unpack_tcp_info(getsockopt(d.tcb, TCP, S.TCP_INFO, 0, d.w.now))
+    assert info.state == 7 and info.sacked == info.lost == info.retrans == 0  # TCP_CLOSE
+
+
+def test_a_request_checks_and_acks_with_the_listeners_so_rcvbuf_window():
+    """A request of a listener with SO_RCVBUF 4096 offered win 8192, scale 0: a segment
+    beyond that window is out of window (tcp_check_req() -> tcp_in_window()), answered
+    with an ACK announcing the same window (tcp_v4_reqsk_send_ack(): rsk_rcv_wnd >>
+    rcv_wscale); the request stays."""
+    d = Drill()
+    lst = d.listen(80)
+    listener_setsockopt(lst, d.ctx, [(SOL, S.SO_RCVBUF, 4096)])
+    d.script("""
+        +0 < S 0:0(0) win 65535 <mss 1460,sackOK,TS val 100 ecr 0,nop,wscale 7>
+        +0 > S. 0:0(0) ack 1 win 8192 <mss 1460,sackOK,TS val * ecr 100,nop,wscale 0>
+        +0.01 < . 9001:9101(100) ack 1 win 1000
+        +0 > . 1:1(0) ack 1 win 8192
+    """)
+    assert d.key in d.table.reqs and d.key not in d.table.est

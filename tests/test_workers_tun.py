@@ -425,3 +425,25 @@ def test_workers_do_not_outlive_a_killed_supervisor(workers):
 
     assert eventually(alive, lambda a: a == [], timeout=30) == []
     assert eventually(w.link_exists, lambda up: not up, timeout=30) is False
+
+
+def test_multi_queue_close_leaves_no_queue_open(inside_netns):
+    """MultiQueueTun.close() closes every queue's fd, queue 0's dup included, so the
+    non-persistent interface is gone at once (not only when the supervisor exits)."""
+    from ustack.io.tun import MultiQueueTun
+
+    def tun_fds() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}") == "/dev/net/tun"
+            except OSError:
+                pass
+        return n
+
+    before = tun_fds()
+    dev = MultiQueueTun("ustkmq0", f"{HOST_ADDRESS}/24", 2, port_range=RANGE)
+    assert tun_fds() == before + 3  # pytun's, queue 0's dup, queue 1
+    dev.close()
+    assert tun_fds() == before
+    assert not Path("/sys/class/net/ustkmq0").exists()

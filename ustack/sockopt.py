@@ -190,10 +190,7 @@ def getsockopt(tcb: Tcb, level: int, optname: int, buflen: int = 0,
     if level != IPPROTO_TCP:
         raise _err(E.ENOPROTOOPT)
     if optname == TCP_INFO:
-        try:
-            from .tcp.info import pack_tcp_info, tcp_info  # type: ignore[import-not-found]
-        except ImportError:  # wired when tcp/info.py lands
-            raise _err(E.ENOPROTOOPT) from None
+        from .tcp.info import pack_tcp_info, tcp_info
         b = pack_tcp_info(tcp_info(tcb, now))
         return b[:buflen] if buflen else b
     if optname == TCP_CONGESTION:

@@ -370,11 +370,11 @@ class TcpTable:
         rcv_nxt = (r.irs + 1) & MASK
         end = (seg.seq + seg.seg_len) & MASK
         if paws_reject or not _in_window(seg.seq, end, rcv_nxt,
-                                         (rcv_nxt + synack_window(self.ctx)) & MASK):
+                                         (rcv_nxt + synack_window(self.ctx, lst.rcvbuf)) & MASK):
             if not flags & RST:
                 limited, r = self._req_oow_limited(key, r, now)
                 if not limited:
-                    self._send_stateless(key, ack_for(self.ctx, key, r, now))
+                    self._send_stateless(key, ack_for(self.ctx, key, r, now, lst.rcvbuf))
                 self.reqs.put(key, r)
             if paws_reject:
                 stats["TcpExtPAWSEstab"] += 1
@@ -388,7 +388,7 @@ class TcpTable:
                 self.reqs.put(key, r)
                 if not limited and self.ctx.challenge_ack_allowed(now):
                     stats["TcpExtTCPChallengeACK"] += 1
-                    self._send_stateless(key, ack_for(self.ctx, key, r, now))
+                    self._send_stateless(key, ack_for(self.ctx, key, r, now, lst.rcvbuf))
                 return
             stats["TcpAttemptFails"] += 1
             stats["TcpExtEmbryonicRsts"] += 1

@@ -386,8 +386,6 @@ class MultiQueueTun:
         self.queues = [TunQueue(fd, k, name=self.name, mtu=mtu, host_address=self.host_address,
                                 queue_limit=queue_limit, vnet=self.vnet, tso=self.tso)
                        for k, fd in enumerate(fds)]
-        for q in self.queues[:1]:
-            q.close = lambda: None  # fd 0 belongs to `first` (pytun), closed with it
 
     def close(self) -> None:
         """Close every queue's fd (the parent's references); the interface disappears

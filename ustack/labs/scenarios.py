@@ -75,10 +75,6 @@ async def _ustack_server(world: World, handler) -> tuple[int, asyncio.Future]:
     return 7000, peer
 
 
-async def _read_all(reader) -> bytes:
-    return await reader.read()
-
-
 # ---------------------------------------------------------------------- the labs
 
 

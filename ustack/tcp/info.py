@@ -200,56 +200,21 @@ class RecoveryView:
 
 def ca_state(tcb) -> str:
     """Linux's congestion state name: Open, Disorder, CWR, Recovery or Loss."""
-    rec = tcb.recovery
-    ca = getattr(rec, "ca_state", None)
-    if ca is not None:
-        return ca
-    # until the recovery rewrite lands: derived from today's recovery.py.
-    if rec.in_recovery:
-        return "Recovery"
-    if tcb.retries and tcb.snd_una != tcb.snd_max:
-        return "Loss"  # RTO recovery (Linux tcp_enter_loss())
-    if rec.dupacks or rec.sb.blocks:
-        return "Disorder"
-    return "Open"
+    return tcb.recovery.ca_state
 
 
 def recovery_view(tcb) -> RecoveryView:
-    """Read loss recovery's state through the attributes the recovery rewrite exposes on
-    `tcb.recovery` (ca_state, sacked_out, lost_out, retrans_out, reordering,
-    total_retrans, delivery_rate, app_limited); each missing one is computed from what
-    today's recovery.py has."""
+    """Loss recovery's state (recovery.py) in Linux's terms."""
     rec = tcb.recovery
-    mss = tcb.mss or 1
     view = RecoveryView()
-    # until the recovery rewrite lands: every getattr default below is a fallback from
-    # today's recovery.py (NewReno/SACK scoreboard); drop the fallbacks after the merge.
-    view.ca_state = ca_state(tcb)
-    sacked = getattr(rec, "sacked_out", None)
-    view.sacked_out = sacked if sacked is not None else -(-rec.sb.sacked // mss)
-    lost = getattr(rec, "lost_out", None)
-    if lost is None:
-        lost = 0
-        if rec.in_recovery and tcb.sack_ok:
-            for start, end, is_lost in rec.sb.holes(tcb.snd_una, tcb.snd_max, mss):
-                if is_lost:
-                    lost += -(-sq.diff(end, start) // mss)
-        elif tcb.retries:
-            lost = -(-sq.diff(tcb.snd_max, tcb.snd_una) // mss)  # tcp_enter_loss()
-    view.lost_out = lost
-    retrans = getattr(rec, "retrans_out", None)
-    if retrans is None:
-        retrans = 0
-        if rec.in_recovery and tcb.sack_ok:
-            retrans = -(-sq.diff(rec.high_rxt, tcb.snd_una) // mss) if sq.gt(
-                rec.high_rxt, tcb.snd_una) else 0
-            retrans = max(retrans - len(rec.rtx_lost), 0)
-    view.retrans_out = retrans
-    view.reordering = getattr(rec, "reordering", DEFAULT_REORDERING)
-    total = getattr(rec, "total_retrans", None)
-    view.total_retrans = total if total is not None else tcb.retrans_segs
-    view.delivery_rate = int(getattr(rec, "delivery_rate", 0) or 0)
-    view.app_limited = bool(getattr(rec, "app_limited", False))
+    view.ca_state = rec.ca_state
+    view.sacked_out = rec.sacked_out
+    view.lost_out = rec.lost_out
+    view.retrans_out = rec.retrans_out
+    view.reordering = rec.reordering
+    view.total_retrans = rec.total_retrans
+    view.delivery_rate = int(rec.delivery_rate or 0)
+    view.app_limited = bool(rec.app_limited)
     return view
 
 
@@ -302,8 +267,8 @@ def tcp_info(tcb, now: float) -> TcpInfo:
     if tcb.ws_ok:
         opts |= TCPI_OPT_WSCALE
         info.snd_wscale, info.rcv_wscale = tcb.snd_wscale, tcb.rcv_wscale
-    if getattr(tcb, "ecn_ok", False):
-        opts |= TCPI_OPT_ECN
+    if tcb.ecn is not None:  # TCP_ECN_OK; TCP_ECN_SEEN once ECT or CE arrived
+        opts |= TCPI_OPT_ECN | (TCPI_OPT_ECN_SEEN if tcb.ecn.seen else 0)
     info.options = opts
     info.delivery_rate_app_limited = int(rec.app_limited)
     info.rto = _usec(rtt.current())  # icsk_rto, backed off as Linux doubles it
@@ -346,20 +311,19 @@ def tcp_info(tcb, now: float) -> TcpInfo:
     info.segs_out = tcb.segs_out
     info.segs_in = tcb.segs_in
     info.notsent_bytes = max(tcb.unsent(), 0) if tcb.state.synchronized else 0
-    min_rtt = getattr(rtt, "min_rtt", None)
+    min_rtt = rtt.min_rtt
     info.min_rtt = _usec(min_rtt) if min_rtt is not None else MASK  # ~0U: none yet
     info.data_segs_in = tcb.data_segs_in
     info.data_segs_out = tcb.data_segs_out
     info.delivery_rate = rec.delivery_rate
     # tp->delivered: segments acknowledged or SACKed (the SYN counts, as in Linux).
-    info.delivered = getattr(tcb.recovery, "delivered", None) or (
-        -(-tcb.bytes_acked // mss) + rec.sacked_out)
+    info.delivered = -(-tcb.bytes_acked // mss) + rec.sacked_out
     busy = tcb.busy_time + (now - tcb.busy_since if outstanding > 0 and tcb.busy_since else 0)
     info.busy_time = _usec(busy)  # ustack: time with data outstanding (TCP_CHRONO_BUSY)
     info.bytes_sent = tcb.bytes_sent
     info.bytes_retrans = tcb.bytes_retrans
-    info.dsack_dups = getattr(tcb.recovery, "dsack_dups", 0)  # until the recovery rewrite lands
-    info.reord_seen = getattr(tcb.recovery, "reord_seen", 0)  # until the recovery rewrite lands
+    info.dsack_dups = tcb.recovery.dsack_dups
+    info.reord_seen = tcb.recovery.reord_seen
     info.rcv_ooopack = tcb.rcv_ooopack
     info.snd_wnd = tcb.snd_wnd
     info.rcv_wnd = (tcb.rcv_adv - tcb.rcv_wup) & MASK if sq.le(tcb.rcv_wup, tcb.rcv_adv) else 0

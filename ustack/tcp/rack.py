@@ -116,8 +116,3 @@ class Rack:
             elif remaining > wait:
                 wait = remaining
         return lost, wait
-
-    def timeout_lost(self, rec: Sent, now: float) -> bool:
-        """Linux tcp_rack_skb_timeout(tp, skb, 0) <= 0: at an RTO, a segment is lost if
-        its RACK time ran out with no reordering window."""
-        return self.rtt - (now - rec.time) <= 0

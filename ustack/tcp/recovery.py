@@ -179,6 +179,8 @@ class Recovery:
 
     @property
     def sacked_out(self) -> int:
+        if self.conn is None:
+            return 0  # released (Tcb.release): no queues, as after Linux's tcp_done()
         if not self.conn.sack_ok:
             return self.dupacks
         return _segs(self.sb.sacked, self.conn.mss)
@@ -186,6 +188,8 @@ class Recovery:
     @property
     def lost_out(self) -> int:
         c = self.conn
+        if c is None:
+            return 0
         lost = self._walk()[2]
         if self.ca_state == LOSS:
             # Go-back-N: what lies above SND.NXT and is not SACKed is deemed lost.
@@ -196,6 +200,8 @@ class Recovery:
 
     @property
     def retrans_out(self) -> int:
+        if self.conn is None:
+            return 0
         return _segs(self._walk()[3], self.conn.mss)
 
     @property

@@ -115,12 +115,13 @@ def synack(ctx: Context, key: bytes, iss: int, irs: int, *, mss: bool, wscale: b
     return seg
 
 
-def ack_for(ctx: Context, key: bytes, r: ReqRecord, now: float) -> Segment:
+def ack_for(ctx: Context, key: bytes, r: ReqRecord, now: float, rmem: int = 0) -> Segment:
     """The ACK a request sends for an out-of-window segment (tcp_v4_reqsk_send_ack()):
-    . ISS+1 ack RCV.NXT, the SYN-ACK's window, TS val now+offset ecr TS.Recent."""
+    . ISS+1 ack RCV.NXT, the SYN-ACK's window, TS val now+offset ecr TS.Recent.
+    `rmem`: the listener's SO_RCVBUF, as for synack()."""
     seg = Segment((key[10] << 8) | key[11], (key[8] << 8) | key[9], (r.iss + 1) & MASK,
-                  (r.irs + 1) & MASK, ACK, synack_window(ctx) >> (
-                      rcv_wscale(ctx) if r.snd_wscale != NO_WSCALE else 0))
+                  (r.irs + 1) & MASK, ACK, synack_window(ctx, rmem) >> (
+                      rcv_wscale(ctx, rmem) if r.snd_wscale != NO_WSCALE else 0))
     if r.ts_ok:
         seg.ts = ((ms32(now) + ctx.ts_offset(key)) & MASK, r.ts_recent)
     return seg

@@ -480,29 +480,6 @@ class Tcb:
         self.rtt_time = now
         self._emit(seg)
 
-    def open_passive(self, syn: Segment, now: float, iss: int | None = None) -> None:
-        """LISTEN -> SYN_RECEIVED: a child TCB for an acceptable SYN (RFC 9293 3.10.7.2)."""
-        self.created = now
-        self.last_rcv = now
-        self.iss = iss if iss is not None else self.ctx.isn(self.key, now)
-        self.ts_offset = self.ctx.ts_offset(self.key)
-        self.irs = syn.seq
-        self.rcv_nxt = (syn.seq + 1) & MASK
-        self.rcv_wup = self.rcv_nxt
-        self.snd_una = self.iss
-        self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
-        self.sendq.start_at(self.snd_nxt)
-        self.snd_wnd = syn.wnd  # never scaled in a SYN (RFC 7323 2.2)
-        self.snd_wl1 = syn.seq
-        self.snd_wl2 = self.iss
-        self._choose_wscale()
-        self._negotiate(syn, we_offered_ts=True)
-        if ecn.accept_syn(self.ctx.config.tcp_ecn, syn.flags, syn.ecn):
-            self._ecn_on()
-        self._set_state(State.SYN_RECEIVED, Cause(Why.SEGMENT, syn))
-        self._send_synack(now)
-        self.timers.set(Timer.RTO, now + self.rtt.current())
-
     def open_from_request(self, now: float, *, iss: int, irs: int,
                           peer_mss: int, snd_wscale: int | None, sack: bool,
                           ts_recent: int | None, snd_wnd: int, retrans: int,
@@ -699,7 +676,8 @@ class Tcb:
             self.timers.set(Timer.LINGER, now + self.linger)
         if self.state == State.FIN_WAIT_2:
             self._arm_fin_wait_2(now)
-        if self.state is not State.CLOSED and self.state is not State.TIME_WAIT:
+        if (self.state is not State.CLOSED and self.state is not State.TIME_WAIT
+                and not self.orphan_counted):  # a second close() is no second orphan
             self.ctx.orphans += 1
             self.orphan_counted = True
             # Linux __tcp_close(): tcp_check_oom(sk, 0) once the socket is an orphan;
@@ -1814,14 +1792,16 @@ class Tcb:
                 stats["TcpExtTCPAbortOnTimeout"] += 1
                 if st in (State.ESTABLISHED, State.CLOSE_WAIT):
                     stats["TcpEstabResets"] += 1
+                elif st == State.SYN_SENT or st == State.SYN_RECEIVED:
+                    stats["TcpAttemptFails"] += 1  # tcp_done() counts a handshake's end
                 self._terminate(E.ETIMEDOUT, Cause(Why.RTO_GIVE_UP))
                 return
         if st == State.SYN_SENT or st == State.SYN_RECEIVED:
             # Resend the SYN or SYN-ACK with backoff (RFC 6298 5.5) until Linux's
-            # tcp_syn_retries / tcp_synack_retries run out.
+            # tcp_syn_retries / tcp_synack_retries run out; TCP_USER_TIMEOUT may end it
+            # sooner, never later (tcp_write_timeout() keeps the count in SYN states).
             syn_sent = st == State.SYN_SENT
-            if not self.user_timeout and self.retries > (
-                    cfg.tcp_syn_retries if syn_sent else cfg.tcp_synack_retries):
+            if self.retries > (cfg.tcp_syn_retries if syn_sent else cfg.tcp_synack_retries):
                 stats["TcpAttemptFails"] += 1
                 self._terminate(E.ETIMEDOUT, Cause(Why.SYN_RETRIES if syn_sent
                                                   else Why.SYNACK_RETRIES))
