@@ -81,8 +81,9 @@ def test_nodelay_sends_what_nagle_holds():
 
 
 def test_cork_holds_partial_segments_until_full_or_uncorked():
-    """TCP_CORK (tcp_nagle_check() with TCP_NAGLE_CORK): even with TCP_NODELAY and
-    nothing in flight, sub-MSS data waits; a full MSS goes; uncork sends the rest."""
+    """TCP_CORK (tcp_nagle_check() with TCP_NAGLE_CORK): even with TCP_NODELAY set
+    before it and nothing in flight, sub-MSS data waits; a full MSS goes; uncork sends
+    the rest."""
     d = Drill()
     d.established_passive()
     opt(d, TCP, S.TCP_NODELAY, 1)
@@ -90,16 +91,29 @@ def test_cork_holds_partial_segments_until_full_or_uncorked():
     assert getsockopt(d.tcb, TCP, S.TCP_CORK) == 1
     d.script("""
         +0 send(100)
-        +0 wait
-        +0.5 send(1000)
-        +0.5 wait
-        +0 send(600)
+        +0.1 wait
+        +0 send(2000)
         +0 > . 1:1449(1448) ack 1
         +0.01 < . 1:1(0) ack 1449 win 257
-        +1 wait
+        +0.05 wait
     """)
     opt(d, TCP, S.TCP_CORK, 0)
-    d.expect("P. 1449:1701(252) ack 1")
+    d.expect("P. 1449:2101(652) ack 1")
+
+
+def test_cork_holds_only_until_the_probe_timer():
+    """Linux holds corked data until the probe timer (tcp_check_probe_timer(), the RTO,
+    at least 200 ms), whose tcp_write_wakeup() sends it: tcp(7)'s "200 ms ceiling".
+    tests/pkt/cork-ceiling.pkt is the same against the kernel."""
+    d = Drill()
+    d.established_passive()
+    opt(d, TCP, S.TCP_CORK, 1)
+    d.script("""
+        +0 send(100)
+        +0.15 wait
+        +0.05 > P. 1:101(100) ack 1
+        +0.01 < . 1:1(0) ack 101 win 257
+    """)
 
 
 def test_cork_fin_pushes():
@@ -110,7 +124,7 @@ def test_cork_fin_pushes():
     d.script("""
         +0 send(100)
         +0 wait
-        +0.3 shutdown()
+        +0.1 shutdown()
         +0 > FP. 1:101(100) ack 1
     """)
 
@@ -121,10 +135,44 @@ def test_msg_more_holds_the_tail_until_the_next_write():
     d.established_passive()
     d.call(d.tcb.send, b"a" * 100, d.w.now, True)
     d.expect_nothing()
-    d.advance(1.0)
+    d.advance(0.1)
     d.expect_nothing()
     d.call(d.tcb.send, b"b" * 50, d.w.now, False)
     d.expect("P. 1:151(150) ack 1")
+
+
+def test_nodelay_pushes_what_msg_more_held():
+    """TCP_NODELAY on pushes the pending frames (__tcp_sock_set_nodelay(): NAGLE_PUSH),
+    past an earlier send()'s MSG_MORE (Google's nagle/sockopt_cork_nodelay.pkt)."""
+    d = Drill()
+    d.established_passive()
+    d.call(d.tcb.send, b"a" * 40, d.w.now, True)
+    d.advance(0.05)
+    d.expect_nothing()
+    opt(d, TCP, S.TCP_NODELAY, 1)
+    d.expect("P. 1:41(40) ack 1")
+
+
+def test_ip_tos_marks_our_packets_and_mtu_discover_is_kept():
+    """IP_TOS sets the DSCP bits of the TOS byte (ECN's two stay TCP's, as Linux's
+    __ip_sock_set_tos() keeps INET_ECN_MASK); IP_MTU_DISCOVER is validated and kept
+    (ustack sends DF and does no PMTU discovery whatever its value)."""
+    from ustack.wire.ip import ip_to_bytes
+    from ustack.wire.tcp import build_tcp_ipv4
+
+    d = Drill()
+    d.established_passive()
+    opt(d, S.IPPROTO_IP, S.IP_TOS, 0x2B)  # DSCP 10 and an ECN value that is dropped
+    assert getsockopt(d.tcb, S.IPPROTO_IP, S.IP_TOS) == 0x28
+    d.send(10)
+    seg = d.expect("P. 1:11(10) ack 1")
+    frame = build_tcp_ipv4(seg, ip_to_bytes("10.77.0.2"), ip_to_bytes("10.77.0.1"), 1)
+    assert frame[1] == 0x28 and frame[6] & 0x40  # the TOS byte, and DF
+    opt(d, S.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER, IP_PMTUDISC_DONT
+    assert getsockopt(d.tcb, S.IPPROTO_IP, 10) == 0
+    with pytest.raises(OSError) as ei:
+        setsockopt(d.tcb, S.IPPROTO_IP, 10, 6)
+    assert ei.value.errno == errno.EINVAL
 
 
 # ---------------------------------------------------------------------- TCP_USER_TIMEOUT
@@ -332,7 +380,7 @@ def test_so_error_after_a_reset():
 def test_unknown_options_are_enoprotoopt():
     d = Drill()
     d.established_passive()
-    for level, name in ((SOL, 9999), (TCP, 9999), (S.IPPROTO_IP, 1)):
+    for level, name in ((SOL, 9999), (TCP, 9999), (S.IPPROTO_IP, 99)):
         with pytest.raises(OSError) as ei:
             setsockopt(d.tcb, level, name, 1)
         assert ei.value.errno == errno.ENOPROTOOPT

@@ -37,6 +37,11 @@ SO_KEEPALIVE = 9
 SO_LINGER = 13
 SO_REUSEPORT = 15
 IPPROTO_TCP = 6
+IPPROTO_IP = 0  # SOL_IP
+IP_TOS = 1
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DONT, IP_PMTUDISC_WANT, IP_PMTUDISC_DO, IP_PMTUDISC_PROBE = 0, 1, 2, 3
+IP_PMTUDISC_INTERFACE, IP_PMTUDISC_OMIT = 4, 5
 TCP_NODELAY = 1
 TCP_MAXSEG = 2
 TCP_CORK = 3
@@ -116,6 +121,21 @@ def setsockopt(tcb: Tcb, level: int, optname: int, value: Value, now: float = 0.
         else:
             raise _err(E.ENOPROTOOPT)
         return
+    if level == IPPROTO_IP:
+        v = _int(value)
+        if optname == IP_TOS:
+            # do_ip_setsockopt() IP_TOS (__ip_sock_set_tos()): the DSCP bits; a TCP
+            # socket's ECN field stays TCP's (INET_ECN_MASK kept).
+            tcb.ip_tos = v & 0xFC
+        elif optname == IP_MTU_DISCOVER:
+            if not IP_PMTUDISC_DONT <= v <= IP_PMTUDISC_OMIT:
+                raise _err(E.EINVAL)
+            # Kept and answered; ustack sets DF always and does no path MTU discovery
+            # (the MSS comes from the link's MTU), so every value sends the same.
+            tcb.pmtudisc = v
+        else:
+            raise _err(E.ENOPROTOOPT)
+        return
     if level != IPPROTO_TCP:
         raise _err(E.ENOPROTOOPT)
     if optname == TCP_CONGESTION:
@@ -186,6 +206,12 @@ def getsockopt(tcb: Tcb, level: int, optname: int, buflen: int = 0,
             return _answer(SOCK_STREAM, buflen)
         if optname in (SO_REUSEADDR, SO_REUSEPORT):
             return _answer(1, buflen)
+        raise _err(E.ENOPROTOOPT)
+    if level == IPPROTO_IP:
+        if optname == IP_TOS:
+            return _answer(tcb.ip_tos, buflen)
+        if optname == IP_MTU_DISCOVER:
+            return _answer(tcb.pmtudisc, buflen)
         raise _err(E.ENOPROTOOPT)
     if level != IPPROTO_TCP:
         raise _err(E.ENOPROTOOPT)

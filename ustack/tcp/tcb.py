@@ -184,6 +184,11 @@ class Tcb:
         # More socket options (ustack/sockopt.py is their entry point, by Linux's names)
         self.cork = False  # TCP_CORK: hold partial segments (TCP_NAGLE_CORK)
         self.more = False  # MSG_MORE on the last send(): its partial tail waits too
+        # Linux's TCP_NAGLE_PUSH: set with TCP_NODELAY, it overrides TCP_CORK from then
+        # on (tcp_nagle_test()); only a send()'s own MSG_MORE still holds.
+        self.nagle_push = False
+        self.ip_tos = 0  # IP_TOS: the DSCP bits of our packets (ECN's two are TCP's)
+        self.pmtudisc = 1  # IP_MTU_DISCOVER, IP_PMTUDISC_WANT (Linux's default)
         self.more_una = 0  # SND.UNA at that send(): an ACK beyond it ends the wait
         self.user_timeout = 0.0  # TCP_USER_TIMEOUT in seconds; 0 is off (RFC 5482)
         self.user_mss = 0  # TCP_MAXSEG (Linux tp->rx_opt.user_mss); 0 is off
@@ -261,6 +266,8 @@ class Tcb:
 
     def _make(self, flags: int, seq: int, now: float, payload: bytes = b"") -> Segment:
         seg = Segment(self.local[1], self.remote[1], seq, 0, flags, 0, payload)
+        if self.ip_tos:
+            seg.ecn = self.ip_tos  # the whole TOS byte; ECT is ORed in by _transmit()
         if self.ecn is not None and self.ecn.demand_cwr:
             seg.flags |= ECE  # RFC 3168 6.1.3: until the peer's CWR (tcp_ecn_send())
         if flags & ACK:
@@ -737,6 +744,10 @@ class Tcb:
         tcp_push_pending_frames() from do_tcp_setsockopt())."""
         self.nodelay = on
         if on:
+            # __tcp_sock_set_nodelay(): TCP_NAGLE_OFF | TCP_NAGLE_PUSH, and this push
+            # is the socket's (an earlier send()'s MSG_MORE no longer holds it).
+            self.nagle_push = True
+            self.more = False
             self.output_soon()
 
     def set_keepalive(self, on: bool, now: float, idle: int | None = None,
@@ -755,7 +766,11 @@ class Tcb:
         """TCP_CORK: partial segments wait while on; off pushes them (Linux
         do_tcp_setsockopt() TCP_CORK -> __tcp_sock_set_cork(): tcp_push_pending_frames())."""
         self.cork = on
-        if not on:
+        if on:
+            self.nagle_push = False  # a new cork holds, TCP_NODELAY or not (as 6.18 does)
+        else:
+            if self.nodelay:
+                self.nagle_push = True  # __tcp_sock_set_cork(): uncorked with NAGLE_OFF
             self.output_soon()
 
     def set_user_timeout(self, seconds: float, now: float) -> None:
@@ -1630,6 +1645,12 @@ class Tcb:
                                 self._arm_persist(now)
                             break
                     elif self._nagle_blocks():
+                        if (self.cork or self.more) and self.snd_una == self.snd_max:
+                            # Linux holds corked data only until the probe timer
+                            # (tcp_check_probe_timer(), max(RTO, TCP_RTO_MIN)), whose
+                            # tcp_write_wakeup() sends it anyway: tcp(7)'s "200 ms
+                            # ceiling" on TCP_CORK, MSG_MORE alike.
+                            self._arm_persist(now)
                         break
                 payload = self.sendq.data(nxt, n)
                 flags = ACK
@@ -1675,6 +1696,8 @@ class Tcb:
         unacknowledged. Full-sized means self.mss, options subtracted."""
         if self.fin_queued:
             return False  # the FIN pushes (tcp_send_fin() with TCP_NAGLE_OFF)
+        if self.nagle_push and not (self.more and self.snd_una == self.more_una):
+            return False  # TCP_NAGLE_PUSH overrides the cork (tcp_nagle_test())
         if self.cork or self.more and self.snd_una == self.more_una:
             # TCP_CORK / MSG_MORE: tcp_nagle_check() with TCP_NAGLE_CORK. MSG_MORE
             # corks only that send()'s push (tcp_push()); an ACK's push
@@ -1707,7 +1730,7 @@ class Tcb:
         if not retrans and payload and self.ecn is not None:
             # New data: ECT(0), and CWR once after a reduction (RFC 3168 6.1.2, Linux
             # tcp_ecn_send()); never on retransmissions, pure ACKs or SYNs (6.1.5).
-            seg.ecn = ecn.ECT0
+            seg.ecn |= ecn.ECT0
             if self.ecn.queue_cwr:
                 self.ecn.queue_cwr = False
                 seg.flags |= CWR
