@@ -670,8 +670,6 @@ class Runner:
         s = self._sock(call.args[0])
         level, name = _const(call.args[1]), _const(call.args[2])
         value = _value(call.args[3])
-        if level == socket.IPPROTO_IP:
-            raise Unsupported(f"setsockopt {call.args[2]}: ustack has no IP-level options")
         if s.tcb is None:
             # Before connect()/listen(): remembered, applied to the TCB (and to each
             # child of a listener) before its first segment; validated now.
@@ -796,6 +794,9 @@ def _value(text: str) -> int | bytes:
     m = re.fullmatch(r"\[\s*(-?\d+)\s*\]", text)
     if m:
         return int(m.group(1))
+    m = re.fullmatch(r"\[\s*([A-Z][A-Z0-9_]*)\s*\]", text)  # [IP_PMTUDISC_DONT]
+    if m:
+        return _const(m.group(1))
     m = re.fullmatch(r"\{\s*onoff\s*=\s*(\d+)\s*,\s*linger\s*=\s*(\d+)\s*\}", text)
     if m:
         import struct
