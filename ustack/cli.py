@@ -385,7 +385,8 @@ async def _serve(args: argparse.Namespace, config: Config, *, device=None,
         device = TunDevice(args.tun, str(args.host_address), mtu=args.mtu, offload=offload)
     stack = None
     servers: list[asyncio.AbstractServer] = []
-    control = captures = recordings = status = None
+    closers: list = []  # what the services started besides servers (the dashboard)
+    control = captures = recordings = status = trimmer = None
     try:
         stack = Stack(str(args.address.ip), config=config, secret=secret)
         stack.max_connections = args.max_connections
@@ -406,7 +407,7 @@ async def _serve(args: argparse.Namespace, config: Config, *, device=None,
             status = PeerStatus(stack, worker, [part_path(base, k)
                                                 for k in range(args.workers)])
             status.start()
-        servers, names = await _start_services(stack, args, status, recordings)
+        servers, names = await _start_services(stack, args, status, recordings, closers)
         ids = getattr(args, "ids", None)
         if ids is not None:
             if control is not None and args.group is not None:
@@ -438,8 +439,12 @@ async def _serve(args: argparse.Namespace, config: Config, *, device=None,
         await _close_connections(stack, args.shutdown_grace)
         await _reset_connections(stack)
     finally:
+        if trimmer is not None:
+            trimmer.cancel()
         for server in servers:
             server.close()
+        for closer in closers:
+            closer.close()
         if status is not None:
             status.close()
         if control is not None:
@@ -569,7 +574,8 @@ async def _start_observability(stack, args: argparse.Namespace, name: str,
     return captures, control, recordings
 
 
-async def _start_services(stack, args: argparse.Namespace, status=None, recordings=None
+async def _start_services(stack, args: argparse.Namespace, status=None, recordings=None,
+                          closers: list | None = None
                           ) -> tuple[list[asyncio.AbstractServer], list[str]]:
     from .apps.dashboard import Dashboard, Web
     from .apps.dashboard.plots import Plots
@@ -584,6 +590,8 @@ async def _start_services(stack, args: argparse.Namespace, status=None, recordin
     if args.http:
         dashboard = Dashboard(stack, close_wait_warn=args.close_wait_warn)
         dashboard.start()
+        if closers is not None:
+            closers.append(dashboard)  # its timer and observers end with the daemon
         servers.append(await start_http(stack.start_server, host, args.http,
                                         root=args.root,
                                         status=status.snapshot if status else stack.status,
