@@ -51,5 +51,6 @@ def test_a_planted_bug_is_found(tmp_path):
         "s.StackShell.receive = receive\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
     p = fuzz("--seconds", "20", "--engine", "hypothesis", env=env)
-    assert p.returncode == 1, p.stdout[-2000:]
-    assert "FAIL ValueError: planted" in p.stdout
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "FAIL ValueError: planted" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
