@@ -54,6 +54,7 @@ from typing import Any
 import pytest
 
 from ustack.config import Config, apply_settings
+from ustack.packetdrill.run import wire_options  # noqa: F401  (the drills' option words)
 from ustack.table import Listener, TcpTable, make_key
 from ustack.tcp.context import Context
 from ustack.tcp.state import State
@@ -64,18 +65,11 @@ from ustack.wire.tcp import (
     CWR,
     ECE,
     FIN,
-    OPT_MSS,
-    OPT_NOP,
-    OPT_SACK,
-    OPT_SACK_PERM,
-    OPT_TS,
-    OPT_WSCALE,
     PSH,
     RST,
     SYN,
     URG,
     Segment,
-    encode_options,
     format_segment,
 )
 
@@ -104,41 +98,6 @@ def parse_flags(text: str) -> int:
     for ch in text:
         f |= _FLAGS[ch]
     return f
-
-
-def wire_options(seg: Segment, sack_base: int = 0) -> list[str]:
-    """The options of `seg` as they go on the wire, in packetdrill's words and order
-    (SACK blocks relative to `sack_base`, the ISN of the side they acknowledge)."""
-    if not (seg.mss is not None or seg.ts is not None or seg.sack or seg.sack_perm
-            or seg.wscale is not None):
-        return []
-    raw, i, out = encode_options(seg), 0, []
-    while i < len(raw):
-        kind = raw[i]
-        if kind == OPT_NOP:
-            out.append("nop")
-            i += 1
-            continue
-        length = raw[i + 1]
-        body = raw[i + 2:i + length]
-        if kind == OPT_MSS:
-            out.append(f"mss {int.from_bytes(body, 'big')}")
-        elif kind == OPT_SACK_PERM:
-            out.append("sackOK")
-        elif kind == OPT_TS:
-            out.append(f"TS val {int.from_bytes(body[:4], 'big')} "
-                       f"ecr {int.from_bytes(body[4:], 'big')}")
-        elif kind == OPT_WSCALE:
-            out.append(f"wscale {body[0]}")
-        elif kind == OPT_SACK:
-            edges = [(int.from_bytes(body[j:j + 4], "big") - sack_base) & MASK
-                     for j in range(0, len(body), 4)]
-            out.append("sack " + " ".join(f"{a}:{b}" for a, b in zip(edges[::2], edges[1::2],
-                                                                    strict=True)))
-        else:
-            out.append(f"kind {kind}")
-        i += length
-    return out
 
 
 def _option_matches(want: str, got: str) -> bool:

@@ -42,7 +42,7 @@ from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, ParseError, Segme
 from . import kernel_wire as kw
 from . import tcpinfo
 from .run import _FLAGS as FLAGS
-from .run import DEFAULTS, MASK, PEER_ISN, TOLERANCE, Failure, Unsupported, Verdict
+from .run import DEFAULTS, MASK, PEER_ISN, TOLERANCE, Failure, Unsupported, Verdict, map_ecr
 from .run import _options_match as options_match
 from .script import Code, Event, Flag, Packet, ScriptError, Shell, Syscall, parse
 
@@ -333,14 +333,7 @@ class KernelRunner:
         return s
 
     def _map_ecr(self, ecr: int) -> int:
-        """A script TSecr in the kernel's clock (run.py's mapping)."""
-        if ecr == 0:
-            return 0
-        if ecr in self.ts_map:
-            return self.ts_map[ecr]
-        if self.ts_base is not None:
-            return (self.ts_base[1] + ecr - self.ts_base[0]) & MASK
-        return ecr
+        return map_ecr(self.ts_map, self.ts_base, ecr)
 
     def _inbound(self, ev: Event, pkt: Packet) -> None:
         assert self.ns is not None

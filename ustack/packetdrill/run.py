@@ -304,13 +304,7 @@ class Runner:
         self._poll_pending()
 
     def _map_ecr(self, ecr: int) -> int:
-        if ecr == 0:
-            return 0
-        if ecr in self.ts_map:
-            return self.ts_map[ecr]
-        if self.ts_base is not None:
-            return (self.ts_base[1] + ecr - self.ts_base[0]) & MASK
-        return ecr
+        return map_ecr(self.ts_map, self.ts_base, ecr)
 
     def _outbound(self, pkt: Packet, start: float | None, end: float | None) -> None:
         t = self._t()
@@ -807,6 +801,18 @@ def _value(text: str) -> int | bytes:
     if re.fullmatch(r"-?\d+", text):
         return int(text)
     raise Unsupported(f"option value {text}")
+
+
+def map_ecr(ts_map: dict[int, int], ts_base: tuple[int, int] | None, ecr: int) -> int:
+    """A script's TSecr in the stack's clock: the stack's TSval for a script TSval seen
+    on an outbound line, else by the offset of the first one (run_packet.c)."""
+    if ecr == 0:
+        return 0
+    if ecr in ts_map:
+        return ts_map[ecr]
+    if ts_base is not None:
+        return (ts_base[1] + ecr - ts_base[0]) & MASK
+    return ecr
 
 
 def wire_options(seg: Segment, sack_base: int = 0) -> list[str]:
